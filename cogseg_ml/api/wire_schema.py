@@ -1,0 +1,362 @@
+"""Request and response bodies of the CDF endpoints we use, as one set of pydantic models.
+
+camelCase on the wire, snake_case in Python. Response models ignore unknown fields (CDF adds
+fields over time) but reject wrong types: validate JSON with ``Model.model_validate_json`` (strict
+mode, so ``"12"`` is not an int). The client and the emulator both use these definitions.
+
+Facts and their sources are in the project's API reference (sections in brackets below).
+Where the reference is silent, the model says so in a comment.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "Annotation",
+    "AnnotationCreateRequest",
+    "AnnotationListRequest",
+    "AnnotationListResponse",
+    "DownloadLinkItem",
+    "DownloadLinkRequest",
+    "ErrorBody",
+    "ErrorDetail",
+    "FailedItemGroup",
+    "FileIdentifier",
+    "FileMetadata",
+    "FilesByIdsRequest",
+    "InstanceIdWire",
+    "ItemsResponse",
+    "JobStatus",
+    "SegmentBoundingBox",
+    "SegmentFileRef",
+    "SegmentJob",
+    "SegmentJobCreateRequest",
+    "SegmentJobItem",
+    "SegmentPoint",
+    "SegmentPolygon",
+    "SegmentPrompt",
+    "SegmentResult",
+    "SegmentVertex",
+    "TERMINAL_JOB_STATUSES",
+    "TokenResponse",
+]
+
+
+class WireModel(BaseModel):
+    """Base for every wire body: camelCase aliases, strict types, unknown fields ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict (camelCase keys, ``None`` fields left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class RequestModel(WireModel):
+    """Request bodies: unknown fields are an error (the emulator answers 400)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobStatus(str, Enum):
+    """Segmentation job status, exact strings [1.1]."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job will not change any more."""
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
+
+
+class InstanceIdWire(WireModel):
+    """``{"space", "externalId"}``."""
+
+    space: str = Field(min_length=1)
+    external_id: str = Field(min_length=1)
+
+
+# --- vision segment [1.2, 1.3] -----------------------------------------------------------------
+
+
+class SegmentFileRef(WireModel):
+    """A file in a segment job: one of ``fileId``, ``fileExternalId``, ``fileInstanceId``.
+
+    Responses may carry several of them (the file's id plus its external id); requests carry
+    exactly one (checked by :class:`SegmentJobCreateRequest`). Whether beta accepts
+    ``fileInstanceId`` is open in the reference [1.2].
+    """
+
+    file_id: int | None = None
+    file_external_id: str | None = None
+    file_instance_id: InstanceIdWire | None = None
+
+
+class SegmentPoint(WireModel):
+    """A point prompt; ``label`` 1 foreground, 0 background. Range [0, 1] is inferred [1.2]."""
+
+    x: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    y: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    label: Literal[0, 1]
+
+
+class SegmentBoundingBox(WireModel):
+    """A box prompt, normalized; strict ``min < max`` (inferred from the Vision schemas)."""
+
+    x_min: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    y_min: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    x_max: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    y_max: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SegmentBoundingBox:
+        if not (self.x_min < self.x_max and self.y_min < self.y_max):
+            raise ValueError("boundingBox needs xMin < xMax and yMin < yMax")
+        return self
+
+
+class SegmentJobCreateRequest(RequestModel):
+    """Body of ``POST /context/vision/segment``.
+
+    ``items`` holds exactly one file [1.2]. ``points`` is required by the schema; we always send
+    it, possibly empty when a box is given (whether CDF accepts an empty list is open).
+    """
+
+    items: list[SegmentFileRef] = Field(min_length=1, max_length=1)
+    points: list[SegmentPoint]
+    bounding_box: SegmentBoundingBox | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentJobCreateRequest:
+        for item in self.items:
+            n = sum(
+                v is not None
+                for v in (item.file_id, item.file_external_id, item.file_instance_id)
+            )
+            if n != 1:
+                raise ValueError("each item needs exactly one of fileId, fileExternalId, "
+                                 "fileInstanceId")
+        keys = [(p.x, p.y, p.label) for p in self.points]
+        if len(set(keys)) != len(keys):
+            raise ValueError("points must be unique")
+        if not self.points and self.bounding_box is None:
+            raise ValueError("at least one point or a boundingBox is required")
+        return self
+
+
+class SegmentVertex(WireModel):
+    """A polygon vertex, normalized (inferred); ``confidence`` is nullable [1.3]."""
+
+    x: float = Field(allow_inf_nan=False)
+    y: float = Field(allow_inf_nan=False)
+    confidence: float | None = None
+
+
+class SegmentPolygon(WireModel):
+    """One closed polygon (first and last vertex joined; inferred) [1.3]."""
+
+    vertices: list[SegmentVertex]
+    confidence: float | None = None
+
+
+class SegmentResult(WireModel):
+    """One candidate segment: a score and the polygons whose union is the object [1.3]."""
+
+    score: float = Field(allow_inf_nan=False)
+    polygons: list[SegmentPolygon] = Field(default_factory=list)
+
+
+class SegmentJobItem(SegmentFileRef):
+    """A result item: the file reference plus its segments (empty until Completed)."""
+
+    segments: list[SegmentResult] = Field(default_factory=list)
+
+
+class SegmentPrompt(WireModel):
+    """The prompt echoed by ``GET`` (nested; ``POST`` echoes it at the top level) [1.3]."""
+
+    points: list[SegmentPoint] = Field(default_factory=list)
+    bounding_box: SegmentBoundingBox | None = None
+
+
+class FailedItemGroup(WireModel):
+    """A group of items that failed with one message [1.3]."""
+
+    error_message: str | None = None
+    items: list[SegmentFileRef] = Field(default_factory=list)
+
+
+class SegmentJob(WireModel):
+    """Response of both ``POST /context/vision/segment`` and ``GET .../segment/{jobId}``.
+
+    Times are milliseconds since the Unix epoch. ``points``/``bounding_box`` are the POST's
+    top-level echo, ``prompt`` the GET's nested echo.
+    """
+
+    status: JobStatus
+    job_id: int
+    created_time: int = Field(ge=0)
+    start_time: int | None = Field(default=None, ge=0)
+    status_time: int = Field(ge=0)
+    items: list[SegmentJobItem] = Field(default_factory=list)
+    points: list[SegmentPoint] | None = None
+    bounding_box: SegmentBoundingBox | None = None
+    prompt: SegmentPrompt | None = None
+    error_message: str | None = None
+    failed_items: list[FailedItemGroup] | None = None
+
+
+# --- files [2] ---------------------------------------------------------------------------------
+
+
+class FileIdentifier(WireModel):
+    """``{"id"}`` | ``{"externalId"}`` | ``{"instanceId"}`` for the Files API."""
+
+    id: int | None = None
+    external_id: str | None = None
+    instance_id: InstanceIdWire | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FileIdentifier:
+        n = sum(v is not None for v in (self.id, self.external_id, self.instance_id))
+        if n != 1:
+            raise ValueError("an identifier needs exactly one of id, externalId, instanceId")
+        return self
+
+
+class FilesByIdsRequest(RequestModel):
+    """Body of ``POST /files/byids``: 1..1000 unique identifiers [2.1]."""
+
+    items: list[FileIdentifier] = Field(min_length=1, max_length=1000)
+    ignore_unknown_ids: bool = False
+
+
+class FileMetadata(WireModel):
+    """A file's metadata (a selection of the fields CDF returns) [2.1]."""
+
+    id: int
+    external_id: str | None = None
+    instance_id: InstanceIdWire | None = None
+    name: str
+    mime_type: str | None = None
+    uploaded: bool = False
+    created_time: int = 0
+    last_updated_time: int = 0
+    uploaded_time: int | None = None
+    metadata: dict[str, str] | None = None
+    data_set_id: int | None = None
+
+
+class DownloadLinkRequest(RequestModel):
+    """Body of ``POST /files/downloadlink``: 1..100 identifiers [2.2]."""
+
+    items: list[FileIdentifier] = Field(min_length=1, max_length=100)
+
+
+class DownloadLinkItem(WireModel):
+    """A download link; the item echoes the identifier kind it was asked with [2.2]."""
+
+    id: int | None = None
+    external_id: str | None = None
+    instance_id: InstanceIdWire | None = None
+    download_url: str
+
+
+ItemT = TypeVar("ItemT")
+
+
+class ItemsResponse(WireModel, Generic[ItemT]):
+    """``{"items": [...]}``."""
+
+    items: list[ItemT]
+
+
+# --- annotations [3] ---------------------------------------------------------------------------
+
+
+class Annotation(WireModel):
+    """An annotation; ``data`` is validated per ``annotation_type`` by the caller [3.1]."""
+
+    id: int | None = None
+    created_time: int | None = None
+    last_updated_time: int | None = None
+    annotated_resource_type: str
+    annotated_resource_id: int
+    annotation_type: str
+    creating_app: str
+    creating_app_version: str
+    creating_user: str | None
+    status: Literal["suggested", "approved", "rejected"]
+    data: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        """Like :meth:`WireModel.to_wire` but keeps ``creatingUser: null`` (required)."""
+        body = super().to_wire()
+        body.setdefault("creatingUser", None)
+        return body
+
+
+class AnnotationListRequest(RequestModel):
+    """Body of ``POST /annotations/list`` [3.3]."""
+
+    filter: dict[str, Any]
+    limit: int = Field(default=25, ge=1, le=1000)
+    cursor: str | None = Field(default=None, min_length=1, max_length=255)
+
+
+class AnnotationListResponse(WireModel):
+    """``{"items": [...], "nextCursor": str | null}``."""
+
+    items: list[Annotation]
+    next_cursor: str | None = None
+
+
+class AnnotationCreateRequest(RequestModel):
+    """Body of ``POST /annotations``: 1..1000 annotations [3.3]."""
+
+    items: list[Annotation] = Field(min_length=1, max_length=1000)
+
+
+# --- errors and tokens [4, 5] ------------------------------------------------------------------
+
+
+class ErrorDetail(WireModel):
+    """``error`` in CDF's error body; ``missing``/``duplicated`` only when relevant [4]."""
+
+    code: int
+    message: str
+    missing: list[dict[str, Any]] | None = None
+    duplicated: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(WireModel):
+    """``{"error": {"code", "message", ...}}`` [4]."""
+
+    error: ErrorDetail
+
+
+class TokenResponse(BaseModel):
+    """OAuth 2.0 token response (RFC 6749 section 5.1; snake_case on the wire)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    access_token: str = Field(min_length=1)
+    token_type: str = "Bearer"
+    expires_in: float = Field(default=3600.0, gt=0, allow_inf_nan=False)

@@ -1,0 +1,247 @@
+"""Client configuration: where CDF is, how to authenticate, how hard to retry.
+
+:class:`CdfConfig` is frozen and holds no live connection, so it pickles into DataLoader workers
+(each builds its own client). Secrets are wrapped in :class:`Secret`, which prints as stars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal, Union
+
+from cogseg_ml.errors import ValidationError
+
+__all__ = [
+    "CdfConfig",
+    "ClientCredentials",
+    "Credentials",
+    "PollConfig",
+    "RetryConfig",
+    "Secret",
+    "StaticToken",
+    "TokenProvider",
+]
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str) or not value:
+            raise ValidationError("a secret must be a non-empty string")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself. Pass it on; never log it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
+
+
+@dataclass(frozen=True)
+class StaticToken:
+    """A ready bearer token (for example from a notebook login); it is never refreshed."""
+
+    token: Secret
+
+    def __init__(self, token: str | Secret) -> None:
+        object.__setattr__(self, "token", Secret(token) if isinstance(token, str) else token)
+
+
+@dataclass(frozen=True)
+class TokenProvider:
+    """A callable returning a fresh bearer token; called again after a 401.
+
+    The callable must be picklable (a module-level function) for DataLoader workers under spawn.
+    """
+
+    provider: Callable[[], str]
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """OAuth 2.0 client credentials (RFC 6749 section 4.4) against the IdP's token URL.
+
+    The token is cached and fetched again when less than ``leeway_s`` of its life remains, and
+    once more after a 401.
+    """
+
+    token_url: str
+    client_id: str
+    client_secret: Secret
+    scopes: tuple[str, ...] = ()
+    audience: str | None = None
+    leeway_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.client_secret, str):
+            object.__setattr__(self, "client_secret", Secret(self.client_secret))
+        if not self.token_url.startswith(("https://", "http://")):
+            raise ValidationError(f"token_url must be an http(s) URL, got {self.token_url!r}")
+        if not self.client_id:
+            raise ValidationError("client_id must not be empty")
+        object.__setattr__(self, "scopes", tuple(self.scopes))
+
+
+Credentials = Union[StaticToken, TokenProvider, ClientCredentials]
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retry budget for one HTTP call (defaults follow the official SDK).
+
+    Attributes:
+        max_attempts: attempts in all, the first included.
+        max_backoff_s: cap of one wait (also caps an honoured Retry-After).
+        total_timeout_s: stop retrying when this much time has passed since the first attempt.
+        backoff_base_s: the full-jitter base: wait ~ uniform(0, min(cap, base * 2**n)).
+        create_retry: ``"safe"`` retries a job-creating POST only where the request cannot have
+            created a job (429, 503, connection never established); ``"always"`` also after
+            502/504, read timeouts and dropped connections, accepting possible duplicate jobs.
+    """
+
+    max_attempts: int = 10
+    max_backoff_s: float = 60.0
+    total_timeout_s: float = 300.0
+    backoff_base_s: float = 0.5
+    create_retry: Literal["safe", "always"] = "safe"
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValidationError("RetryConfig.max_attempts must be at least 1")
+        for name in ("max_backoff_s", "total_timeout_s", "backoff_base_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValidationError(f"RetryConfig.{name} must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    """Adaptive polling of job status.
+
+    The first poll of a job comes after the typical job duration seen so far (``initial_s``
+    until a job has completed); later polls back off by ``growth`` up to ``max_interval_s``.
+    """
+
+    initial_s: float = 0.25
+    min_interval_s: float = 0.05
+    max_interval_s: float = 5.0
+    growth: float = 1.6
+
+
+@dataclass(frozen=True)
+class CdfConfig:
+    """Everything a client needs to talk to one CDF project.
+
+    Args:
+        project: the CDF project name.
+        base_url: e.g. ``https://westeurope-1.cognitedata.com`` (or give ``cluster``).
+        credentials: a :class:`StaticToken`, :class:`TokenProvider` or :class:`ClientCredentials`.
+        cdf_version: the ``cdf-version`` header for the beta vision endpoints.
+        client_name: sent as ``x-cdp-app``.
+        timeout_s: per-request timeout; ``file_timeout_s`` for downloads.
+        max_connections: pooled connections per client.
+        retry: :class:`RetryConfig`; poll: :class:`PollConfig`.
+        verify_tls: TLS certificate verification; turn off only explicitly (never by default).
+    """
+
+    project: str
+    base_url: str
+    credentials: Credentials
+    cdf_version: str = "beta"
+    client_name: str = "cogseg-ml"
+    timeout_s: float = 60.0
+    file_timeout_s: float = 600.0
+    max_connections: int = 64
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.project or "/" in self.project:
+            raise ValidationError(f"project must be a non-empty name without '/', got "
+                                  f"{self.project!r}")
+        if not self.base_url.startswith(("https://", "http://")):
+            raise ValidationError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if not isinstance(self.credentials, (StaticToken, TokenProvider, ClientCredentials)):
+            raise ValidationError("credentials must be StaticToken, TokenProvider or "
+                                  "ClientCredentials")
+
+    @classmethod
+    def for_cluster(cls, cluster: str, project: str, credentials: Credentials) -> CdfConfig:
+        """Config for ``https://{cluster}.cognitedata.com``."""
+        return cls(project=project, base_url=f"https://{cluster}.cognitedata.com",
+                   credentials=credentials)
+
+    @property
+    def api_root(self) -> str:
+        """``{base_url}/api/v1/projects/{project}``."""
+        return f"{self.base_url}/api/v1/projects/{self.project}"
+
+    def with_options(self, **changes: object) -> CdfConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CdfConfig:
+        """Read the variable names common CDF tooling uses.
+
+        ``COGNITE_PROJECT`` and ``COGNITE_BASE_URL`` (or ``COGNITE_CLUSTER``) are required, plus
+        either ``COGNITE_TOKEN`` (a ready token) or client credentials: ``COGNITE_CLIENT_ID``,
+        ``COGNITE_CLIENT_SECRET``, ``COGNITE_TOKEN_URL`` and optional ``COGNITE_TOKEN_SCOPES``
+        (comma or space separated; default ``{base_url}/.default``) and ``COGNITE_AUDIENCE``.
+
+        Raises:
+            ValidationError: naming the variables that are missing.
+        """
+        import os
+
+        env = os.environ if environ is None else environ
+        project = env.get("COGNITE_PROJECT", "")
+        base_url = env.get("COGNITE_BASE_URL", "")
+        if not base_url and env.get("COGNITE_CLUSTER"):
+            base_url = f"https://{env['COGNITE_CLUSTER']}.cognitedata.com"
+        missing = [n for n, v in (("COGNITE_PROJECT", project),
+                                  ("COGNITE_BASE_URL", base_url)) if not v]
+        credentials: Credentials | None = None
+        if env.get("COGNITE_TOKEN"):
+            credentials = StaticToken(env["COGNITE_TOKEN"])
+        else:
+            names = ("COGNITE_CLIENT_ID", "COGNITE_CLIENT_SECRET", "COGNITE_TOKEN_URL")
+            absent = [n for n in names if not env.get(n)]
+            if absent:
+                missing.append("COGNITE_TOKEN or " + ", ".join(absent))
+            else:
+                raw = env.get("COGNITE_TOKEN_SCOPES", "")
+                scopes = tuple(s for s in raw.replace(",", " ").split() if s) or (
+                    f"{base_url.rstrip('/')}/.default",
+                )
+                credentials = ClientCredentials(
+                    token_url=env["COGNITE_TOKEN_URL"],
+                    client_id=env["COGNITE_CLIENT_ID"],
+                    client_secret=Secret(env["COGNITE_CLIENT_SECRET"]),
+                    scopes=scopes,
+                    audience=env.get("COGNITE_AUDIENCE") or None,
+                )
+        if missing or credentials is None:
+            raise ValidationError("CdfConfig.from_env: set " + "; ".join(missing))
+        return cls(project=project, base_url=base_url, credentials=credentials)

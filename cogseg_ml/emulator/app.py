@@ -1,0 +1,445 @@
+"""The emulator's HTTP application: CDF's routes, one handler each, plus a few admin routes.
+
+Route table (paths under ``/api/v1/projects/{project}`` unless absolute):
+
+=======  ==================================  ===========================================
+POST     ``/oauth2/token``                   OIDC-style client credentials (form body)
+POST     ``/files/byids``                    file metadata [ref 2.1]
+POST     ``/files/downloadlink``             short-lived download URLs [ref 2.2]
+GET      ``/files/download/{token}``         the bytes behind a download URL (absolute)
+POST     ``/context/vision/segment``         start a segmentation job [ref 1.2]
+GET      ``/context/vision/segment/{jobId}`` job status and result [ref 1.3]
+POST     ``/annotations/list``               filter annotations, cursor paging [ref 3.3]
+POST     ``/annotations``                    create annotations [ref 3.3]
+PUT      ``/_emulator/files``                register an image (body = bytes; not CDF)
+POST     ``/_emulator/faults``               replace the fault rules (not CDF)
+GET      ``/_emulator/requests``             the request log (not CDF)
+=======  ==================================  ===========================================
+
+Where the reference is silent the emulator makes a choice and says so here:
+
+* a vision call without a beta ``cdf-version`` header gets 400 (CDF's exact answer is not
+  documented);
+* an unknown ``jobId`` gets 400 with ``missing: [{"jobId": N}]`` (CDF's convention for unknown
+  ids; the reference leaves the status open);
+* a project other than the emulator's gets 403; ``POST /annotations`` answers 201;
+* download URLs need no bearer token (they carry their own short-lived secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cogseg_ml.api.wire_schema import (
+    AnnotationCreateRequest,
+    AnnotationListRequest,
+    DownloadLinkRequest,
+    FileIdentifier,
+    FilesByIdsRequest,
+    SegmentFileRef,
+    SegmentJobCreateRequest,
+)
+from cogseg_ml.emulator.faults import REQUEST_FAULT_KINDS, Fault, FaultInjector
+from cogseg_ml.emulator.job_engine import JobEngine
+from cogseg_ml.emulator.state import EmulatorState, RequestLogEntry
+from cogseg_ml.prompts import Box, Point
+
+__all__ = ["ApiProblem", "ConnectionDropped", "build_app"]
+
+BETA_VERSION = re.compile(r"^(beta|\d{8}-beta)$")
+ALLOWED_EXTENSIONS = (".jpeg", ".jpg", ".png")
+ALLOWED_MIME = ("image/png", "image/jpeg")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ApiProblem(Exception):
+    """Raised by handlers; rendered as CDF's error body by one handler."""
+
+    def __init__(self, status: int, message: str, *, missing: list[dict[str, Any]] | None = None,
+                 duplicated: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.missing = missing
+        self.duplicated = duplicated
+        self.headers = headers or {}
+
+
+class ConnectionDropped(Exception):
+    """Raised after a response has started, so the server closes the connection mid-response."""
+
+
+def error_response(problem: ApiProblem) -> JSONResponse:
+    """CDF's error body: ``{"error": {"code", "message", "missing"?, "duplicated"?}}``."""
+    err: dict[str, Any] = {"code": problem.status, "message": problem.message}
+    if problem.missing:
+        err["missing"] = problem.missing
+    if problem.duplicated:
+        err["duplicated"] = problem.duplicated
+    return JSONResponse({"error": err}, status_code=problem.status, headers=problem.headers)
+
+
+async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
+    """Validate a JSON body against a wire model; 400 naming the bad fields otherwise."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except PydanticValidationError as exc:
+        parts = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in e["loc"]) or "body"
+            parts.append(f"{loc}: {e['msg']}")
+        raise ApiProblem(400, "Invalid request body: " + "; ".join(parts)) from None
+
+
+class Handlers:
+    """One method per endpoint; ``state``, ``jobs`` and ``faults`` are shared with the server."""
+
+    def __init__(self, state: EmulatorState, jobs: JobEngine, faults: FaultInjector) -> None:
+        self.state = state
+        self.jobs = jobs
+        self.faults = faults
+
+    # --- guards ------------------------------------------------------------------------------
+    def authorize(self, request: Request, *, beta: bool = False) -> None:
+        """Bearer token, project and (for vision) the beta version header."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise ApiProblem(401, "Unauthorized: missing bearer token")
+        if self.faults.first("token_expiry", request.method, request.url.path):
+            self.state.expire_token(token)
+        if not self.state.token_valid(token):
+            raise ApiProblem(401, "Unauthorized: the token is unknown or has expired")
+        project = request.path_params.get("project")
+        if project != self.state.project:
+            raise ApiProblem(403, f"Project {project!r} is not accessible with this token")
+        if beta:
+            version = request.headers.get("cdf-version", "")
+            if not BETA_VERSION.match(version):
+                raise ApiProblem(400, "The vision segment API is in beta: send the header "
+                                      "'cdf-version: beta'")
+
+    def _resolve_all(self, idents: list[FileIdentifier], *, ignore_unknown: bool = False
+                     ) -> list[Any]:
+        keys = [i.to_wire() for i in idents]
+        seen: set[str] = set()
+        dup = []
+        for k in keys:
+            s = json.dumps(k, sort_keys=True)
+            if s in seen:
+                dup.append(k)
+            seen.add(s)
+        if dup:
+            raise ApiProblem(400, "Duplicate identifiers in request", duplicated=dup)
+        records = [self.state.resolve(i) for i in idents]
+        missing = [k for k, r in zip(keys, records) if r is None]
+        if missing and not ignore_unknown:
+            raise ApiProblem(400, "Files not found", missing=missing)
+        return [(k, r) for k, r in zip(keys, records) if r is not None]
+
+    # --- endpoints ---------------------------------------------------------------------------
+    async def token(self, request: Request) -> Response:
+        """OAuth client credentials: form body, or HTTP Basic for the client id and secret."""
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        if form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
+        cid, secret = form.get("client_id"), form.get("client_secret")
+        auth = request.headers.get("authorization", "")
+        if auth.lower().startswith("basic "):
+            import base64
+
+            try:
+                cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                cid = secret = None
+        if cid != self.state.client_id or secret != self.state.client_secret:
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        token, ttl = self.state.issue_token()
+        return JSONResponse({"access_token": token, "token_type": "Bearer",
+                             "expires_in": int(ttl)})
+
+    async def files_byids(self, request: Request) -> Response:
+        """``POST /files/byids``."""
+        self.authorize(request)
+        body = await parse_body(request, FilesByIdsRequest)
+        found = self._resolve_all(body.items, ignore_unknown=body.ignore_unknown_ids)
+        return JSONResponse({"items": [r.metadata().to_wire() for _, r in found]})
+
+    async def files_downloadlink(self, request: Request) -> Response:
+        """``POST /files/downloadlink`` (``?extendedExpiration=true`` gives 1 h links)."""
+        self.authorize(request)
+        body = await parse_body(request, DownloadLinkRequest)
+        ttl = 3600.0 if request.query_params.get("extendedExpiration") == "true" else 30.0
+        items = []
+        for key, rec in self._resolve_all(body.items):
+            link = self.state.new_link(rec.id, ttl)
+            items.append({**key, "downloadUrl": f"{request.base_url}files/download/{link}"})
+        return JSONResponse({"items": items})
+
+    async def files_download(self, request: Request) -> Response:
+        """``GET`` a download URL."""
+        rec = self.state.open_link(request.path_params["token"])
+        if rec is None:
+            return Response("the download link is unknown or has expired", status_code=403,
+                            media_type="text/plain")
+        return Response(rec.data, media_type="application/octet-stream")
+
+    async def segment_create(self, request: Request) -> Response:
+        """``POST /context/vision/segment``."""
+        self.authorize(request, beta=True)
+        body = await parse_body(request, SegmentJobCreateRequest)
+        item: SegmentFileRef = body.items[0]
+        ident = FileIdentifier(id=item.file_id, external_id=item.file_external_id,
+                               instance_id=item.file_instance_id)
+        ((_, rec),) = self._resolve_all([ident])
+        name = rec.name.lower()
+        if not name.endswith(ALLOWED_EXTENSIONS) or rec.mime_type not in ALLOWED_MIME:
+            raise ApiProblem(400, f"File {rec.id} ({rec.name!r}, mimeType {rec.mime_type!r}) "
+                                  "cannot be segmented: the extension must be .jpeg, .jpg or "
+                                  ".png and the mimeType image/png or image/jpeg")
+        points = tuple(Point(p.x, p.y, p.label) for p in body.points)
+        b = body.bounding_box
+        box = Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None
+        method, path = request.method, request.url.path
+        job_fault = self.faults.first("job_fail", method, path)
+        item_fault = self.faults.first("item_fail", method, path)
+        job = self.jobs.submit(rec, points, box,
+                               fail_job=job_fault.message if job_fault else None,
+                               fail_item=item_fault.message if item_fault else None)
+        return JSONResponse(job.to_wire(created=True).to_wire())
+
+    async def segment_retrieve(self, request: Request) -> Response:
+        """``GET /context/vision/segment/{jobId}``."""
+        self.authorize(request, beta=True)
+        raw = request.path_params["job_id"]
+        if not raw.isdigit():
+            raise ApiProblem(400, f"jobId must be an integer, got {raw!r}")
+        job = self.jobs.jobs.get(int(raw))
+        if job is None:
+            raise ApiProblem(400, f"Job {raw} not found", missing=[{"jobId": int(raw)}])
+        return JSONResponse(job.to_wire(created=False).to_wire())
+
+    async def annotations_list(self, request: Request) -> Response:
+        """``POST /annotations/list`` with the filter keys of the reference."""
+        self.authorize(request)
+        body = await parse_body(request, AnnotationListRequest)
+        f = body.filter
+        if "annotatedResourceType" not in f or "annotatedResourceIds" not in f:
+            raise ApiProblem(400, "filter needs annotatedResourceType and annotatedResourceIds")
+        ids = {d.get("id") for d in f["annotatedResourceIds"] if isinstance(d, dict)}
+        data_filter = f.get("data") or {}
+        with self.state.lock:
+            rows = sorted(self.state.annotations.values(), key=lambda a: a["id"])
+        out = []
+        for a in rows:
+            if a["annotatedResourceType"] != f["annotatedResourceType"]:
+                continue
+            if a["annotatedResourceId"] not in ids:
+                continue
+            if any(k in f and a.get(k) != f[k] for k in
+                   ("annotationType", "status", "creatingApp", "creatingAppVersion")):
+                continue
+            if "creatingUser" in f and a.get("creatingUser") != f["creatingUser"]:
+                continue
+            if any(a["data"].get(k) != v for k, v in data_filter.items()):
+                continue
+            out.append(a)
+        start = int(body.cursor) if body.cursor and body.cursor.isdigit() else 0
+        page = out[start:start + body.limit]
+        nxt = str(start + body.limit) if start + body.limit < len(out) else None
+        return JSONResponse({"items": page, "nextCursor": nxt})
+
+    async def annotations_create(self, request: Request) -> Response:
+        """``POST /annotations`` (201)."""
+        self.authorize(request)
+        body = await parse_body(request, AnnotationCreateRequest)
+        missing = [{"id": a.annotated_resource_id} for a in body.items
+                   if a.annotated_resource_type == "file"
+                   and a.annotated_resource_id not in self.state.files]
+        if missing:
+            raise ApiProblem(400, "Annotated files not found", missing=missing)
+        for a in body.items:
+            if a.annotation_type == "images.ObjectDetection":
+                geoms = [k for k in ("boundingBox", "polygon", "polyline") if k in a.data]
+                if len(geoms) != 1 or "label" not in a.data:
+                    raise ApiProblem(400, "images.ObjectDetection data needs a label and exactly "
+                                          "one of boundingBox, polygon, polyline")
+        stored = [self.state.add_annotation(a.to_wire()) for a in body.items]
+        return JSONResponse({"items": stored}, status_code=201)
+
+    # --- admin (not CDF) ------------------------------------------------------------------------
+    async def admin_add_file(self, request: Request) -> Response:
+        """Register an image: body = bytes; query ``name``, ``externalId``, ``mimeType``."""
+        q = request.query_params
+        name = q.get("name")
+        if not name:
+            raise ApiProblem(400, "query parameter 'name' is required")
+        try:
+            rec = self.state.add_file(await request.body(), name, mime_type=q.get("mimeType"),
+                                      external_id=q.get("externalId"))
+        except ValueError as exc:
+            raise ApiProblem(409, str(exc)) from None
+        return JSONResponse(rec.metadata().to_wire(), status_code=201)
+
+    async def admin_faults(self, request: Request) -> Response:
+        """Replace the fault rules: ``{"seed": int, "faults": [Fault as dict, ...]}``."""
+        try:
+            data = json.loads(await request.body())
+            faults = [Fault.from_dict(d) for d in data.get("faults", [])]
+        except (ValueError, TypeError) as exc:
+            raise ApiProblem(400, f"bad fault list: {exc}") from None
+        self.faults.reset(faults, data.get("seed"))
+        return JSONResponse({"faults": len(faults)})
+
+    async def admin_requests(self, request: Request) -> Response:
+        """The request log as JSON."""
+        with self.state.lock:
+            rows = [e.__dict__ for e in self.state.request_log]
+        return JSONResponse({"items": rows})
+
+
+class FaultAndLogMiddleware:
+    """Adds ``x-request-id``, injects request faults, enforces the rate limit, logs requests."""
+
+    def __init__(self, app: ASGIApp, state: EmulatorState, faults: FaultInjector,
+                 rate_limit_rps: float | None) -> None:
+        self.app = app
+        self.state = state
+        self.faults = faults
+        self.rate = rate_limit_rps
+        self._allowance = float(rate_limit_rps or 0.0)
+        self._last = time.monotonic()
+
+    def _rate_limited(self) -> bool:
+        if not self.rate:
+            return False
+        now = time.monotonic()
+        self._allowance = min(self.rate, self._allowance + (now - self._last) * self.rate)
+        self._last = now
+        if self._allowance < 1.0:
+            return True
+        self._allowance -= 1.0
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        if path.startswith("/_emulator/"):
+            await self.app(scope, receive, send)
+            return
+        rid = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        status = {"code": 0}
+        fault_name: str | None = None
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["x-request-id"] = rid
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            fired = self.faults.draw(REQUEST_FAULT_KINDS, method, path)
+            for f in fired:
+                if f.kind == "delay":
+                    await asyncio.sleep(f.delay_s)
+                    fault_name = "delay"
+            drop = next((f for f in fired if f.kind == "drop"), None)
+            reject = next((f for f in fired if f.kind == "status"), None)
+            if drop is not None:
+                fault_name = "drop-after" if drop.after else "drop"
+                if drop.after:
+                    await self.app(scope, receive, _discard)
+                await send_with_id({"type": "http.response.start", "status": 200,
+                                    "headers": [(b"content-type", b"application/json"),
+                                                (b"content-length", b"4096")]})
+                await send({"type": "http.response.body", "body": b'{"status":',
+                            "more_body": True})
+                raise ConnectionDropped
+            if reject is not None:
+                fault_name = f"status-{reject.status}"
+                headers = {"Retry-After": reject.retry_after} if reject.retry_after else None
+                await error_response(ApiProblem(reject.status, reject.message, headers=headers))(
+                    scope, receive, send_with_id)
+            elif self._rate_limited():
+                fault_name = "rate-limit"
+                await error_response(ApiProblem(429, "Too many requests: rate limit exceeded"))(
+                    scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            self.state.log(RequestLogEntry(time=time.time(), method=method, path=path,
+                                           status=status["code"], request_id=rid,
+                                           fault=fault_name,
+                                           duration_s=time.perf_counter() - t0))
+
+
+async def _discard(message: Message) -> None:
+    return None
+
+
+def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
+              rate_limit_rps: float | None = None) -> ASGIApp:
+    """The ASGI app: routes, one error handler, the fault/log middleware, job-engine lifespan."""
+    h = Handlers(state, jobs, faults)
+    p = "/api/v1/projects/{project}"
+    routes = [
+        Route("/oauth2/token", h.token, methods=["POST"]),
+        Route(p + "/files/byids", h.files_byids, methods=["POST"]),
+        Route(p + "/files/downloadlink", h.files_downloadlink, methods=["POST"]),
+        Route("/files/download/{token}", h.files_download, methods=["GET"]),
+        Route(p + "/context/vision/segment", h.segment_create, methods=["POST"]),
+        Route(p + "/context/vision/segment/{job_id}", h.segment_retrieve, methods=["GET"]),
+        Route(p + "/annotations/list", h.annotations_list, methods=["POST"]),
+        Route(p + "/annotations", h.annotations_create, methods=["POST"]),
+        Route("/_emulator/files", h.admin_add_file, methods=["PUT"]),
+        Route("/_emulator/faults", h.admin_faults, methods=["POST"]),
+        Route("/_emulator/requests", h.admin_requests, methods=["GET"]),
+    ]
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblem)
+        return error_response(exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        code = int(getattr(exc, "status_code", 500))
+        return error_response(ApiProblem(code, str(getattr(exc, "detail", "error"))))
+
+    from contextlib import asynccontextmanager
+    from collections.abc import AsyncIterator
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await jobs.start()
+        try:
+            yield
+        finally:
+            await jobs.stop()
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ApiProblem: on_problem,
+        404: on_http,
+        405: on_http,
+    }
+    inner = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    return FaultAndLogMiddleware(inner, state, faults, rate_limit_rps)

@@ -1,0 +1,217 @@
+"""Segmentation jobs in the emulator: Queued, then Running, then Completed or Failed.
+
+Jobs wait in a FIFO queue for one of ``concurrency`` workers (asyncio tasks on the server's
+loop). A worker marks the job Running (``startTime``), computes the masks in a thread, pads the
+job to ``processing_time_s`` in all, and marks it Completed or Failed (``statusTime``). Results of
+one (file, prompt) are computed once and reused: the engine is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cogseg_ml.api.wire_schema import (
+    FailedItemGroup,
+    JobStatus,
+    SegmentBoundingBox,
+    SegmentFileRef,
+    SegmentJob,
+    SegmentJobItem,
+    SegmentPoint,
+    SegmentPolygon,
+    SegmentPrompt,
+    SegmentResult,
+    SegmentVertex,
+)
+from cogseg_ml.emulator.segmentation_engines import SegmentationEngine
+from cogseg_ml.emulator.state import FileRecord, now_ms
+from cogseg_ml.mask_codec import mask_to_polygons
+from cogseg_ml.prompts import Box, Point
+
+__all__ = ["JobEngine", "JobRecord"]
+
+
+@dataclass
+class JobRecord:
+    """One job's state."""
+
+    job_id: int
+    file: FileRecord
+    points: tuple[Point, ...]
+    box: Box | None
+    created_time: int
+    status: JobStatus = JobStatus.QUEUED
+    start_time: int | None = None
+    status_time: int = 0
+    segments: list[SegmentResult] = field(default_factory=list)
+    error_message: str | None = None
+    failed_item_message: str | None = None
+    fail_job: str | None = None
+    fail_item: str | None = None
+
+    def item_ref(self) -> SegmentFileRef:
+        """The file as echoed in responses (id plus external id when there is one)."""
+        return SegmentFileRef(file_id=self.file.id, file_external_id=self.file.external_id)
+
+    def to_wire(self, *, created: bool) -> SegmentJob:
+        """The POST (``created=True``, prompt at top level) or GET view of the job."""
+        pts = [SegmentPoint(x=p.x, y=p.y, label=p.label) for p in self.points]  # type: ignore[arg-type]
+        box = (SegmentBoundingBox(x_min=self.box.x_min, y_min=self.box.y_min,
+                                  x_max=self.box.x_max, y_max=self.box.y_max)
+               if self.box else None)
+        ref = self.item_ref()
+        if created:
+            items = [SegmentJobItem(file_id=ref.file_id, file_external_id=ref.file_external_id)]
+            return SegmentJob(status=self.status, job_id=self.job_id,
+                              created_time=self.created_time, start_time=self.start_time,
+                              status_time=self.status_time, items=items, points=pts,
+                              bounding_box=box)
+        items = []
+        failed = None
+        if self.status is JobStatus.COMPLETED:
+            items = [SegmentJobItem(file_id=ref.file_id, file_external_id=ref.file_external_id,
+                                    segments=self.segments)]
+        if self.failed_item_message is not None:
+            failed = [FailedItemGroup(error_message=self.failed_item_message, items=[ref])]
+        return SegmentJob(status=self.status, job_id=self.job_id, created_time=self.created_time,
+                          start_time=self.start_time, status_time=self.status_time, items=items,
+                          prompt=SegmentPrompt(points=pts, bounding_box=box),
+                          error_message=self.error_message, failed_items=failed)
+
+
+def _key(rec: JobRecord) -> tuple[object, ...]:
+    return (rec.file.id, rec.file.last_updated_time, rec.points, rec.box)
+
+
+class JobEngine:
+    """A bounded worker pool for segmentation jobs (runs on the server's event loop)."""
+
+    def __init__(self, engine: SegmentationEngine, *, processing_time_s: float = 0.05,
+                 concurrency: int = 8, clock: Callable[[], float] = time.time,
+                 result_cache_size: int = 4096) -> None:
+        self.engine = engine
+        self.processing_time_s = processing_time_s
+        self.concurrency = concurrency
+        self.clock = clock
+        self.jobs: dict[int, JobRecord] = {}
+        self._next_id = 7_000_000_001
+        self._queue: asyncio.Queue[JobRecord] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emu-segment")
+        self._results: OrderedDict[tuple[object, ...], list[SegmentResult]] = OrderedDict()
+        self._result_cache_size = result_cache_size
+        self._results_lock = threading.Lock()
+        self.completed = 0
+        self.failed = 0
+        self.max_running = 0
+        self._running = 0
+
+    async def start(self) -> None:
+        """Start the workers (call on the server's loop)."""
+        self._queue = asyncio.Queue()
+        self._workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+
+    async def stop(self) -> None:
+        """Cancel the workers and release the compute threads."""
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def submit(self, file: FileRecord, points: tuple[Point, ...], box: Box | None, *,
+               fail_job: str | None = None, fail_item: str | None = None) -> JobRecord:
+        """Queue a job and return its record (status Queued)."""
+        assert self._queue is not None, "JobEngine.start() was not awaited"
+        t = now_ms(self.clock)
+        rec = JobRecord(job_id=self._next_id, file=file, points=points, box=box,
+                        created_time=t, status_time=t, fail_job=fail_job, fail_item=fail_item)
+        self._next_id += 1
+        self.jobs[rec.job_id] = rec
+        self._queue.put_nowait(rec)
+        return rec
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a worker."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        while True:
+            rec = await self._queue.get()
+            try:
+                await self._run(rec)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the engine broke: the job fails, the worker lives on
+                self._finish(rec, JobStatus.FAILED, error=f"internal error: {type(exc).__name__}")
+
+    async def _run(self, rec: JobRecord) -> None:
+        t0 = time.monotonic()
+        rec.status = JobStatus.RUNNING
+        rec.start_time = rec.status_time = now_ms(self.clock)
+        self._running += 1
+        self.max_running = max(self.max_running, self._running)
+        try:
+            segments: list[SegmentResult] | None = None
+            error: str | None = None
+            item_error: str | None = rec.fail_item
+            if rec.fail_job is None and item_error is None:
+                try:
+                    segments = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._segments_for, rec)
+                except (OSError, ValueError) as exc:  # undecodable image: the item fails
+                    item_error = f"could not read image {rec.file.name!r}: {exc}"
+            else:
+                error = rec.fail_job
+            remaining = self.processing_time_s - (time.monotonic() - t0)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        finally:
+            self._running -= 1
+        if segments is not None:
+            rec.segments = segments
+            self._finish(rec, JobStatus.COMPLETED)
+        else:
+            self._finish(rec, JobStatus.FAILED, error=error, item_error=item_error)
+
+    def _finish(self, rec: JobRecord, status: JobStatus, *, error: str | None = None,
+                item_error: str | None = None) -> None:
+        rec.error_message = error
+        rec.failed_item_message = item_error
+        rec.status = status
+        rec.status_time = now_ms(self.clock)
+        if status is JobStatus.COMPLETED:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+    def _segments_for(self, rec: JobRecord) -> list[SegmentResult]:
+        key = _key(rec)
+        with self._results_lock:
+            cached = self._results.get(key)
+            if cached is not None:
+                self._results.move_to_end(key)
+                return cached
+        pixels = rec.file.pixels()
+        h, w = pixels.shape[:2]
+        out: list[SegmentResult] = []
+        for seg in self.engine.segment(pixels, rec.points, rec.box):
+            polys = [
+                SegmentPolygon(vertices=[SegmentVertex(x=x / w, y=y / h) for x, y in poly])
+                for poly in mask_to_polygons(seg.mask)
+            ]
+            out.append(SegmentResult(score=round(float(seg.score), 4), polygons=polys))
+        out.sort(key=lambda s: -s.score)
+        with self._results_lock:
+            self._results[key] = out
+            if len(self._results) > self._result_cache_size:
+                self._results.popitem(last=False)
+        return out

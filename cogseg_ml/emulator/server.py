@@ -1,0 +1,234 @@
+"""Run the emulator: in-process on loopback (a context manager) or from the command line.
+
+Example::
+
+    with Emulator(images=make_dataset(4)) as emu:
+        client = SegmentationClient(emu.config)
+        ...
+
+The server (uvicorn) runs on its own thread with its own event loop, on ``127.0.0.1`` and an
+ephemeral port unless told otherwise; leaving the ``with`` block stops it and joins the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cogseg_ml.config import CdfConfig, ClientCredentials, Secret, StaticToken
+from cogseg_ml.emulator.app import ConnectionDropped, build_app
+from cogseg_ml.emulator.faults import Fault, FaultInjector
+from cogseg_ml.emulator.job_engine import JobEngine, JobRecord
+from cogseg_ml.emulator.segmentation_engines import RegionGrowingEngine, SegmentationEngine
+from cogseg_ml.emulator.state import EmulatorState, FileRecord, RequestLogEntry
+from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
+
+__all__ = ["Emulator"]
+
+_log = logging.getLogger("cogseg_ml.emulator")
+
+
+class _QuietDrops(logging.Filter):
+    """Keep injected connection drops out of uvicorn's error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionDropped)
+
+
+class Emulator:
+    """A local CDF emulator serving real HTTP on loopback.
+
+    Args:
+        images: what to serve from the start: :class:`SyntheticImage` objects (registered as
+            PNG, their shapes kept as ground truth), a folder of ``.png``/``.jpg``/``.jpeg``
+            files, or ``(name, bytes)`` pairs.
+        project: the CDF project name it answers for.
+        processing_time_s: how long each job takes (queueing not included).
+        concurrency: jobs processed at once; the rest wait Queued.
+        rate_limit_rps: requests per second before 429 (``None``: no limit).
+        faults: fault rules (see :mod:`cogseg_ml.emulator.faults`), drawn from ``seed``.
+        token_ttl_s: lifetime of issued tokens.
+        engine: the segmentation engine (default :class:`RegionGrowingEngine`).
+        image_format: how synthetic images are stored, ``"png"`` or ``"jpeg"``.
+        host, port: where to listen (``port=0``: an ephemeral port).
+    """
+
+    def __init__(
+        self,
+        images: Iterable[SyntheticImage | tuple[str, bytes]] | str | Path | None = None,
+        *,
+        project: str = "emulated-project",
+        processing_time_s: float = 0.05,
+        concurrency: int = 8,
+        rate_limit_rps: float | None = None,
+        faults: Iterable[Fault] = (),
+        seed: int = 0,
+        token_ttl_s: float = 3600.0,
+        engine: SegmentationEngine | None = None,
+        image_format: str = "png",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_id: str = "cogseg-emulator",
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.image_format = image_format
+        self.state = EmulatorState(project, client_id=client_id,
+                                   client_secret=secrets.token_urlsafe(24),
+                                   token_ttl_s=token_ttl_s)
+        self.faults = FaultInjector(tuple(faults), seed)
+        self.jobs = JobEngine(engine or RegionGrowingEngine(),
+                              processing_time_s=processing_time_s, concurrency=concurrency)
+        self._app = build_app(self.state, self.jobs, self.faults, rate_limit_rps=rate_limit_rps)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        if images is not None:
+            if isinstance(images, (str, Path)):
+                self.add_folder(images)
+            else:
+                for img in images:
+                    if isinstance(img, SyntheticImage):
+                        self.add_synthetic(img)
+                    else:
+                        self.add_image(img[1], img[0])
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Emulator:
+        """Start serving; returns when the server accepts connections."""
+        import uvicorn
+
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already running")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._port))
+        self._socket = sock
+        config = uvicorn.Config(self._app, log_level="warning", access_log=False,
+                                lifespan="on", timeout_keep_alive=30, backlog=2048)
+        server = uvicorn.Server(config)
+        self._server = server
+        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                        name="cogseg-emulator", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the emulator failed to start")
+            time.sleep(0.005)
+        _log.info("emulator serving project %r at %s", self.state.project, self.base_url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the server thread (idempotent)."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- addresses and credentials -------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The port it listens on (known once started)."""
+        if self._socket is None:
+            raise RuntimeError("the emulator is not running")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:{port}``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """The client-credentials token endpoint."""
+        return f"{self.base_url}/oauth2/token"
+
+    @property
+    def project(self) -> str:
+        """The project name."""
+        return self.state.project
+
+    @property
+    def client_secret(self) -> Secret:
+        """The client secret the token endpoint accepts."""
+        return Secret(self.state.client_secret)
+
+    @property
+    def config(self) -> CdfConfig:
+        """A ready client config using client credentials against this emulator."""
+        creds = ClientCredentials(token_url=self.token_url, client_id=self.state.client_id,
+                                  client_secret=self.client_secret,
+                                  scopes=(f"{self.base_url}/.default",))
+        return CdfConfig(project=self.project, base_url=self.base_url, credentials=creds)
+
+    def static_config(self, ttl_s: float | None = None) -> CdfConfig:
+        """A client config with a freshly issued static token."""
+        token, _ = self.state.issue_token(ttl_s)
+        return CdfConfig(project=self.project, base_url=self.base_url,
+                         credentials=StaticToken(token))
+
+    def issue_token(self, ttl_s: float | None = None) -> str:
+        """A valid bearer token (for raw-HTTP tests)."""
+        return self.state.issue_token(ttl_s)[0]
+
+    # --- content -----------------------------------------------------------------------------
+    def add_image(self, data: bytes, name: str, *, mime_type: str | None = None,
+                  external_id: str | None = None,
+                  ground_truth: list[tuple[str, np.ndarray]] | None = None) -> FileRecord:
+        """Register one file (any bytes; eligibility is checked when a job is created)."""
+        return self.state.add_file(data, name, mime_type=mime_type, external_id=external_id,
+                                   ground_truth=ground_truth)
+
+    def add_synthetic(self, image: SyntheticImage, *, external_id: str | None = None,
+                      fmt: str | None = None) -> FileRecord:
+        """Register a synthetic image with its ground truth."""
+        fmt = fmt or self.image_format
+        name = image.name
+        if fmt == "jpeg" and name.endswith(".png"):
+            name = name[:-4] + ".jpg"
+        data = encode_image(image.pixels, "jpeg" if fmt == "jpeg" else "png")
+        return self.add_image(data, name, external_id=external_id or name,
+                              ground_truth=[(o.category, o.mask) for o in image.objects])
+
+    def add_folder(self, folder: str | Path) -> list[FileRecord]:
+        """Register every ``.png``/``.jpg``/``.jpeg`` file of a folder (external id = name)."""
+        out = []
+        for path in sorted(Path(folder).iterdir()):
+            if path.suffix.lower() in (".png", ".jpg", ".jpeg") and path.is_file():
+                out.append(self.add_image(path.read_bytes(), path.name, external_id=path.name))
+        return out
+
+    def set_faults(self, *faults: Fault, seed: int | None = None) -> None:
+        """Replace the fault rules (counts and the random stream start again)."""
+        self.faults.reset(faults, seed)
+
+    @property
+    def requests(self) -> list[RequestLogEntry]:
+        """A copy of the request log."""
+        with self.state.lock:
+            return list(self.state.request_log)
+
+    def job(self, job_id: int) -> JobRecord:
+        """A job's record (for tests)."""
+        return self.jobs.jobs[job_id]
