@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, Union
+from typing import Literal
 
 from cogseg_ml.errors import ValidationError
 
@@ -101,7 +101,7 @@ class ClientCredentials:
         object.__setattr__(self, "scopes", tuple(self.scopes))
 
 
-Credentials = Union[StaticToken, TokenProvider, ClientCredentials]
+Credentials = StaticToken | TokenProvider | ClientCredentials
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ class CdfConfig:
     client_name: str = "cogseg-ml"
     timeout_s: float = 60.0
     file_timeout_s: float = 600.0
-    max_connections: int = 64
+    max_connections: int = 32
     retry: RetryConfig = field(default_factory=RetryConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     verify_tls: bool = True

@@ -65,9 +65,8 @@ def _to_coco(rle: Rle) -> dict[str, Any]:
                               "{'size': [h, w], 'counts': str}") from exc
     if isinstance(counts, list):  # uncompressed RLE: let pycocotools compress it
         return coco_mask.frPyObjects({"size": [h, w], "counts": counts}, h, w)  # type: ignore[no-any-return]
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": [int(h), int(w)], "counts": counts}
+    raw = counts.encode("ascii") if isinstance(counts, str) else counts
+    return {"size": [int(h), int(w)], "counts": raw}
 
 
 def empty_rle(height: int, width: int) -> Rle:
@@ -92,7 +91,7 @@ def encode(masks: np.ndarray | torch.Tensor) -> list[Rle]:
     if masks.ndim != 3:
         raise ValidationError(f"masks must be (N, H, W) or (H, W), got shape {masks.shape}")
     if masks.dtype != np.uint8:
-        masks = masks.astype(bool).view(np.uint8) if masks.dtype == bool else (masks != 0).view(np.uint8)
+        masks = (masks if masks.dtype == bool else masks != 0).view(np.uint8)
     if masks.shape[0] == 0:
         return []
     # (N, H, W) C-order is exactly (H, W, N) F-order after a transpose: no copy when contiguous.
@@ -233,7 +232,7 @@ def mask_to_polygons(mask: np.ndarray, *, holes: bool = False) -> list[list[tupl
 
     out_edges: dict[tuple[int, int], list[int]] = {}
     for xs, ys, d in starts:
-        for x, y in zip(xs.tolist(), ys.tolist()):
+        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
             out_edges.setdefault((x, y), []).append(d)
 
     polygons: list[list[tuple[int, int]]] = []

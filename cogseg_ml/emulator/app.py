@@ -150,15 +150,16 @@ class Handlers:
         if dup:
             raise ApiProblem(400, "Duplicate identifiers in request", duplicated=dup)
         records = [self.state.resolve(i) for i in idents]
-        missing = [k for k, r in zip(keys, records) if r is None]
+        missing = [k for k, r in zip(keys, records, strict=True) if r is None]
         if missing and not ignore_unknown:
             raise ApiProblem(400, "Files not found", missing=missing)
-        return [(k, r) for k, r in zip(keys, records) if r is not None]
+        return [(k, r) for k, r in zip(keys, records, strict=True) if r is not None]
 
     # --- endpoints ---------------------------------------------------------------------------
     async def token(self, request: Request) -> Response:
         """OAuth client credentials: form body, or HTTP Basic for the client id and secret."""
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        raw = (await request.body()).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(raw).items()}
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         cid, secret = form.get("client_id"), form.get("client_secret")
@@ -220,7 +221,7 @@ class Handlers:
         box = Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None
         method, path = request.method, request.url.path
         job_fault = self.faults.first("job_fail", method, path)
-        item_fault = self.faults.first("item_fail", method, path)
+        item_fault = None if job_fault else self.faults.first("item_fail", method, path)
         job = self.jobs.submit(rec, points, box,
                                fail_job=job_fault.message if job_fault else None,
                                fail_item=item_fault.message if item_fault else None)
@@ -235,7 +236,7 @@ class Handlers:
         job = self.jobs.jobs.get(int(raw))
         if job is None:
             raise ApiProblem(400, f"Job {raw} not found", missing=[{"jobId": int(raw)}])
-        return JSONResponse(job.to_wire(created=False).to_wire())
+        return Response(job.retrieve_body(), media_type="application/json")
 
     async def annotations_list(self, request: Request) -> Response:
         """``POST /annotations/list`` with the filter keys of the reference."""
@@ -425,8 +426,8 @@ def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
         code = int(getattr(exc, "status_code", 500))
         return error_response(ApiProblem(code, str(getattr(exc, "detail", "error"))))
 
-    from contextlib import asynccontextmanager
     from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

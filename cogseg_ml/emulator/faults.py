@@ -105,12 +105,12 @@ class FaultInjector:
         """How many times each kind has fired."""
         out: dict[str, int] = {}
         with self._lock:
-            for f, n in zip(self.faults, self._counts):
+            for f, n in zip(self.faults, self._counts, strict=True):
                 out[f.kind] = out.get(f.kind, 0) + n
         return out
 
     def draw(self, kinds: frozenset[str] | set[str], method: str, path: str) -> list[Fault]:
-        """The faults of ``kinds`` that fire for this request, in rule order."""
+        """The faults of ``kinds`` that fire for this request (one per kind), in rule order."""
         fired: list[Fault] = []
         with self._lock:
             for i, f in enumerate(self.faults):
@@ -118,9 +118,10 @@ class FaultInjector:
                     continue
                 if f.times is not None and self._counts[i] >= f.times:
                     continue
-                # Always draw, so one rule's outcome does not shift the others' stream.
+                # Always draw, so one rule's outcome does not shift the others' stream; at most
+                # one fault of each kind fires per request (the first rule that hits).
                 hit = self._rng.random() < f.probability
-                if hit:
+                if hit and all(g.kind != f.kind for g in fired):
                     self._counts[i] += 1
                     fired.append(f)
         return fired

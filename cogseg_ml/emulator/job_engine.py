@@ -54,6 +54,17 @@ class JobRecord:
     failed_item_message: str | None = None
     fail_job: str | None = None
     fail_item: str | None = None
+    _final_body: bytes | None = field(default=None, repr=False)
+
+    def retrieve_body(self) -> bytes:
+        """The GET response body; serialized once the job is terminal (it no longer changes)."""
+        if self._final_body is not None:
+            return self._final_body
+        body = self.to_wire(created=False).model_dump_json(by_alias=True, exclude_none=True)
+        data = body.encode()
+        if self.status.is_terminal:
+            self._final_body = data
+        return data
 
     def item_ref(self) -> SegmentFileRef:
         """The file as echoed in responses (id plus external id when there is one)."""

@@ -78,7 +78,8 @@ class RegionGrowingEngine:
         h, w = image.shape[:2]
         if box is not None:
             x0, y0 = int(np.floor(box.x_min * w)), int(np.floor(box.y_min * h))
-            x1, y1 = max(x0 + 1, int(np.ceil(box.x_max * w))), max(y0 + 1, int(np.ceil(box.y_max * h)))
+            x1 = max(x0 + 1, int(np.ceil(box.x_max * w)))
+            y1 = max(y0 + 1, int(np.ceil(box.y_max * h)))
         else:
             x0, y0, x1, y1 = 0, 0, w, h
         roi = image[y0:y1, x0:x1].astype(np.float32)

@@ -66,7 +66,8 @@ def _shape_mask(kind: str, h: int, w: int, x0: int, y0: int, x1: int, y1: int) -
     yy, xx = np.mgrid[0:h, 0:w]
     cx, cy = (xx + 0.5), (yy + 0.5)
     if kind == "rectangle":
-        return (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+        rect: np.ndarray = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+        return rect
     if kind == "ellipse":
         a, b = (x1 - x0) / 2, (y1 - y0) / 2
         mx, my = (x0 + x1) / 2, (y0 + y1) / 2

@@ -1,0 +1,266 @@
+"""Shared request building and response handling for the sync and async clients.
+
+The clients add only I/O: each call is described by a :class:`Call`, sent through tenacity with
+the retry rule of :mod:`cogseg_ml.api.retry_policy`, and its response is turned into a model or
+a typed error here. This is the one place responses become exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
+from tenacity import RetryCallState
+
+from cogseg_ml import __version__
+from cogseg_ml.api.retry_policy import CallKind, RetryableStatus, parse_retry_after
+from cogseg_ml.api.wire_schema import (
+    FileIdentifier,
+    InstanceIdWire,
+    SegmentBoundingBox,
+    SegmentFileRef,
+    SegmentJobCreateRequest,
+    SegmentPoint,
+)
+from cogseg_ml.config import CdfConfig
+from cogseg_ml.errors import (
+    ApiError,
+    ApiUnavailableError,
+    AuthenticationError,
+    CogsegError,
+    NotFoundError,
+    RateLimitedError,
+    ResponseValidationError,
+    ValidationError,
+)
+from cogseg_ml.prompts import FileRef, Prompt
+
+__all__ = ["Call", "ClientCore"]
+
+_log = logging.getLogger("cogseg_ml.api")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP call: what to send and how it may be retried.
+
+    ``label`` is what logs and errors show: never a download URL (it is a credential).
+    """
+
+    method: str
+    url: str
+    kind: CallKind
+    label: str
+    json: Any = None
+    params: dict[str, str] | None = None
+    beta: bool = False
+    authenticated: bool = True
+    timeout_s: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _snippet(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def file_identifier(ref: FileRef) -> FileIdentifier:
+    """The Files API form of a reference."""
+    inst = (InstanceIdWire(space=ref.instance_id.space, external_id=ref.instance_id.external_id)
+            if ref.instance_id else None)
+    return FileIdentifier(id=ref.id, external_id=ref.external_id, instance_id=inst)
+
+
+def segment_file_ref(ref: FileRef) -> SegmentFileRef:
+    """The segment-job form of a reference."""
+    inst = (InstanceIdWire(space=ref.instance_id.space, external_id=ref.instance_id.external_id)
+            if ref.instance_id else None)
+    return SegmentFileRef(file_id=ref.id, file_external_id=ref.external_id, file_instance_id=inst)
+
+
+class ClientCore:
+    """Request building, error mapping and parsing shared by both clients."""
+
+    def __init__(self, config: CdfConfig) -> None:
+        if not isinstance(config, CdfConfig):
+            raise ValidationError("config must be a CdfConfig")
+        self.config = config
+        self._base_headers = {
+            "x-cdp-app": config.client_name,
+            "user-agent": f"cogseg-ml/{__version__}",
+            "accept": "application/json",
+        }
+        self._origin = urlsplit(config.base_url)[:2]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(project={self.config.project!r}, "
+                f"base_url={self.config.base_url!r})")
+
+    # --- calls ---------------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self.config.api_root}{path}"
+
+    def segment_create_call(self, file: FileRef, prompt: Prompt) -> Call:
+        """``POST /context/vision/segment`` for one file and one prompt set."""
+        body = SegmentJobCreateRequest(
+            items=[segment_file_ref(file)],
+            points=[SegmentPoint(x=p.x, y=p.y, label=p.label) for p in prompt.points],  # type: ignore[arg-type]
+            bounding_box=(SegmentBoundingBox(x_min=prompt.box.x_min, y_min=prompt.box.y_min,
+                                             x_max=prompt.box.x_max, y_max=prompt.box.y_max)
+                          if prompt.box else None),
+        )
+        wire = body.to_wire()
+        wire.setdefault("points", [])  # required by the schema: always sent, maybe empty
+        return Call("POST", self._url("/context/vision/segment"), "create",
+                    "POST /context/vision/segment", json=wire, beta=True)
+
+    def segment_retrieve_call(self, job_id: int) -> Call:
+        """``GET /context/vision/segment/{jobId}``."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
+            raise ValidationError(f"job_id must be a non-negative integer, got {job_id!r}")
+        return Call("GET", self._url(f"/context/vision/segment/{job_id}"), "read",
+                    f"GET /context/vision/segment/{job_id}", beta=True)
+
+    def byids_call(self, refs: Iterable[FileRef], *, ignore_unknown: bool) -> Call:
+        """``POST /files/byids``."""
+        items = [file_identifier(r).to_wire() for r in refs]
+        return Call("POST", self._url("/files/byids"), "read", "POST /files/byids",
+                    json={"items": items, "ignoreUnknownIds": ignore_unknown})
+
+    def downloadlink_call(self, ref: FileRef) -> Call:
+        """``POST /files/downloadlink`` for one file."""
+        return Call("POST", self._url("/files/downloadlink"), "read", "POST /files/downloadlink",
+                    json={"items": [file_identifier(ref).to_wire()]})
+
+    def download_call(self, url: str) -> Call:
+        """``GET`` a download URL; the bearer token goes only to CDF's own origin."""
+        same_origin = urlsplit(url)[:2] == self._origin
+        return Call("GET", url, "read", "GET <download link>", authenticated=same_origin,
+                    timeout_s=self.config.file_timeout_s, headers={"accept": "*/*"})
+
+    def annotations_list_call(self, flt: dict[str, Any], limit: int, cursor: str | None) -> Call:
+        """``POST /annotations/list``."""
+        body: dict[str, Any] = {"filter": flt, "limit": limit}
+        if cursor:
+            body["cursor"] = cursor
+        return Call("POST", self._url("/annotations/list"), "read", "POST /annotations/list",
+                    json=body)
+
+    def annotations_create_call(self, items: list[dict[str, Any]]) -> Call:
+        """``POST /annotations`` (a create: not retried blindly)."""
+        return Call("POST", self._url("/annotations"), "create", "POST /annotations",
+                    json={"items": items})
+
+    def headers_for(self, call: Call) -> dict[str, str]:
+        """Headers of a call (the bearer token is added by the auth flow)."""
+        headers = dict(self._base_headers)
+        if call.beta:
+            headers["cdf-version"] = self.config.cdf_version
+        headers.update(call.headers)
+        return headers
+
+    # --- responses -----------------------------------------------------------------------------
+    @staticmethod
+    def raise_for_retry(response: httpx.Response) -> None:
+        """Raise :class:`RetryableStatus` where a retry may cure it, else a typed error."""
+        if response.status_code in RETRY_STATUSES:
+            raise RetryableStatus(response, parse_retry_after(response.headers.get("retry-after")))
+        if response.status_code >= 400:
+            raise error_from_response(response)
+
+    @staticmethod
+    def parse(response: httpx.Response, model: type[ModelT], call: Call) -> ModelT:
+        """Validate a 2xx JSON body; :class:`ResponseValidationError` naming the problem."""
+        rid = response.headers.get("x-request-id")
+        try:
+            return model.model_validate_json(response.content)
+        except PydanticValidationError as exc:
+            errs = exc.errors()
+            if errs and errs[0]["type"] == "json_invalid":
+                what = (f"a body that is not JSON ({_snippet(response.text)!r})"
+                        if response.content else "an empty body")
+                msg = f"{call.label} answered HTTP {response.status_code} with {what}"
+            else:
+                parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                         for e in errs[:3]]
+                msg = (f"{call.label} answered with a body that does not match the API "
+                       f"reference: {'; '.join(parts)}")
+            raise ResponseValidationError(msg, request_id=rid) from None
+
+    @staticmethod
+    def final_error(exc: BaseException, call: Call) -> CogsegError:
+        """The typed error for a failure the retries did not cure."""
+        if isinstance(exc, CogsegError):
+            return exc
+        if isinstance(exc, RetryableStatus):
+            err = error_from_response(exc.response)
+            if isinstance(err, RateLimitedError):
+                return err
+            return ApiUnavailableError(
+                f"{call.label} keeps failing: {err}", status_code=exc.status_code,
+                request_id=exc.response.headers.get("x-request-id"))
+        if isinstance(exc, httpx.TransportError):
+            return ApiUnavailableError(
+                f"{call.label} failed: {type(exc).__name__} ({_transport_reason(exc)})",
+                status_code=None, request_id=None)
+        return ApiUnavailableError(f"{call.label} failed: {type(exc).__name__}",
+                                   status_code=None, request_id=None)
+
+    @staticmethod
+    def log_retry(call: Call) -> Any:
+        """A tenacity ``before_sleep`` hook that logs the call's label, never its headers."""
+
+        def hook(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            _log.debug("retrying %s after %s (attempt %d, waiting %.2f s)", call.label,
+                       exc, state.attempt_number, wait)
+
+        return hook
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    # httpx messages can quote the URL; a download URL is a credential, so keep it out.
+    return "see the cause" if "http" in text.lower() else _snippet(text, 120) or "no detail"
+
+
+def error_from_response(response: httpx.Response) -> ApiError | ApiUnavailableError:
+    """Map an error response to the typed error (CDF's error body, plain strings or HTML)."""
+    rid = response.headers.get("x-request-id")
+    status = response.status_code
+    message, missing, duplicated = "", None, None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        message = str(err.get("message", ""))
+        missing = err.get("missing") if isinstance(err.get("missing"), list) else None
+        duplicated = err.get("duplicated") if isinstance(err.get("duplicated"), list) else None
+    elif isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+    elif response.content:
+        message = f"non-JSON error body: {_snippet(response.text)!r}"
+    message = message or response.reason_phrase or "error"
+    kw: dict[str, Any] = {"status_code": status, "request_id": rid, "missing": missing,
+                          "duplicated": duplicated}
+    if status in (401, 403):
+        return AuthenticationError(f"not authorized: {message}", **kw)
+    if status == 429:
+        return RateLimitedError(f"rate limited: {message}", **kw,
+                                retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+    if status == 404 or (status in (400, 422) and missing):
+        return NotFoundError(f"not found: {message}", **kw)
+    if status >= 500:
+        return ApiUnavailableError(f"server error: {message}", status_code=status, request_id=rid)
+    return ApiError(message, **kw)

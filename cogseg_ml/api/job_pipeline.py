@@ -1,0 +1,246 @@
+"""Many segmentation jobs at once: a feeder, job creation, and one polling loop for all.
+
+Flow for ``segment_many``:
+
+1. The feeder reads requests in chunks, checks their files with one ``/files/byids`` call per
+   chunk (unknown or unsegmentable files become error outcomes, no job is created), and waits
+   for a free slot before creating each job (at most ``concurrency`` slots).
+2. Each created job goes into one heap, ordered by its next poll time. A single loop sleeps until
+   the earliest is due and sends the due polls (each a request, none a sleeping task).
+   :class:`~cogseg_ml.api.job_polling.PollSchedule` picks the times.
+3. A terminal job becomes an outcome; its slot is freed when the caller has taken it, so a slow
+   consumer slows submission instead of piling up results in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cogseg_ml.api.file_checks import check_segmentable
+from cogseg_ml.api.results import JobOutcome, SegmentRequest, result_from_job
+from cogseg_ml.api.wire_schema import SegmentJob
+from cogseg_ml.errors import (
+    ApiUnavailableError,
+    CogsegError,
+    JobTimeoutError,
+    NotFoundError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from cogseg_ml.api.client import AsyncSegmentationClient, RequestLike
+
+__all__ = ["run_jobs"]
+
+FEED_CHUNK = 256
+POLL_ERRORS_TOLERATED = 3
+
+
+@dataclass(order=True)
+class _Tracked:
+    due: float
+    seq: int
+    job_id: int = field(compare=False)
+    request: SegmentRequest = field(compare=False)
+    started: float = field(compare=False)
+    polls: int = field(default=0, compare=False)
+    errors: int = field(default=0, compare=False)
+
+
+@dataclass
+class _FeedDone:
+    total: int
+
+
+@dataclass
+class _FeedFailed:
+    exc: BaseException
+
+
+async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLike], *,
+                   concurrency: int = 32, timeout: float | None = None,
+                   check_files: bool = True) -> AsyncIterator[JobOutcome]:
+    """Async generator behind ``segment_many`` (see the module docstring)."""
+    from cogseg_ml.api.client import to_request
+
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValidationError(f"concurrency must be a positive integer, got {concurrency!r}")
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(concurrency)
+    results: asyncio.Queue[tuple[JobOutcome, bool] | _FeedDone | _FeedFailed] = asyncio.Queue()
+    heap: list[_Tracked] = []
+    wake = asyncio.Event()
+    seq = itertools.count()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    def finish(outcome: JobOutcome, held: bool = True) -> None:
+        results.put_nowait((outcome, held))
+
+    async def create(req: SegmentRequest) -> None:
+        try:
+            job = await client.create_job(req.file, prompt=req.prompt)
+        except CogsegError as exc:
+            finish(JobOutcome(req, error=exc))
+            return
+        now = loop.time()
+        if job.status.is_terminal:
+            await settle(job, req, None)
+            return
+        heapq.heappush(heap, _Tracked(now + client.schedule.first_delay(), next(seq), job.job_id,
+                                      req, now))
+        wake.set()
+
+    async def settle(job: SegmentJob, req: SegmentRequest, tracked: _Tracked | None) -> None:
+        client.schedule.observe((job.status_time - job.created_time) / 1000.0)
+        try:
+            finish(JobOutcome(req, result=result_from_job(job, req), job_id=job.job_id))
+        except CogsegError as exc:
+            finish(JobOutcome(req, error=exc, job_id=job.job_id))
+
+    async def poll(t: _Tracked) -> None:
+        try:
+            job = await client.retrieve_job(t.job_id)
+        except (ApiUnavailableError, CogsegError) as exc:
+            t.errors += 1
+            if t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError):
+                finish(JobOutcome(t.request, error=exc, job_id=t.job_id))
+                return
+            reschedule(t)
+            return
+        t.polls += 1
+        if job.status.is_terminal:
+            await settle(job, t.request, t)
+            return
+        if timeout is not None and loop.time() - t.started >= timeout:
+            finish(JobOutcome(t.request, job_id=t.job_id, error=JobTimeoutError(
+                f"job {t.job_id} for {t.request.file.describe()} not finished after "
+                f"{timeout:.1f} s (last status {job.status.value})",
+                job_id=t.job_id, last_status=job.status.value)))
+            return
+        reschedule(t)
+
+    def reschedule(t: _Tracked) -> None:
+        delay = client.schedule.next_delay(t.polls)
+        if timeout is not None:
+            delay = min(delay, max(0.0, t.started + timeout - loop.time()))
+        t.due = loop.time() + delay
+        t.seq = next(seq)
+        heapq.heappush(heap, t)
+        wake.set()
+
+    async def poll_loop() -> None:
+        while True:
+            if not heap:
+                await wake.wait()
+                wake.clear()
+                continue
+            wait_s = heap[0].due - loop.time()
+            if wait_s > 0:
+                try:
+                    await asyncio.wait_for(wake.wait(), wait_s)
+                except asyncio.TimeoutError:
+                    pass
+                wake.clear()
+                continue
+            now = loop.time()
+            while heap and heap[0].due <= now:
+                spawn(poll(heapq.heappop(heap)))
+
+    async def feed() -> None:
+        total = 0
+        try:
+            it = iter(requests)
+            while True:
+                chunk = list(itertools.islice(it, FEED_CHUNK))
+                if not chunk:
+                    break
+                valid: list[SegmentRequest] = []
+                for raw in chunk:
+                    total += 1
+                    try:
+                        valid.append(to_request(raw))
+                    except CogsegError as exc:
+                        req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
+                        finish(JobOutcome(req, error=exc), held=False)
+                if check_files and valid:
+                    valid = await _checked(client, valid, finish)
+                for req in valid:
+                    await slots.acquire()
+                    spawn(create(req))
+            results.put_nowait(_FeedDone(total))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            results.put_nowait(_FeedFailed(exc))
+
+    spawn(feed())
+    spawn(poll_loop())
+    delivered = 0
+    expected: int | None = None
+    try:
+        while expected is None or delivered < expected:
+            item = await results.get()
+            if isinstance(item, _FeedDone):
+                expected = item.total
+                continue
+            if isinstance(item, _FeedFailed):
+                raise item.exc
+            outcome, held = item
+            delivered += 1
+            yield outcome
+            if held:
+                slots.release()
+    finally:
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _placeholder(raw: Any) -> SegmentRequest:
+    """A stand-in request for an outcome whose input could not be read at all."""
+    from cogseg_ml.prompts import FileRef, Point, Prompt
+
+    return SegmentRequest(FileRef(external_id="<unreadable request>"),
+                          Prompt(points=(Point(0.5, 0.5),)), tag=raw)
+
+
+async def _checked(client: AsyncSegmentationClient, reqs: list[SegmentRequest],
+                   finish: Any) -> list[SegmentRequest]:
+    """Keep the requests whose files exist and can be segmented; report the others."""
+    refs = list(dict.fromkeys(r.file for r in reqs))
+    try:
+        metas = await client.metadata_map(refs)
+    except CogsegError as exc:
+        for r in reqs:
+            finish(JobOutcome(r, error=exc), False)
+        return []
+    ok: list[SegmentRequest] = []
+    for r in reqs:
+        meta = metas.get(r.file)
+        if meta is None:
+            finish(JobOutcome(r, error=NotFoundError(
+                f"file {r.file.describe()} does not exist in project {client.config.project!r}",
+                status_code=400, missing=[r.file.describe()])), False)
+            continue
+        try:
+            check_segmentable(meta, r.file)
+        except CogsegError as exc:
+            finish(JobOutcome(r, error=exc), False)
+            continue
+        ok.append(r)
+    return ok
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -1,0 +1,116 @@
+"""The ``cogseg`` command line.
+
+Subcommands: ``emulator`` (serve the local CDF emulator), ``demo`` (README's main job),
+``cache`` (inspect and maintain the mask cache). Exit codes: 0 success, 1 the work ran but some
+items failed, 2 bad usage or input, 3 the service could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from cogseg_ml.emulator.faults import Fault
+    from cogseg_ml.emulator.server import Emulator
+    from cogseg_ml.emulator.synthetic_images import make_dataset
+
+    faults = []
+    if args.faults:
+        data = json.loads(Path(args.faults).read_text())
+        faults = [Fault.from_dict(d) for d in data]
+    images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
+    emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
+                   concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
+                   seed=args.seed, host=args.host, port=args.port)
+    if args.images:
+        emu.add_folder(args.images)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with emu:
+        info = {"base_url": emu.base_url, "project": emu.project, "token_url": emu.token_url,
+                "client_id": emu.state.client_id, "files": len(emu.state.files)}
+        # The secret is printed only when asked for: it is what a local client needs.
+        if args.print_secret:
+            info["client_secret"] = emu.client_secret.reveal()
+        print(json.dumps(info), flush=True)
+        stop.wait()
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cogseg_ml.demo import run_demo
+
+    return run_demo(Path(args.out), n_images=args.images, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="cogseg", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("emulator", help="serve the local CDF emulator on loopback",
+                       description="Serve the CDF emulator until interrupted. Prints one JSON "
+                                   "line with base_url, project and token_url once ready.")
+    e.add_argument("--port", type=int, default=8765, help="port (0: an ephemeral one)")
+    e.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    e.add_argument("--project", default="emulated-project")
+    e.add_argument("--images", help="folder of .png/.jpg/.jpeg files to serve")
+    e.add_argument("--synthetic", type=int, default=0,
+                   help="also serve N synthetic images with ground truth")
+    e.add_argument("--processing-time", type=float, default=0.05,
+                   help="seconds each job takes (default 0.05)")
+    e.add_argument("--concurrency", type=int, default=8, help="jobs processed at once")
+    e.add_argument("--rate-limit", type=float, default=None, help="requests/s before 429")
+    e.add_argument("--faults", help="JSON file with a list of fault rules")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--print-secret", action="store_true",
+                   help="include the client secret in the ready line")
+    e.set_defaults(func=_emulator)
+
+    d = sub.add_parser("demo", help="label bundled images through the emulator (README's job)",
+                       description="Start the emulator on bundled images, segment them through "
+                                   "the real client, and write results and a report to --out.")
+    d.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    d.add_argument("--images", type=int, default=12, help="synthetic images to label")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cogseg``; returns the exit code."""
+    from cogseg_ml.errors import ApiUnavailableError, CogsegError, ValidationError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"cogseg: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiUnavailableError as exc:
+        print(f"cogseg: service unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except CogsegError as exc:
+        print(f"cogseg: {exc}", file=sys.stderr)
+        return EXIT_PARTIAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
