@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, Generator
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
+from cogseg_ml.api.retry_policy import RequestNotSent
 from cogseg_ml.api.wire_schema import TokenResponse
 from cogseg_ml.config import ClientCredentials, Credentials, StaticToken, TokenProvider
 from cogseg_ml.errors import ApiUnavailableError, AuthenticationError
@@ -30,7 +31,7 @@ __all__ = ["BearerAuth"]
 _log = logging.getLogger("cogseg_ml.api.auth")
 
 
-class TokenEndpointUnavailable(ApiUnavailableError):
+class TokenEndpointUnavailable(ApiUnavailableError, RequestNotSent):
     """The IdP could not be reached or answered 5xx/429 (the CDF request was not sent)."""
 
 

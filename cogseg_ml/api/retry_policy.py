@@ -36,6 +36,7 @@ from cogseg_ml.config import RetryConfig
 
 __all__ = [
     "CallKind",
+    "RequestNotSent",
     "RetryableStatus",
     "is_retryable",
     "parse_retry_after",
@@ -52,6 +53,10 @@ NOT_ACTED_STATUSES = frozenset({429, 503})
 _NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_ACTED = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError,
                 httpx.ReadError, httpx.WriteError)
+
+
+class RequestNotSent(Exception):
+    """Marker for failures that happened before the request left (e.g. no token could be had)."""
 
 
 class RetryableStatus(Exception):
@@ -97,7 +102,7 @@ def is_retryable(exc: BaseException, kind: CallKind, create_retry: str = "safe")
         if exc.status_code in NOT_ACTED_STATUSES:
             return True
         return blind and exc.status_code in READ_RETRY_STATUSES
-    if isinstance(exc, _NEVER_SENT):
+    if isinstance(exc, (_NEVER_SENT, RequestNotSent)):
         return True
     if isinstance(exc, _MAYBE_ACTED):
         return blind

@@ -350,13 +350,22 @@ class FaultAndLogMiddleware:
             return
         rid = uuid.uuid4().hex
         t0 = time.perf_counter()
-        status = {"code": 0}
         fault_name: str | None = None
+        logged = False
+
+        def log(status: int) -> None:
+            nonlocal logged
+            if not logged:
+                logged = True
+                self.state.log(RequestLogEntry(time=time.time(), method=method, path=path,
+                                               status=status, request_id=rid, fault=fault_name,
+                                               duration_s=time.perf_counter() - t0))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)["x-request-id"] = rid
-                status["code"] = message["status"]
+                # Logged before the response leaves, so a client that got it sees the entry.
+                log(0 if fault_name in ("drop", "drop-after") else message["status"])
             await send(message)
 
         try:
@@ -389,10 +398,7 @@ class FaultAndLogMiddleware:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            self.state.log(RequestLogEntry(time=time.time(), method=method, path=path,
-                                           status=status["code"], request_id=rid,
-                                           fault=fault_name,
-                                           duration_s=time.perf_counter() - t0))
+            log(0)
 
 
 async def _discard(message: Message) -> None:
