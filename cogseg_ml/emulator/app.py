@@ -14,6 +14,7 @@ POST     ``/annotations``                    create annotations [ref 3.3]
 PUT      ``/_emulator/files``                register an image (body = bytes; not CDF)
 POST     ``/_emulator/faults``               replace the fault rules (not CDF)
 GET      ``/_emulator/requests``             the request log (not CDF)
+GET      ``/_emulator/stats``                job and fault counters (not CDF)
 =======  ==================================  ===========================================
 
 Where the reference is silent the emulator makes a choice and says so here:
@@ -310,6 +311,18 @@ class Handlers:
         self.faults.reset(faults, data.get("seed"))
         return JSONResponse({"faults": len(faults)})
 
+    async def admin_stats(self, request: Request) -> Response:
+        """Counters for benchmarks: jobs, statuses, peak concurrency, injected faults."""
+        statuses: dict[str, int] = {}
+        for job in list(self.jobs.jobs.values()):
+            statuses[job.status.value] = statuses.get(job.status.value, 0) + 1
+        with self.state.lock:
+            n_requests = len(self.state.request_log)
+        return JSONResponse({"jobs": len(self.jobs.jobs), "statuses": statuses,
+                             "max_running": self.jobs.max_running, "requests": n_requests,
+                             "tokens_issued": self.state.tokens_issued,
+                             "faults_injected": self.faults.injected})
+
     async def admin_requests(self, request: Request) -> Response:
         """The request log as JSON."""
         with self.state.lock:
@@ -422,6 +435,7 @@ def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
         Route("/_emulator/files", h.admin_add_file, methods=["PUT"]),
         Route("/_emulator/faults", h.admin_faults, methods=["POST"]),
         Route("/_emulator/requests", h.admin_requests, methods=["GET"]),
+        Route("/_emulator/stats", h.admin_stats, methods=["GET"]),
     ]
 
     async def on_problem(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,1 @@
+"""Benchmarks of cogseg_ml: run ``python -m benchmarks [name ...]`` (or ``make bench``)."""
