@@ -1,4 +1,4 @@
-"""Value types and wire models: validation that names the field, camelCase, forward compatibility."""
+"""Value types and wire models: validation naming the field, camelCase, forward compatible."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
-from cogseg_ml import Box, FileRef, InstanceId, Point, Prompt, PromptValidationError, ValidationError
+from cogseg_ml import (
+    Box,
+    FileRef,
+    InstanceId,
+    Point,
+    Prompt,
+    PromptValidationError,
+    ValidationError,
+)
 from cogseg_ml.api.wire_schema import (
     Annotation,
     FileMetadata,
@@ -41,8 +49,9 @@ def test_point_validation_names_the_field(kwargs: dict, field: str) -> None:
     ((math.nan, 0.1, 0.5, 0.2), "Box.x_min"),
 ])
 def test_box_validation(args: tuple, fragment: str) -> None:
-    with pytest.raises(PromptValidationError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(PromptValidationError) as info:
         Box(*args)
+    assert fragment in str(info.value)
 
 
 def test_prompt_needs_a_point_or_box_and_unique_points() -> None:
