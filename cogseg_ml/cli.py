@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from cogseg_ml.errors import ValidationError
+
 __all__ = ["main"]
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -56,6 +58,40 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), n_images=args.images, quiet=args.quiet)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from cogseg_ml.cache.mask_cache import MaskCache
+
+    cache = MaskCache(args.path)
+    if args.action == "stats":
+        s = cache.stats()
+        print(json.dumps({"path": s.path, "entries": s.entries, "bytes": s.bytes,
+                          "file_bytes": s.file_bytes, "by_backend": s.by_backend,
+                          "images": s.images, "image_bytes": s.image_bytes}, indent=2))
+    elif args.action == "ls":
+        for i, (file_key, prompt, key, res) in enumerate(cache.iter_entries()):
+            if args.limit and i >= args.limit:
+                break
+            best = res.best.score if res.best else None
+            print(f"{key[:12]}  {file_key}  {prompt}  {res.backend}  {res.height}x{res.width}"
+                  f"  segments={len(res.segments)} best={best}")
+    elif args.action == "export":
+        if not args.out:
+            raise ValidationError("cogseg cache export needs --out FILE")
+        n = cache.export_coco(args.out)
+        print(f"wrote {n} annotations to {args.out}")
+    elif args.action == "clear":
+        print(f"removed {cache.clear()} entries")
+    elif args.action == "vacuum":
+        cache.vacuum()
+        print(f"vacuumed {cache.path}")
+    elif args.action == "merge":
+        if not args.sources:
+            raise ValidationError("cogseg cache merge needs one or more source caches")
+        total = sum(cache.merge_from(src) for src in args.sources)
+        print(f"merged {total} new entries into {cache.path}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="cogseg", description=__doc__,
@@ -82,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="include the client secret in the ready line")
     e.set_defaults(func=_emulator)
 
+    c = sub.add_parser("cache", help="inspect and maintain the mask cache",
+                       description="stats: counts and sizes; ls: list entries; export: COCO "
+                                   "file of every entry's best mask; clear: remove entries; "
+                                   "vacuum: compact the file; merge: copy entries of other "
+                                   "caches (e.g. shards) into this one.")
+    c.add_argument("action", choices=["stats", "ls", "export", "clear", "vacuum", "merge"])
+    c.add_argument("sources", nargs="*", help="for merge: cache files or folders to copy from")
+    c.add_argument("--path", default=None,
+                   help="cache file or folder (default: the user cache directory)")
+    c.add_argument("--out", help="for export: the COCO JSON file to write")
+    c.add_argument("--limit", type=int, default=50, help="for ls: at most this many rows")
+    c.set_defaults(func=_cache)
+
     d = sub.add_parser("demo", help="label bundled images through the emulator (README's job)",
                        description="Start the emulator on bundled images, segment them through "
                                    "the real client, and write results and a report to --out.")
@@ -94,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cogseg``; returns the exit code."""
-    from cogseg_ml.errors import ApiUnavailableError, CogsegError, ValidationError
+    from cogseg_ml.errors import ApiUnavailableError, CogsegError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -1,0 +1,506 @@
+"""A persistent cache of segmentation results as COCO RLE, on one SQLite file (WAL).
+
+Layout::
+
+    <cache dir>/                  user cache dir by default (platformdirs), mode 0700
+    ├── masks.sqlite              this cache (mode 0600); -wal and -shm beside it
+    └── images/ab/abcdef...       the image store's blobs, named by content hash
+
+Table ``entries``: ``key`` (SHA-256 of the canonical request, see
+:mod:`cogseg_ml.cache.cache_keys`) → height, width, segments as JSON (score + RLE counts),
+provenance (backend, model version, job id, time) and ``last_access`` for LRU eviction. No
+pickle anywhere: plain columns and JSON. Table ``meta`` holds the schema version; a file of
+another version is refused with :class:`~cogseg_ml.errors.CacheVersionError`.
+
+Many processes (DataLoader workers, labelers) may share one file: each process (and thread)
+opens its own connection, writers take the lock up front (``BEGIN IMMEDIATE``), waits are
+bounded by a busy timeout plus a retry, and WAL keeps readers from blocking writers. A process
+killed mid-write leaves the last committed state (SQLite's atomic commit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from cogseg_ml.cache.cache_keys import CacheKey
+from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
+from cogseg_ml.mask_codec import Rle, area, bbox_of, decode_to_tensor
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "default_cache_dir"]
+
+SCHEMA_VERSION = 1
+_log = logging.getLogger("cogseg_ml.cache")
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    file_key TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    segments TEXT NOT NULL,
+    job_id INTEGER,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL,
+    nbytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_lru ON entries(last_access);
+CREATE INDEX IF NOT EXISTS entries_file ON entries(file_key);
+CREATE TABLE IF NOT EXISTS images (
+    file_key TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    nbytes INTEGER NOT NULL,
+    last_access REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_lru ON images(last_access);
+"""
+
+
+def default_cache_dir() -> Path:
+    """The platform's user cache directory for cogseg_ml (``COGSEG_CACHE_DIR`` overrides)."""
+    env = os.environ.get("COGSEG_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cogseg_ml", appauthor=False))
+
+
+@dataclass(frozen=True)
+class CachedSegment:
+    """One segment: score and COCO RLE."""
+
+    score: float
+    rle: Rle
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    """A cached job result: segments (best first), image size and provenance."""
+
+    segments: tuple[CachedSegment, ...]
+    height: int
+    width: int
+    backend: str
+    model_version: str = ""
+    job_id: int | None = None
+    created: float = field(default_factory=time.time)
+
+    def masks(self) -> torch.Tensor:
+        """All segments' masks as a ``(N, H, W)`` bool tensor (a strided view, no copy)."""
+        return decode_to_tensor([s.rle for s in self.segments], self.height, self.width)
+
+    @property
+    def best(self) -> CachedSegment | None:
+        """The highest-scoring segment, if any."""
+        return self.segments[0] if self.segments else None
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """What :meth:`MaskCache.stats` reports."""
+
+    entries: int
+    bytes: int
+    file_bytes: int
+    by_backend: dict[str, int]
+    images: int
+    image_bytes: int
+    path: str
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    msg = str(exc).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def _segments_json(result: CachedResult) -> str:
+    segs = []
+    for s in result.segments:
+        h, w = s.rle["size"]
+        if (h, w) != (result.height, result.width):
+            raise ValidationError(f"segment RLE size {h}x{w} does not match the result's "
+                                  f"{result.height}x{result.width}")
+        if not isinstance(s.rle["counts"], str):
+            raise ValidationError("RLE counts must be a str (use mask_codec.encode)")
+        score = float(s.score)
+        if score != score:
+            raise ValidationError("segment score is NaN")
+        segs.append({"score": score, "counts": s.rle["counts"]})
+    return json.dumps(segs, separators=(",", ":"))
+
+
+class MaskCache:
+    """Segmentation results keyed by :class:`CacheKey`, persisted in SQLite.
+
+    Args:
+        path: the SQLite file, or a directory to hold ``masks.sqlite``; default: the user
+            cache directory.
+        max_bytes: evict least-recently-used entries when their stored size exceeds this.
+        max_entries: likewise for the number of entries.
+        busy_timeout_s: how long one operation may wait for other processes' locks.
+
+    The object pickles as its settings: each process opens its own connection on first use.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, max_bytes: int | None = None,
+                 max_entries: int | None = None, busy_timeout_s: float = 120.0) -> None:
+        p = Path(path) if path is not None else default_cache_dir()
+        if p.suffix not in (".sqlite", ".db", ".sqlite3"):
+            p = p / "masks.sqlite"
+        self.path = p
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.busy_timeout_s = busy_timeout_s
+        self.touch_interval_s = 30.0
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._puts_since_check = 0
+        self._open_checked = False
+        self._conn()  # create and validate now, so errors surface at construction
+
+    # --- connections -------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "max_bytes": self.max_bytes, "max_entries": self.max_entries,
+                "busy_timeout_s": self.busy_timeout_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], max_bytes=state["max_bytes"],  # type: ignore[misc]
+                      max_entries=state["max_entries"], busy_timeout_s=state["busy_timeout_s"])
+
+    def __repr__(self) -> str:
+        return f"MaskCache(path={str(self.path)!r})"
+
+    def _conn(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:  # forked: never use the parent's connection
+            self._local = threading.local()
+            self._pid = os.getpid()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._retry(self._open)
+            self._local.conn = conn
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            # Create owner-only before SQLite touches it (its -wal/-shm files copy the mode).
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                if _is_busy(exc):
+                    raise
+                raise CacheError(f"{self.path} is not a cogseg mask cache ({exc}); remove it or "
+                                 "choose another path") from None
+            if mode.lower() != "wal":
+                _log.warning("SQLite refused WAL mode for %s (got %s)", self.path, mode)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        row = None
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise
+        if row is None:  # a new file: every statement is idempotent, so racing creators agree
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row[0] != str(SCHEMA_VERSION):
+            raise CacheVersionError(
+                f"the cache at {self.path} has schema version {row[0]}; this cogseg_ml reads "
+                f"version {SCHEMA_VERSION}. Clear it (cogseg cache clear --path {self.path}) or "
+                "use another path.", found=row[0], expected=SCHEMA_VERSION)
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        try:  # the common case pays for no retry machinery
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        for attempt in Retrying(retry=retry_if_exception(_is_busy), reraise=True,
+                                stop=stop_after_delay(self.busy_timeout_s),
+                                wait=wait_random_exponential(multiplier=0.01, max=1.0)):
+            with attempt:
+                return fn()
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def txn() -> T:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+                conn.execute("COMMIT")
+                return out
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        return self._retry(txn)
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> MaskCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reads ---------------------------------------------------------------------------------
+    def _row_to_result(self, row: sqlite3.Row | tuple[Any, ...]) -> CachedResult:
+        h, w, segs, backend, model, job_id, created = row
+        size = [int(h), int(w)]
+        segments = tuple(CachedSegment(float(s["score"]), {"size": size, "counts": s["counts"]})
+                         for s in json.loads(segs))
+        return CachedResult(segments=segments, height=int(h), width=int(w), backend=backend,
+                            model_version=model, job_id=job_id, created=created)
+
+    _COLS = "height, width, segments, backend, model_version, job_id, created"
+
+    def get(self, key: CacheKey) -> CachedResult | None:
+        """The cached result for ``key``, or ``None``."""
+        fp = key.fingerprint()
+        row = self._retry(lambda: self._conn().execute(
+            f"SELECT last_access, {self._COLS} FROM entries WHERE key = ?", (fp,)).fetchone())
+        if row is None:
+            return None
+        now = time.time()
+        if now - row[0] > self.touch_interval_s:
+            self._write(lambda c: c.execute(
+                "UPDATE entries SET last_access = ? WHERE key = ?", (now, fp)))
+        return self._row_to_result(row[1:])
+
+    def get_many(self, keys: Sequence[CacheKey]) -> list[CachedResult | None]:
+        """Results for many keys at once, in order (``None`` where missing)."""
+        fps = [k.fingerprint() for k in keys]
+        found: dict[str, tuple[Any, ...]] = {}
+        stale: list[str] = []
+        now = time.time()
+
+        def read() -> None:
+            conn = self._conn()
+            for i in range(0, len(fps), 500):
+                chunk = fps[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                        f"SELECT key, last_access, {self._COLS} FROM entries "
+                        f"WHERE key IN ({marks})", chunk):
+                    found[row[0]] = row[2:]
+                    if now - row[1] > self.touch_interval_s:
+                        stale.append(row[0])
+
+        self._retry(read)
+        if stale:  # LRU bookkeeping, batched and rate-limited to keep reads cheap
+            self._write(lambda c: c.executemany(
+                "UPDATE entries SET last_access = ? WHERE key = ?", [(now, k) for k in stale]))
+        return [self._row_to_result(found[f]) if f in found else None for f in fps]
+
+    def contains(self, key: CacheKey) -> bool:
+        """Whether ``key`` has a cached result."""
+        fp = key.fingerprint()
+        row = self._retry(lambda: self._conn().execute(
+            "SELECT 1 FROM entries WHERE key = ?", (fp,)).fetchone())
+        return row is not None
+
+    def keys_present(self, keys: Sequence[CacheKey]) -> list[bool]:
+        """For each key, whether it is cached (one query per 500 keys)."""
+        fps = [k.fingerprint() for k in keys]
+        have: set[str] = set()
+
+        def read() -> None:
+            conn = self._conn()
+            for i in range(0, len(fps), 500):
+                chunk = fps[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                have.update(r[0] for r in conn.execute(
+                    f"SELECT key FROM entries WHERE key IN ({marks})", chunk))
+
+        self._retry(read)
+        return [f in have for f in fps]
+
+    # --- writes --------------------------------------------------------------------------------
+    def put(self, key: CacheKey, result: CachedResult) -> None:
+        """Store (or replace) the result for ``key``."""
+        self.put_many([(key, result)])
+
+    def put_many(self, items: Iterable[tuple[CacheKey, CachedResult]]) -> int:
+        """Store many results in one transaction; returns how many."""
+        now = time.time()
+        rows = []
+        for key, result in items:
+            if not isinstance(key, CacheKey) or not isinstance(result, CachedResult):
+                raise ValidationError("put_many takes (CacheKey, CachedResult) pairs")
+            segs = _segments_json(result)
+            prompt = json.dumps(key.canonical()["prompt"], separators=(",", ":"))
+            rows.append((key.fingerprint(), key.project, key.file_key, prompt, key.backend,
+                         key.model_version, result.height, result.width, segs, result.job_id,
+                         result.created, now, len(segs)))
+        if not rows:
+            return 0
+        self._write(lambda c: c.executemany(
+            "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows))
+        self._puts_since_check += len(rows)
+        if (self.max_bytes or self.max_entries) and self._puts_since_check >= 64:
+            self._puts_since_check = 0
+            self.evict()
+        return len(rows)
+
+    def delete(self, key: CacheKey) -> bool:
+        """Remove one entry; whether it existed."""
+        fp = key.fingerprint()
+        n = self._write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (fp,)).rowcount)
+        return bool(n)
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many."""
+        return int(self._write(lambda c: c.execute("DELETE FROM entries").rowcount))
+
+    def evict(self) -> int:
+        """Drop least-recently-used entries until within ``max_bytes``/``max_entries``."""
+        def run(c: sqlite3.Connection) -> int:
+            n, size = c.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM entries"
+                                ).fetchone()
+            removed = 0
+            excess_n = max(0, n - self.max_entries) if self.max_entries else 0
+            excess_b = max(0, size - self.max_bytes) if self.max_bytes else 0
+            if not excess_n and not excess_b:
+                return 0
+            doomed: list[str] = []
+            freed = 0
+            for key, nbytes in c.execute("SELECT key, nbytes FROM entries ORDER BY last_access"):
+                if len(doomed) >= excess_n and freed >= excess_b:
+                    break
+                doomed.append(key)
+                freed += nbytes
+            c.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in doomed])
+            removed = len(doomed)
+            return removed
+
+        removed = self._write(run)
+        if removed:
+            _log.debug("evicted %d cache entries", removed)
+        return removed
+
+    # --- maintenance ---------------------------------------------------------------------------
+    def stats(self) -> CacheStats:
+        """Counts and sizes."""
+        def read() -> CacheStats:
+            c = self._conn()
+            n, size = c.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM entries"
+                                ).fetchone()
+            by = dict(c.execute("SELECT backend, COUNT(*) FROM entries GROUP BY backend"))
+            ni, isize = c.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM images"
+                                  ).fetchone()
+            files = [self.path, Path(f"{self.path}-wal")]
+            fb = sum(p.stat().st_size for p in files if p.exists())
+            return CacheStats(entries=n, bytes=size, file_bytes=fb, by_backend=by, images=ni,
+                              image_bytes=isize, path=str(self.path))
+
+        return self._retry(read)
+
+    def iter_entries(self) -> Iterator[tuple[str, str, str, CachedResult]]:
+        """Every entry as ``(file_key, prompt_json, key, result)``, in insertion order."""
+        rows = self._retry(lambda: self._conn().execute(
+            f"SELECT file_key, prompt, key, {self._COLS} FROM entries ORDER BY rowid"
+        ).fetchall())
+        for row in rows:
+            yield row[0], row[1], row[2], self._row_to_result(row[3:])
+
+    def vacuum(self) -> None:
+        """Checkpoint the WAL and compact the file."""
+        conn = self._conn()
+        self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        self._retry(lambda: conn.execute("VACUUM"))
+
+    def integrity_check(self) -> bool:
+        """SQLite's ``PRAGMA integrity_check`` passes."""
+        row = self._retry(lambda: self._conn().execute("PRAGMA integrity_check").fetchone())
+        return bool(row and row[0] == "ok")
+
+    def merge_from(self, other: str | Path | MaskCache) -> int:
+        """Copy entries of another cache file that this one lacks; returns how many."""
+        src = other.path if isinstance(other, MaskCache) else Path(other)
+        if src.is_dir():
+            src = src / "masks.sqlite"
+        MaskCache(src).close()  # validates the other file's schema version
+
+        def run(c: sqlite3.Connection) -> int:
+            before = c.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            c.execute("INSERT OR IGNORE INTO entries SELECT * FROM other.entries")
+            return int(c.execute("SELECT COUNT(*) FROM entries").fetchone()[0] - before)
+
+        conn = self._conn()
+        self._retry(lambda: conn.execute("ATTACH DATABASE ? AS other", (str(src),)))
+        try:
+            return self._write(run)
+        finally:
+            conn.execute("DETACH DATABASE other")
+
+    def export_coco(self, path: str | Path, category: str = "object") -> int:
+        """Write every entry's best segment as a COCO instance-segmentation file.
+
+        Images are the distinct files (``file_name`` = the file key); one annotation per entry.
+        Returns the number of annotations.
+        """
+        images: dict[str, int] = {}
+        image_rows: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
+        for file_key, _prompt, _key, res in self.iter_entries():
+            if file_key not in images:
+                images[file_key] = len(images) + 1
+                image_rows.append({"id": images[file_key], "file_name": file_key,
+                                   "height": res.height, "width": res.width})
+            best = res.best
+            if best is None:
+                continue
+            a = int(area([best.rle])[0])
+            if a == 0:
+                continue
+            anns.append({"id": len(anns) + 1, "image_id": images[file_key], "category_id": 1,
+                         "segmentation": best.rle, "area": a,
+                         "bbox": [float(v) for v in bbox_of([best.rle])[0]], "iscrowd": 0,
+                         "score": best.score})
+        data = {"images": image_rows, "annotations": anns,
+                "categories": [{"id": 1, "name": category}]}
+        Path(path).write_text(json.dumps(data))
+        return len(anns)
