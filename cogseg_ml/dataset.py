@@ -22,7 +22,6 @@ detection losses); ``target["num_dropped"]`` counts them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -140,11 +139,13 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         self._label = {name: k + 1 for k, name in enumerate(self.categories)}
         self.model_version = f"vision-segment/{self.config.cdf_version}"
         self._client: SegmentationClient | None = None
+        self._key_memo: dict[int, tuple[str, list[CacheKey]]] = {}
 
     # --- pickling: never a live client ------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_key_memo"] = {}  # keyed by object ids, which do not survive pickling
         return state
 
     @property
@@ -179,25 +180,33 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         return CacheKey(self.config.project, sample.file, sample.instances[0].prompt,
                         API_BACKEND).file_key
 
-    def _load_bytes(self, sample: Sample) -> bytes:
+    def _load_bytes(self, sample: Sample) -> tuple[bytes, str]:
         key = self._file_key(sample)
-        data = self.images.get(key)
-        if data is None:
+        found = self.images.get_with_digest(key)
+        if found is None:
             data = self.client.download(sample.file)
-            self.images.put(key, data)
-        return data
+            return data, self.images.put(key, data)
+        return found
 
-    def _keys(self, sample: Sample, data: bytes) -> list[CacheKey]:
-        version = hashlib.sha256(data).hexdigest()  # the masks belong to exactly these pixels
-        return [CacheKey(self.config.project, sample.file, inst.prompt, API_BACKEND,
-                         file_version=version, model_version=self.model_version)
+    def _keys(self, sample: Sample, digest: str) -> list[CacheKey]:
+        """Cache keys of a sample's instances; the file version is the image's SHA-256, so
+        masks always belong to exactly the pixels they are served with."""
+        memo = self._key_memo.get(id(sample))
+        if memo is not None and memo[0] == digest:
+            return memo[1]
+        keys = [CacheKey(self.config.project, sample.file, inst.prompt, API_BACKEND,
+                         file_version=digest, model_version=self.model_version)
                 for inst in sample.instances]
+        if len(self._key_memo) >= 200_000:
+            self._key_memo.clear()
+        self._key_memo[id(sample)] = (digest, keys)
+        return keys
 
-    def _load_image(self, index: int) -> tuple[bytes, tv_tensors.Image]:
+    def _load_image(self, index: int) -> tuple[str, tv_tensors.Image]:
         sample = self.samples[index]
         try:
-            data = self._load_bytes(sample)
-            return data, tv_tensors.Image(decode_image(data, sample.file, self.max_pixels))
+            data, digest = self._load_bytes(sample)
+            return digest, tv_tensors.Image(decode_image(data, sample.file, self.max_pixels))
         except CogsegError as exc:
             raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
 
@@ -223,10 +232,10 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         self.cache.put_many((keys[i], r) for i, r in out.items())
         return out
 
-    def _load_target(self, index: int, data: bytes, height: int, width: int
+    def _load_target(self, index: int, digest: str, height: int, width: int
                      ) -> dict[str, Any]:
         sample = self.samples[index]
-        keys = self._keys(sample, data)
+        keys = self._keys(sample, digest)
         results: list[CachedResult | None] = self.cache.get_many(keys)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
@@ -266,8 +275,8 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         if not -len(self.samples) <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         index %= len(self.samples)
-        data, image = self._load_image(index)
-        target = self._load_target(index, data, int(image.shape[-2]), int(image.shape[-1]))
+        digest, image = self._load_image(index)
+        target = self._load_target(index, digest, int(image.shape[-2]), int(image.shape[-1]))
         if self.transforms is not None:
             return self.transforms(image, target)  # type: ignore[no-any-return]
         return image, target
@@ -284,18 +293,18 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         report = PrefetchReport(samples=len(self.samples))
         client = self.client
         sizes: dict[int, tuple[int, int]] = {}
-        digests: dict[int, bytes] = {}
+        digests: dict[int, str] = {}
 
         def image(index: int) -> None:
             sample = self.samples[index]
             key = self._file_key(sample)
-            data = self.images.get(key)
-            if data is None:
+            found = self.images.get_with_digest(key)
+            if found is None:
                 data = client.download(sample.file)
-                self.images.put(key, data)
+                found = data, self.images.put(key, data)
                 report.images_downloaded += 1
-            sizes[index] = image_size(data, sample.file, self.max_pixels)
-            digests[index] = data
+            sizes[index] = image_size(found[0], sample.file, self.max_pixels)
+            digests[index] = found[1]
 
         with ThreadPoolExecutor(download_workers) as pool, progress_bar(
                 len(self.samples), "images", progress=progress, tqdm_class=tqdm_class) as bar:

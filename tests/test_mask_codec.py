@@ -125,3 +125,34 @@ def test_area_bbox_iou_merge() -> None:
     assert mc.iou_matrix([], [ra]).shape == (0, 1)
     with pytest.raises(ValidationError):
         mc.decode([ra, mc.encode(np.zeros((3, 3), bool))[0]])
+
+
+def test_numpy_decoder_equals_pycocotools_on_random_and_edge_masks() -> None:
+    rng = np.random.default_rng(4)
+    for t in range(400):
+        h, w = (int(v) for v in rng.integers(1, 70, size=2))
+        masks = rng.random((3, h, w)) < rng.random()
+        if t % 10 == 0:
+            masks[:] = False
+        elif t % 10 == 1:
+            masks[:] = True
+        elif t % 10 == 2:
+            masks[:, 0, 0] = True  # a foreground first pixel: the first run is empty
+        rles = mc.encode(masks)
+        ref = [coco_mask.decode({"size": r["size"], "counts": r["counts"].encode()})
+               for r in rles]
+        assert np.array_equal(mc.decode(rles), np.stack(ref).astype(bool))
+    big = np.zeros((1, 1024, 1024), bool)
+    big[0, 3:1000, 7:1020] = True  # counts above 2^20 need several 5-bit groups
+    assert np.array_equal(mc.decode(mc.encode(big)), big)
+
+
+@pytest.mark.parametrize("counts", ["!!", "0" * 3, "zz~~", "1Z", "PPP"])
+def test_corrupt_counts_are_a_validation_error(counts: str) -> None:
+    with pytest.raises(ValidationError, match="corrupt RLE"):
+        mc.decode([{"size": [4, 4], "counts": counts}])
+
+
+def test_uncompressed_counts_decode() -> None:
+    m = mc.decode([{"size": [2, 3], "counts": [1, 2, 3]}])[0]  # type: ignore[list-item]
+    assert m.T.ravel().tolist() == [False, True, True, False, False, False]

@@ -31,6 +31,7 @@ class ImageStore:
         self.cache = cache
         self.root = cache.path.parent / "images"
         self.max_bytes = max_bytes
+        self._puts_since_check = 0
 
     def __repr__(self) -> str:
         return f"ImageStore(root={str(self.root)!r})"
@@ -40,8 +41,14 @@ class ImageStore:
 
     def get(self, file_key: str) -> bytes | None:
         """The stored bytes for a file key, or ``None`` (also when the blob went missing)."""
+        found = self.get_with_digest(file_key)
+        return None if found is None else found[0]
+
+    def get_with_digest(self, file_key: str) -> tuple[bytes, str] | None:
+        """The stored bytes and their verified SHA-256 hex, or ``None``."""
         row = self.cache._retry(lambda: self.cache._conn().execute(
-            "SELECT sha256 FROM images WHERE file_key = ?", (file_key,)).fetchone())
+            "SELECT sha256, last_access FROM images WHERE file_key = ?", (file_key,)
+        ).fetchone())
         if row is None:
             return None
         try:
@@ -51,9 +58,10 @@ class ImageStore:
         if hashlib.sha256(data).hexdigest() != row[0]:  # corrupted on disk: treat as a miss
             return None
         now = time.time()
-        self.cache._write(lambda c: c.execute(
-            "UPDATE images SET last_access = ? WHERE file_key = ?", (now, file_key)))
-        return data
+        if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping, rate-limited
+            self.cache._write(lambda c: c.execute(
+                "UPDATE images SET last_access = ? WHERE file_key = ?", (now, file_key)))
+        return data, row[0]
 
     def put(self, file_key: str, data: bytes) -> str:
         """Store bytes for a file key; returns their SHA-256."""
@@ -74,7 +82,10 @@ class ImageStore:
         self.cache._write(lambda c: c.execute(
             "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", (file_key, sha, len(data), now)))
         if self.max_bytes is not None:
-            self.evict()
+            self._puts_since_check += 1
+            if self._puts_since_check >= 16 or len(data) > self.max_bytes // 16:
+                self._puts_since_check = 0
+                self.evict()
         return sha
 
     def evict(self) -> int:
