@@ -92,6 +92,53 @@ def _cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def _label(args: argparse.Namespace) -> int:
+    from cogseg_ml.api.client import SegmentationClient
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.labeler import SegmentationLabeler
+    from cogseg_ml.samples import (
+        load_records,
+        samples_from_annotations,
+        samples_from_coco,
+        samples_from_records,
+    )
+
+    config = CdfConfig.from_env()
+    if args.prompts:
+        samples = samples_from_records(load_records(args.prompts))
+    elif args.coco_boxes:
+        samples = samples_from_coco(args.coco_boxes, file_key=args.coco_file_key)
+    else:
+        ids = [int(v) for v in args.from_annotations.replace(",", " ").split()]
+        with SegmentationClient(config) as client:
+            samples = samples_from_annotations(client, ids, status=args.annotation_status)
+    labeler = SegmentationLabeler(config, cache=args.cache, min_score=args.min_score,
+                                  min_area=args.min_area, keep=args.keep,
+                                  concurrency=args.concurrency, shard=args.shard,
+                                  progress=not args.no_progress)
+    report = labeler.label(samples)
+    labeler.to_coco(args.out, segmentation=args.segmentation)
+    if args.write_back:
+        wb = labeler.write_back(creating_app=args.creating_app)
+        print(f"write-back: {wb.created} created, {wb.already_present} already present, "
+              f"{wb.skipped} skipped", file=sys.stderr)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2))
+    print(report.summary(), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK if report.failed == 0 else EXIT_PARTIAL
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(prog="cogseg", description=__doc__,
@@ -117,6 +164,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--print-secret", action="store_true",
                    help="include the client secret in the ready line")
     e.set_defaults(func=_emulator)
+
+    lab = sub.add_parser(
+        "label", help="label images from prompts into a COCO file",
+        description="Segment every prompt through the CDF API (credentials from COGNITE_* "
+                    "variables), keep results in the mask cache (a re-run resumes), and write "
+                    "a COCO instance-segmentation file. Exit 0: all labelled; 1: some "
+                    "prompts failed (see the summary); 2: bad input; 3: CDF unreachable.")
+    src = lab.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="JSON list or JSONL of {file, points, box, category}")
+    src.add_argument("--coco-boxes", help="COCO detection file: its boxes become prompts")
+    src.add_argument("--from-annotations", metavar="FILE_IDS",
+                     help="CDF file ids (comma separated): their ObjectDetection boxes")
+    lab.add_argument("--coco-file-key", default="file_name",
+                     help="COCO image field naming the CDF file (file_name = external id)")
+    lab.add_argument("--annotation-status", default="approved",
+                     help="with --from-annotations: only annotations of this status")
+    lab.add_argument("--out", required=True, help="the COCO JSON file to write")
+    lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
+    lab.add_argument("--concurrency", type=int, default=32, help="jobs in flight")
+    lab.add_argument("--min-score", type=float, default=0.0, help="drop segments below")
+    lab.add_argument("--min-area", type=int, default=0, help="drop segments under N pixels")
+    lab.add_argument("--keep", choices=["best", "all"], default="best",
+                     help="best segment per prompt, or all")
+    lab.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                     help="label only shard I of N (merge caches with 'cogseg cache merge')")
+    lab.add_argument("--cache", default=None, help="mask cache path (default: user cache)")
+    lab.add_argument("--write-back", action="store_true",
+                     help="also create 'suggested' ObjectDetection polygon annotations in CDF")
+    lab.add_argument("--creating-app", default="cogseg-ml")
+    lab.add_argument("--report", help="also write the run's report as JSON here")
+    lab.add_argument("--no-progress", action="store_true")
+    lab.set_defaults(func=_label)
 
     c = sub.add_parser("cache", help="inspect and maintain the mask cache",
                        description="stats: counts and sizes; ls: list entries; export: COCO "

@@ -1,11 +1,14 @@
-"""README's main job: segment bundled images through the emulator and report the result.
+"""README's main job: label bundled images through the emulator and report the result.
 
-It starts the emulator in-process on synthetic images with known ground truth, prompts every
-object with its box through the real client (``segment_many``), and writes to ``out``:
+It starts the emulator in-process on bundled images: synthetic flat-colour shapes with exact
+ground truth, plus a real photo that a dependency ships (``grace_hopper.jpg`` from matplotlib's
+sample data: a U.S. Navy photograph, in the public domain; used when matplotlib is installed).
+The labeler prompts every object (shapes by their box, the photo by a point and a box) through
+the real client and mask cache, and writes to ``out``:
 
-* ``masks.json``: one record per object (file, category, score, COCO RLE);
+* ``coco.json``: the labels (COCO instance segmentation, RLE);
 * ``overlays/*.png``: the masks drawn over each image;
-* ``report.md`` and ``report.json``: counts, timings and IoU against the ground truth.
+* ``report.md`` / ``report.json``: counts, timings, IoU and COCO mAP against the ground truth.
 """
 
 from __future__ import annotations
@@ -13,20 +16,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cogseg_ml.api.client import SegmentationClient
-from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import make_dataset
-from cogseg_ml.mask_codec import decode, iou_matrix
-from cogseg_ml.prompts import FileRef, Prompt
+from cogseg_ml.labeler import SegmentationLabeler
+from cogseg_ml.mask_codec import decode, encode, iou_matrix
+from cogseg_ml.metrics import coco_map
+from cogseg_ml.prompts import Box, FileRef, Point, Prompt
+from cogseg_ml.samples import Instance, Sample
 
-__all__ = ["run_demo", "overlay"]
+__all__ = ["overlay", "run_demo"]
 
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240]], dtype=np.float32)
+PHOTO = "grace_hopper.jpg"
 
 
 def overlay(pixels: np.ndarray, masks: list[np.ndarray], alpha: float = 0.5) -> np.ndarray:
@@ -35,70 +41,103 @@ def overlay(pixels: np.ndarray, masks: list[np.ndarray], alpha: float = 0.5) -> 
     for i, m in enumerate(masks):
         colour = PALETTE[i % len(PALETTE)]
         out[m] = (1 - alpha) * out[m] + alpha * colour
-        edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-        out[edge] = colour * 0.6
+        inner = np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1)
+        out[m & ~inner] = colour * 0.6
     result: np.ndarray = out.clip(0, 255).astype(np.uint8)
     return result
 
 
+def _photo() -> tuple[bytes, np.ndarray] | None:
+    """The bundled photo's bytes and pixels, if matplotlib (which ships it) is installed."""
+    try:
+        from matplotlib import cbook
+    except ImportError:
+        return None
+    from PIL import Image
+
+    path = Path(cbook.get_sample_data(PHOTO, asfileobj=False))
+    data = path.read_bytes()
+    with Image.open(path) as img:
+        return data, np.asarray(img.convert("RGB"))
+
+
 def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
-    """Run the demo; returns 0 when every object was segmented, 1 otherwise."""
+    """Run the demo; returns 0 when every prompt was labelled, 1 otherwise."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(exist_ok=True)
     images = make_dataset(n_images, seed=2024)
-    by_name = {im.name: im for im in images}
-    requests = [SegmentRequest(FileRef(external_id=im.name), Prompt(box=obj.box()),
-                               tag=(im.name, k))
-                for im in images for k, obj in enumerate(im.objects)]
+    samples = [Sample(FileRef(external_id=im.name),
+                      tuple(Instance(Prompt(box=o.box()), o.category) for o in im.objects))
+               for im in images]
+    pixels = {im.name: im.pixels for im in images}
+    photo = _photo()
     t0 = time.perf_counter()
-    records: list[dict[str, object]] = []
-    ious: list[float] = []
-    failures: list[str] = []
-    masks_by_image: dict[str, list[np.ndarray]] = {im.name: [] for im in images}
     with Emulator(images=images, processing_time_s=0.2, concurrency=16) as emu:
-        with SegmentationClient(emu.config) as client:
-            for outcome in client.segment_many(requests, concurrency=32):
-                name, k = outcome.request.tag
-                img = by_name[name]
-                if not outcome.ok or outcome.result is None:
-                    failures.append(f"{name}#{k}: {outcome.error}")
-                    continue
-                best = outcome.result.item.best
-                if best is None:
-                    failures.append(f"{name}#{k}: no segment")
-                    continue
-                rle = best.to_rle(img.height, img.width)
-                truth = img.objects[k]
-                from cogseg_ml.mask_codec import encode
-
-                iou = float(iou_matrix([rle], encode(truth.mask))[0, 0])
-                ious.append(iou)
-                masks_by_image[name].append(decode([rle])[0])
-                records.append({"file": name, "category": truth.category, "score": best.score,
-                                "iou": round(iou, 4), "segmentation": rle,
-                                "job_id": outcome.result.job_id})
-            requests_sent = len(emu.requests)
+        if photo is not None:
+            data, px = photo
+            emu.add_image(data, PHOTO, external_id=PHOTO)
+            pixels[PHOTO] = px
+            h, w = px.shape[:2]
+            samples.append(Sample(FileRef(external_id=PHOTO), (Instance(Prompt(
+                points=(Point.from_pixels(0.52 * w, 0.42 * h, w, h),),
+                box=Box(0.25, 0.15, 0.8, 0.75)), "face"),)))
+        labeler = SegmentationLabeler(emu.config, cache=out / "cache", concurrency=32,
+                                      workdir=out / "work", progress=not quiet)
+        report = labeler.label(samples)
+        n_ann = labeler.to_coco(out / "coco.json")
+        http_requests = len(emu.requests)
     elapsed = time.perf_counter() - t0
-    for im in images:
-        Image.fromarray(overlay(im.pixels, masks_by_image[im.name])).save(
-            out / "overlays" / im.name)
-    (out / "masks.json").write_text(json.dumps(records))
-    report = {"images": len(images), "objects": len(requests), "segmented": len(records),
-              "failed": len(failures), "seconds": round(elapsed, 2),
-              "http_requests": requests_sent,
-              "mean_iou": round(float(np.mean(ious)), 4) if ious else None,
-              "min_iou": round(float(np.min(ious)), 4) if ious else None,
-              "failures": failures}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+
+    # Quality against the synthetic ground truth.
+    coco = json.loads((out / "coco.json").read_text())
+    truth = {im.name: im for im in images}
+    gt: dict[str, Any] = {"images": [], "annotations": [], "categories": coco["categories"]}
+    cat_id = {c["name"]: c["id"] for c in coco["categories"]}
+    name_of = {img["id"]: img["cdf_file"].get("externalId") for img in coco["images"]}
+    for img in coco["images"]:
+        im = truth.get(name_of[img["id"]])
+        if im is None:
+            continue
+        gt["images"].append(img)
+        for o, rle in zip(im.objects, encode(np.stack([o.mask for o in im.objects])),
+                          strict=True):
+            gt["annotations"].append({
+                "id": len(gt["annotations"]) + 1, "image_id": img["id"],
+                "category_id": cat_id[o.category], "segmentation": rle, "iscrowd": 0,
+                "area": int(o.mask.sum()), "bbox": [0, 0, 0, 0]})
+    ious = []
+    masks_by_image: dict[str, list[np.ndarray]] = {}
+    for ann in coco["annotations"]:
+        name = name_of[ann["image_id"]]
+        masks_by_image.setdefault(name, []).append(decode([ann["segmentation"]])[0])
+        if name in truth:
+            obj = truth[name].objects[ann["prompt_index"]]
+            ious.append(float(iou_matrix([ann["segmentation"]], encode(obj.mask))[0, 0]))
+    synthetic_dets = [a for a in coco["annotations"] if name_of[a["image_id"]] in truth]
+    m_ap = coco_map(gt, synthetic_dets)
+    for name, px in pixels.items():
+        Image.fromarray(overlay(px, masks_by_image.get(name, []))).save(
+            out / "overlays" / (Path(name).stem + ".png"))
+    summary = {
+        "images": report.samples, "prompts": report.instances, "labelled": report.labelled,
+        "failed": report.failed, "annotations": n_ann, "seconds": round(elapsed, 2),
+        "http_requests": http_requests, "photo_included": photo is not None,
+        "mean_iou_synthetic": round(float(np.mean(ious)), 4) if ious else None,
+        "min_iou_synthetic": round(float(np.min(ious)), 4) if ious else None,
+        "coco_segm_AP": round(m_ap["AP"], 4), "labeler": report.as_dict()}
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(
         "# cogseg demo\n\n"
-        f"- images: {report['images']}, objects prompted: {report['objects']}\n"
-        f"- segmented: {report['segmented']}, failed: {report['failed']}\n"
-        f"- wall time: {report['seconds']} s, HTTP requests: {requests_sent}\n"
-        f"- IoU against ground truth: mean {report['mean_iou']}, min {report['min_iou']}\n")
+        f"- images: {summary['images']} ({n_images} synthetic"
+        f"{' + 1 photo' if photo else ''}), prompts: {summary['prompts']}\n"
+        f"- labelled: {summary['labelled']}, failed: {summary['failed']}, "
+        f"annotations written: {n_ann}\n"
+        f"- wall time: {summary['seconds']} s, HTTP requests: {http_requests}\n"
+        f"- IoU against ground truth (synthetic): mean {summary['mean_iou_synthetic']}, "
+        f"min {summary['min_iou_synthetic']}; COCO segm AP {summary['coco_segm_AP']}\n"
+        f"\nFiles: coco.json, overlays/*.png, report.json\n")
     if not quiet:
         print((out / "report.md").read_text())
-        print(f"wrote {out / 'masks.json'}, {out / 'overlays'}/, {out / 'report.json'}")
-    return 0 if not failures else 1
+    return 0 if report.failed == 0 else 1

@@ -55,6 +55,7 @@ def test_help_explains_itself() -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(tmp_path), "--images", "3", "--quiet"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["failed"] == 0 and report["segmented"] == report["objects"] > 0
-    assert report["mean_iou"] > 0.99
-    assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
+    assert report["failed"] == 0 and report["labelled"] == report["prompts"] > 0
+    assert report["mean_iou_synthetic"] > 0.99 and report["coco_segm_AP"] > 0.99
+    assert len(list((tmp_path / "overlays").glob("*.png"))) == 3 + report["photo_included"]
+    assert (tmp_path / "coco.json").exists() and (tmp_path / "report.md").exists()

@@ -243,6 +243,10 @@ class SegmentationClient(ClientCore):
         found = _match_metadata(refs, out)
         return [found[r] for r in refs if r in found]
 
+    def metadata_map(self, refs: Sequence[FileRef]) -> dict[FileRef, FileMetadata]:
+        """Metadata of the known files among ``refs`` (unknown ones are left out)."""
+        return _match_metadata(refs, self.file_metadata(refs, ignore_unknown=True))
+
     def download(self, file: FileLike, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """The file's bytes: a download link, then a GET of it.
 

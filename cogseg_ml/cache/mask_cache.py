@@ -312,7 +312,10 @@ class MaskCache:
 
     def get_many(self, keys: Sequence[CacheKey]) -> list[CachedResult | None]:
         """Results for many keys at once, in order (``None`` where missing)."""
-        fps = [k.fingerprint() for k in keys]
+        return self.get_by_fingerprints([k.fingerprint() for k in keys])
+
+    def get_by_fingerprints(self, fps: Sequence[str]) -> list[CachedResult | None]:
+        """Like :meth:`get_many`, for keys already reduced to their fingerprints."""
         found: dict[str, tuple[Any, ...]] = {}
         stale: list[str] = []
         now = time.time()

@@ -60,6 +60,35 @@ def _background_colour(image: np.ndarray, x0: int, y0: int, x1: int, y1: int,
     return np.median(border, axis=0)  # type: ignore[no-any-return]
 
 
+def _box_colour_model(image: np.ndarray, x0: int, y0: int, x1: int, y1: int,
+                      bins: int = 8, ring: int = 6) -> np.ndarray:
+    """Pixels of the box more likely under the box-centre colour histogram than under the
+    histogram of a ring just outside the box (colours quantized to ``bins`` per channel)."""
+    h, w = image.shape[:2]
+    q = (image.astype(np.int32) * bins) // 256
+    code = (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+    n = bins**3
+    bw, bh = x1 - x0, y1 - y0
+    cx0, cy0 = x0 + bw // 4, y0 + bh // 4
+    centre = code[cy0:max(cy0 + 1, y1 - bh // 4), cx0:max(cx0 + 1, x1 - bw // 4)]
+    p_fg = np.bincount(centre.ravel(), minlength=n).astype(np.float64)
+    outside = np.ones((h, w), dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    near = np.zeros((h, w), dtype=bool)
+    near[max(0, y0 - ring):y1 + ring, max(0, x0 - ring):x1 + ring] = True
+    sel = near & outside
+    if not sel.any():  # the box is the whole image: its border stands in for the outside
+        sel = np.zeros((h, w), dtype=bool)
+        sel[[0, -1], :] = True
+        sel[:, [0, -1]] = True
+    p_bg = np.bincount(code[sel].ravel(), minlength=n).astype(np.float64)
+    p_fg /= p_fg.sum()
+    p_bg /= p_bg.sum()
+    fg_bins = p_fg > p_bg
+    result: np.ndarray = fg_bins[code[y0:y1, x0:x1]]
+    return result
+
+
 class RegionGrowingEngine:
     """Colour region growing from point and box prompts.
 
@@ -92,17 +121,22 @@ class RegionGrowingEngine:
             d = roi - colour
             return np.einsum("hwc,hwc->hw", d, d)  # type: ignore[no-any-return]
 
-        if fg:
+        if box is not None:
+            # Box given: a colour-histogram model (inside the box's centre vs a ring outside
+            # it) decides foreground, as GrabCut's first step does; robust on photos.
+            candidate = _box_colour_model(image, x0, y0, x1, y1)
+            d_fg = np.where(candidate, 0.0, np.inf).astype(np.float32)
+        elif fg:
             d_fg = np.min([dist2(roi[r, c]) for r, c in fg], axis=0)
             candidate = d_fg <= tol2
-        else:
-            if box is None:  # only background points: nothing to grow from
-                return []
-            d_fg = -dist2(_background_colour(image, x0, y0, x1, y1))
-            candidate = -d_fg > tol2
+        else:  # only background points: nothing to grow from
+            return []
         for r, c in bg:
             colour = image[r, c].astype(np.float32)
-            candidate &= ~(dist2(colour) < np.abs(d_fg))
+            if box is not None:
+                candidate &= dist2(colour) > tol2
+            else:
+                candidate &= ~(dist2(colour) < np.abs(d_fg))
         labels, n = ndimage.label(candidate)
         if n == 0:
             return []
@@ -115,6 +149,8 @@ class RegionGrowingEngine:
         if not keep:
             return []
         region = np.isin(labels, sorted(keep))
+        if box is not None:
+            region = ndimage.binary_fill_holes(region)
         mask = np.zeros((h, w), dtype=bool)
         mask[y0:y1, x0:x1] = region
         return [EngineSegment(score=self._score(roi, region), mask=mask)]
