@@ -12,7 +12,7 @@ import sys
 
 from benchmarks.common import RESULTS, machine, table
 
-ALL = ["emulator", "client_throughput", "cache", "dataset"]
+ALL = ["emulator", "client_throughput", "cache", "dataset", "labeler"]
 
 
 def main(argv: list[str]) -> int:
