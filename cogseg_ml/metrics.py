@@ -94,7 +94,7 @@ def coco_map(ground_truth: str | Path | dict[str, Any], detections: str | Path |
             dets = data["annotations"] if isinstance(data, dict) else data
         if not dets:
             return {name: 0.0 for name in STAT_NAMES}
-        dt = gt.loadRes(dets)
+        dt = gt.loadRes([dict(d) for d in dets])  # loadRes writes into the dicts: copy them
         ev = COCOeval(gt, dt, iouType="segm")
         ev.evaluate()
         ev.accumulate()

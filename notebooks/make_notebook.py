@@ -72,7 +72,7 @@ print(f"{'API':<10}{len(rows):>7}{np.mean([r['iou'] for r in rows]):>10.3f}"
 assert len(rows) == sum(len(im.objects) for im in images)"""),
     ("md", "## Overlays"),
     ("code", """fig, axes = plt.subplots(1, min(4, len(images)), figsize=(14, 3.5))
-for ax, im in zip(np.atleast_1d(axes), images):
+for ax, im in zip(np.atleast_1d(axes), images, strict=False):
     masks = [decode([a["segmentation"]])[0] for a in coco["annotations"]
              if name_of[a["image_id"]] == im.name]
     ax.imshow(overlay(im.pixels, masks))
@@ -101,8 +101,8 @@ else:
                           model_type=os.environ.get("COGSEG_SAM_MODEL_TYPE", "vit_b"))
     local, api = [], []
     for im in images:
-        for o, ann in zip(im.objects, [a for a in coco["annotations"]
-                                       if name_of[a["image_id"]] == im.name]):
+        anns = [a for a in coco["annotations"] if name_of[a["image_id"]] == im.name]
+        for o, ann in zip(im.objects, anns, strict=True):
             (res,) = sam.segment_image(im.pixels, [Prompt(box=o.box())])
             local.append(res.best.rle if res.best else None)
             api.append(ann["segmentation"])
