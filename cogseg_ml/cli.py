@@ -33,9 +33,17 @@ def _emulator(args: argparse.Namespace) -> int:
         data = json.loads(Path(args.faults).read_text())
         faults = [Fault.from_dict(d) for d in data]
     images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
+    engine = None
+    if args.engine == "sam":
+        from cogseg_ml.backends.local_sam import LocalSamBackend
+        from cogseg_ml.emulator.segmentation_engines import SamEngine
+
+        if not args.checkpoint:
+            raise ValidationError("--engine sam needs --checkpoint PATH (a SAM .pth file)")
+        engine = SamEngine(LocalSamBackend(args.checkpoint, model_type=args.model_type))
     emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
                    concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
-                   seed=args.seed, host=args.host, port=args.port)
+                   seed=args.seed, host=args.host, port=args.port, engine=engine)
     if args.images:
         emu.add_folder(args.images)
     stop = threading.Event()
@@ -161,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rate-limit", type=float, default=None, help="requests/s before 429")
     e.add_argument("--faults", help="JSON file with a list of fault rules")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--engine", choices=["region-growing", "sam"], default="region-growing",
+                   help="segmentation engine (sam: a local Segment-Anything checkpoint)")
+    e.add_argument("--checkpoint", help="with --engine sam: the SAM checkpoint file")
+    e.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     e.add_argument("--print-secret", action="store_true",
                    help="include the client secret in the ready line")
     e.set_defaults(func=_emulator)

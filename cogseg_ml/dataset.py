@@ -22,8 +22,9 @@ detection losses); ``target["num_dropped"]`` counts them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,18 +37,19 @@ from torchvision import tv_tensors
 
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentRequest
+from cogseg_ml.backends.base import BackendJob, SegmentationBackend
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CogsegError, ValidationError
+from cogseg_ml.labeler import resolve_backend
 from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.samples import Sample
 from cogseg_ml.segment_results import (
     API_BACKEND,
     DEFAULT_MAX_PIXELS,
-    cached_from_result,
     decode_image,
     image_size,
 )
@@ -112,22 +114,27 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             ``target["num_missing"]``); images are fetched in every mode unless stored.
         categories: category names in label order (default: sorted names found in samples).
         max_pixels: refuse larger images before decoding them.
+        backend: where missing masks come from (default: the API through ``client``); e.g.
+            a :class:`~cogseg_ml.backends.fallback.FallbackBackend` with a local model.
+            Cached masks of every identity it may answer with are used, preferred first.
     """
 
     def __init__(self, samples: Sequence[Sample], *, client: CdfConfig | SegmentationClient,
                  cache: MaskCache | str | Path | None = None,
                  transforms: Callable[..., Any] | None = None, on_miss: OnMiss = "fetch",
                  categories: Sequence[str] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS,
+                 backend: SegmentationBackend | None = None) -> None:
         if on_miss not in ("fetch", "raise", "skip"):
             raise ValidationError(f"on_miss must be 'fetch', 'raise' or 'skip', got {on_miss!r}")
         self.samples = list(samples)
         for i, s in enumerate(self.samples):
             if not isinstance(s, Sample):
                 raise ValidationError(f"samples[{i}] is a {type(s).__name__}, not a Sample")
-        self.config = client.config if isinstance(client, SegmentationClient) else client
-        if not isinstance(self.config, CdfConfig):
+        config = client.config if isinstance(client, SegmentationClient) else client
+        if not isinstance(config, CdfConfig):
             raise ValidationError("client must be a CdfConfig or a SegmentationClient")
+        self.backend, self.config = resolve_backend(backend or config, config, 32)
         self.cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
         self.images = ImageStore(self.cache)
         self.transforms = transforms
@@ -137,9 +144,8 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             {i.category for s in self.samples for i in s.instances if i.category is not None})
         self.categories = list(names)
         self._label = {name: k + 1 for k, name in enumerate(self.categories)}
-        self.model_version = f"vision-segment/{self.config.cdf_version}"
         self._client: SegmentationClient | None = None
-        self._key_memo: dict[int, tuple[str, list[CacheKey]]] = {}
+        self._key_memo: dict[tuple[int, int], tuple[str, list[CacheKey]]] = {}
 
     # --- pickling: never a live client ------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -188,19 +194,66 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             return data, self.images.put(key, data)
         return found
 
-    def _keys(self, sample: Sample, digest: str) -> list[CacheKey]:
-        """Cache keys of a sample's instances; the file version is the image's SHA-256, so
-        masks always belong to exactly the pixels they are served with."""
-        memo = self._key_memo.get(id(sample))
+    def _keys(self, sample: Sample, digest: str, identity: int = 0) -> list[CacheKey]:
+        """Cache keys of a sample's instances for one backend identity (0: the preferred);
+        the file version is the image's SHA-256, so masks always belong to exactly the
+        pixels they are served with."""
+        memo_key = (id(sample), identity)
+        memo = self._key_memo.get(memo_key)
         if memo is not None and memo[0] == digest:
             return memo[1]
-        keys = [CacheKey(self.config.project, sample.file, inst.prompt, API_BACKEND,
-                         file_version=digest, model_version=self.model_version)
+        name, version = self.backend.identities()[identity]
+        keys = [CacheKey(self.config.project, sample.file, inst.prompt, name,
+                         file_version=digest, model_version=version)
                 for inst in sample.instances]
         if len(self._key_memo) >= 200_000:
             self._key_memo.clear()
-        self._key_memo[id(sample)] = (digest, keys)
+        self._key_memo[memo_key] = (digest, keys)
         return keys
+
+    def _lookup(self, sample: Sample, digest: str) -> list[CachedResult | None]:
+        results: list[CachedResult | None] = self.cache.get_many(self._keys(sample, digest))
+        for ident in range(1, len(self.backend.identities())):
+            missing = [i for i, r in enumerate(results) if r is None]
+            if not missing:
+                break
+            keys = self._keys(sample, digest, ident)
+            for i, r in zip(missing, self.cache.get_many([keys[i] for i in missing]),
+                            strict=True):
+                results[i] = r
+        return results
+
+    def _run(self, jobs: list[BackendJob]) -> Iterator[tuple[BackendJob, CachedResult | None,
+                                                               CogsegError | None]]:
+        """Run jobs on the backend; stores results under the key of whoever answered."""
+        pending: list[tuple[CacheKey, CachedResult]] = []
+        try:
+            for out in self.backend.run(jobs):
+                if out.result is not None:
+                    index, k = out.job.request.tag
+                    key = self._keys(self.samples[index], out.job.image_key)[k]
+                    key = dataclasses.replace(key, backend=out.result.backend,
+                                              model_version=out.result.model_version)
+                    pending.append((key, out.result))
+                    if len(pending) >= 64:
+                        self.cache.put_many(pending)
+                        pending.clear()
+                yield out.job, out.result, out.error
+        finally:
+            self.cache.put_many(pending)
+
+    def _job(self, index: int, k: int, digest: str, height: int, width: int) -> BackendJob:
+        sample = self.samples[index]
+        file_key = self._file_key(sample)
+
+        def load() -> bytes:
+            data = self.images.get(file_key)
+            if data is None:
+                raise SampleError(f"sample {index}: image {file_key} left the image store")
+            return data
+
+        return BackendJob(SegmentRequest(sample.file, sample.instances[k].prompt,
+                                         tag=(index, k)), height, width, digest, load)
 
     def _load_image(self, index: int) -> tuple[str, tv_tensors.Image]:
         sample = self.samples[index]
@@ -210,42 +263,32 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         except CogsegError as exc:
             raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
 
-    def _fetch(self, index: int, missing: list[int], keys: list[CacheKey], height: int,
+    def _fetch(self, index: int, missing: list[int], digest: str, height: int,
                width: int) -> dict[int, CachedResult]:
         sample = self.samples[index]
-        client = self.client
         out: dict[int, CachedResult] = {}
-        i = missing[0]
-        try:  # all jobs of the sample start at once, then each is awaited
-            jobs = []
-            for i in missing:
-                jobs.append((i, client.create_job(sample.file,
-                                                  prompt=sample.instances[i].prompt)))
-            for i, job in jobs:
-                res = client.wait(job, request=SegmentRequest(sample.file,
-                                                              sample.instances[i].prompt))
-                out[i] = cached_from_result(res, height, width,
-                                            model_version=self.model_version)
-        except CogsegError as exc:
-            raise SampleError(f"sample {index} ({sample.file.describe()}), instance {i}: "
-                              f"{exc}") from exc
-        self.cache.put_many((keys[i], r) for i, r in out.items())
+        jobs = [self._job(index, k, digest, height, width) for k in missing]
+        for job, result, error in self._run(jobs):
+            k = job.request.tag[1]
+            if result is None:
+                raise SampleError(f"sample {index} ({sample.file.describe()}), instance {k}: "
+                                  f"{error}") from error
+            out[k] = result
         return out
 
     def _load_target(self, index: int, digest: str, height: int, width: int
                      ) -> dict[str, Any]:
         sample = self.samples[index]
-        keys = self._keys(sample, digest)
-        results: list[CachedResult | None] = self.cache.get_many(keys)
+        results = self._lookup(sample, digest)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             if self.on_miss == "raise":
                 raise CacheMissError(
                     f"sample {index} ({sample.file.describe()}): {len(missing)} of "
-                    f"{len(keys)} instances are not cached; run dataset.prefetch() or use "
+                    f"{len(results)} instances are not cached; run dataset.prefetch() or use "
                     "on_miss='fetch'")
             if self.on_miss == "fetch":
-                for i, r in self._fetch(index, missing, keys, height, width).items():
+                for i, r in self._fetch(index, missing, digest, height, width).items():
                     results[i] = r
         found = [(inst, res.best) for inst, res in zip(sample.instances, results, strict=True)
                  if res is not None]
@@ -282,13 +325,13 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         return image, target
 
     # --- bulk ------------------------------------------------------------------------------------
-    def prefetch(self, *, concurrency: int = 32, progress: bool = True,
+    def prefetch(self, *, progress: bool = True,
                  download_workers: int = 8, tqdm_class: Any = None) -> PrefetchReport:
         """Fill the image store and the mask cache for every sample.
 
-        Images are downloaded by ``download_workers`` threads; missing masks are segmented
-        through ``segment_many`` (``concurrency`` jobs in flight). Failures are recorded in the
-        report, never raised.
+        Images are downloaded by ``download_workers`` threads; missing masks come from the
+        backend (the API: ``segment_many`` with its jobs in flight). Failures are recorded in
+        the report, never raised.
         """
         report = PrefetchReport(samples=len(self.samples))
         client = self.client
@@ -316,37 +359,22 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                     report.failures.append((i, None, str(exc)))
                 bar.update(1)
 
-        requests: list[SegmentRequest] = []
+        jobs: list[BackendJob] = []
         for i in sorted(sizes):
-            keys = self._keys(self.samples[i], digests.pop(i))
-            for k, present in enumerate(self.cache.keys_present(keys)):
-                if present:
+            found = self._lookup(self.samples[i], digests[i])
+            for k, res in enumerate(found):
+                if res is not None:
                     report.already_cached += 1
                 else:
-                    requests.append(SegmentRequest(self.samples[i].file,
-                                                   self.samples[i].instances[k].prompt,
-                                                   tag=(i, keys[k])))
-        pending: list[tuple[CacheKey, CachedResult]] = []
-        with progress_bar(len(requests), "masks", progress=progress,
+                    jobs.append(self._job(i, k, digests[i], *sizes[i]))
+        with progress_bar(len(jobs), "masks", progress=progress,
                           tqdm_class=tqdm_class) as bar:
-            for outcome in client.segment_many(requests, concurrency=concurrency):
-                i, key = outcome.request.tag
+            for job, result, error in self._run(jobs):
                 bar.update(1)
-                report.jobs_run += outcome.result is not None
-                try:
-                    if outcome.error is not None or outcome.result is None:
-                        raise outcome.error or SampleError("no result")
-                    h, w = sizes[i]
-                    pending.append((key, cached_from_result(outcome.result, h, w,
-                                                            model_version=self.model_version)))
-                except CogsegError as exc:
-                    inst = self.samples[i].instances.index(
-                        next(x for x in self.samples[i].instances
-                             if x.prompt == outcome.request.prompt))
-                    report.failures.append((i, inst, str(exc)))
-                if len(pending) >= 64:
-                    self.cache.put_many(pending)
-                    pending.clear()
-        self.cache.put_many(pending)
+                if result is None:
+                    i, k = job.request.tag
+                    report.failures.append((i, k, str(error)))
+                else:
+                    report.jobs_run += 1
         return report
 

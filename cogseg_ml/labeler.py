@@ -14,6 +14,7 @@ combines their caches, and a run over the merged cache gives the unsharded resul
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import tempfile
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from cogseg_ml import __version__
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.api.wire_schema import Annotation
+from cogseg_ml.backends.api_backend import ApiBackend
+from cogseg_ml.backends.base import BackendJob, SegmentationBackend
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
@@ -43,12 +46,32 @@ from cogseg_ml.mask_codec import area, bbox_of, decode, mask_to_polygons
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.prompts import FileRef
 from cogseg_ml.samples import Sample
-from cogseg_ml.segment_results import API_BACKEND, cached_from_result, image_size
+from cogseg_ml.segment_results import API_BACKEND, image_size
 
 __all__ = ["LabelingReport", "SegmentationLabeler", "WriteBackReport", "shard_of"]
 
 CHUNK = 256  # samples per step: images fetched together, manifest written in order
 MAX_FAILURES_KEPT = 1000
+
+
+def resolve_backend(backend: CdfConfig | SegmentationClient | SegmentationBackend,
+                    config: CdfConfig | None, concurrency: int
+                    ) -> tuple[SegmentationBackend, CdfConfig]:
+    """The backend to run and the CDF connection for images (from the backend if it has one)."""
+    if isinstance(backend, (CdfConfig, SegmentationClient)):
+        api = ApiBackend(backend, concurrency=concurrency)
+        return api, config or api.config
+    if not isinstance(backend, SegmentationBackend):
+        raise ValidationError("backend must be a CdfConfig, a SegmentationClient or a "
+                              f"SegmentationBackend, got {type(backend).__name__}")
+    found = config
+    for b in (backend, getattr(backend, "primary", None), getattr(backend, "fallback", None)):
+        if found is None and isinstance(b, ApiBackend):
+            found = b.config
+    if found is None:
+        raise ValidationError("this backend has no CDF connection: pass config=CdfConfig(...) "
+                              "for downloading images")
+    return backend, found
 
 
 def shard_of(file_key: str, n: int) -> int:
@@ -112,7 +135,9 @@ class SegmentationLabeler:
     """Label samples through the CDF API into the cache, then write COCO.
 
     Args:
-        backend: a :class:`CdfConfig` or :class:`SegmentationClient` (the API backend).
+        backend: a :class:`CdfConfig` or :class:`SegmentationClient` (the API), or any
+            :class:`~cogseg_ml.backends.base.SegmentationBackend` (a local model, a fallback).
+        config: the CDF connection for images and write-back, when ``backend`` has none.
         cache: a :class:`MaskCache` or a path for one (default location when ``None``).
         categories: category names in id order (default: sorted names seen in the samples).
         min_score: drop segments scoring below this.
@@ -124,13 +149,13 @@ class SegmentationLabeler:
         progress: show a progress bar (done, failed, rate, ETA).
     """
 
-    def __init__(self, backend: CdfConfig | SegmentationClient, *,
+    def __init__(self, backend: CdfConfig | SegmentationClient | SegmentationBackend, *,
                  cache: MaskCache | str | Path | None = None,
                  categories: Sequence[str] | None = None, min_score: float = 0.0,
                  min_area: int = 0, keep: Literal["best", "all"] = "best",
                  concurrency: int = 32, shard: tuple[int, int] | None = None,
                  workdir: str | Path | None = None, progress: bool = True,
-                 download_workers: int = 8) -> None:
+                 download_workers: int = 8, config: CdfConfig | None = None) -> None:
         if keep not in ("best", "all"):
             raise ValidationError(f"keep must be 'best' or 'all', got {keep!r}")
         if shard is not None:
@@ -141,9 +166,7 @@ class SegmentationLabeler:
             raise ValidationError(f"min_score must be in [0, 1], got {min_score}")
         if min_area < 0:
             raise ValidationError(f"min_area must be >= 0, got {min_area}")
-        self.config = backend.config if isinstance(backend, SegmentationClient) else backend
-        if not isinstance(self.config, CdfConfig):
-            raise ValidationError("backend must be a CdfConfig or a SegmentationClient")
+        self.backend, self.config = resolve_backend(backend, config, concurrency)
         self.cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
         self.images = ImageStore(self.cache)
         self.categories = list(categories) if categories is not None else None
@@ -154,7 +177,6 @@ class SegmentationLabeler:
         self.shard = shard
         self.progress = progress
         self.download_workers = download_workers
-        self.model_version = f"vision-segment/{self.config.cdf_version}"
         if workdir is None:  # removed when the labeler is garbage-collected or at exit
             workdir = tempfile.mkdtemp(prefix="cogseg-labeler-")
             weakref.finalize(self, shutil.rmtree, workdir, ignore_errors=True)
@@ -202,6 +224,15 @@ class SegmentationLabeler:
         rep.seconds = time.perf_counter() - t0
         return rep
 
+    def _loader(self, file_key: str) -> Callable[[], bytes]:
+        def load() -> bytes:
+            data = self.images.get(file_key)
+            if data is None:
+                raise CogsegError(f"image {file_key} left the image store")
+            return data
+
+        return load
+
     def _image_info(self, client: SegmentationClient, sample: Sample
                     ) -> tuple[str, int, int]:
         key = self._file_key(sample)
@@ -225,42 +256,45 @@ class SegmentationLabeler:
                     info[j] = fut.result()
                 except CogsegError as exc:
                     info[j] = _reason(exc)
+        name, version = self.backend.identities()[0]
         keys: dict[tuple[int, int], CacheKey] = {}
         for j, s in enumerate(chunk):
             got = info[j]
             if isinstance(got, tuple):
                 for k, inst in enumerate(s.instances):
-                    keys[(j, k)] = CacheKey(self.config.project, s.file, inst.prompt,
-                                            API_BACKEND, file_version=got[0],
-                                            model_version=self.model_version)
+                    keys[(j, k)] = CacheKey(self.config.project, s.file, inst.prompt, name,
+                                            file_version=got[0], model_version=version)
         order = list(keys)
         present = self.cache.keys_present([keys[o] for o in order])
         errors: dict[tuple[int, int], str] = {}
-        requests = []
+        jobs = []
         for o, hit in zip(order, present, strict=True):
             if hit:
                 rep.from_cache += 1
                 bar.update(1)
             else:
                 s = chunk[o[0]]
-                requests.append(SegmentRequest(s.file, s.instances[o[1]].prompt, tag=o))
+                got = info[o[0]]
+                assert isinstance(got, tuple)
+                digest, h, w = got
+                jobs.append(BackendJob(SegmentRequest(s.file, s.instances[o[1]].prompt, tag=o),
+                                       h, w, digest, self._loader(self._file_key(s))))
         pending: list[tuple[CacheKey, CachedResult]] = []
         try:
-            for outcome in client.segment_many(requests, concurrency=self.concurrency):
-                o = outcome.request.tag
+            for out in self.backend.run(jobs):
+                o = out.job.request.tag
                 bar.update(1)
-                try:
-                    if outcome.error is not None:
-                        raise outcome.error
-                    assert outcome.result is not None
+                if out.error is not None or out.result is None:
+                    errors[o] = _reason(out.error or CogsegError("no result"))
+                else:
                     rep.jobs_run += 1
-                    got = info[o[0]]
-                    assert isinstance(got, tuple)
-                    _, h, w = got
-                    pending.append((keys[o], cached_from_result(
-                        outcome.result, h, w, model_version=self.model_version)))
-                except CogsegError as exc:
-                    errors[o] = _reason(exc)
+                    res = out.result
+                    key = keys[o]
+                    if (res.backend, res.model_version) != (name, version):  # provenance
+                        key = dataclasses.replace(key, backend=res.backend,
+                                                  model_version=res.model_version)
+                        keys[o] = key
+                    pending.append((key, res))
                 if len(pending) >= 64:
                     self.cache.put_many(pending)
                     pending.clear()
@@ -299,7 +333,7 @@ class SegmentationLabeler:
                     continue
                 rep.labelled += 1
                 insts.append({"k": k, "key": key.fingerprint(), "category": inst.category,
-                              "keep": self._select(res)})
+                              "backend": res.backend, "keep": self._select(res)})
             lines.append({"file_key": file_key, "file": _file_json(s), "digest": digest,
                           "height": h, "width": w, "instances": insts})
         return lines
@@ -399,7 +433,8 @@ class SegmentationLabeler:
                         "id": n_ann, "image_id": img_id,
                         "category_id": cat_id.get(inst["category"], 0) if cats else 0,
                         "segmentation": geom, "area": a, "bbox": box, "iscrowd": 0,
-                        "score": seg.score, "prompt_index": inst["k"]}))
+                        "score": seg.score, "prompt_index": inst["k"],
+                        "source": inst.get("backend")}))
                 out.write("]}")
             os.replace(tmp, path)
         finally:

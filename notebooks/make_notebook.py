@@ -14,10 +14,11 @@ Compares segmentation masks from the CDF API (here: the local emulator, so the n
 offline) with ground truth, and with a local Segment-Anything model when a checkpoint is given.
 Set `COGSEG_NB_IMAGES` for more images and `COGSEG_SAM_CHECKPOINT` (plus
 `COGSEG_SAM_MODEL_TYPE`) to include the local model."""),
-    ("code", """import os, tempfile
+    ("code", """import json
+import os
+import tempfile
 from pathlib import Path
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -45,9 +46,7 @@ with Emulator(images=images, processing_time_s=0.05, concurrency=16) as emu:
     labeler.to_coco(workdir / "api.json")
 print(report.summary())"""),
     ("md", "## Metrics against the ground truth"),
-    ("code", """import json
-
-coco = json.loads((workdir / "api.json").read_text())
+    ("code", """coco = json.loads((workdir / "api.json").read_text())
 truth = {im.name: im for im in images}
 name_of = {img["id"]: img["cdf_file"]["externalId"] for img in coco["images"]}
 rows = []

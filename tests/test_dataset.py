@@ -87,7 +87,7 @@ def test_raise_and_skip_modes(ds_factory) -> None:
 def test_prefetch_fills_cache_then_workers_read_only(ds_factory, images, shared_emulator
                                                      ) -> None:
     ds = ds_factory()
-    report = ds.prefetch(concurrency=8, progress=False)
+    report = ds.prefetch(progress=False)
     assert report.ok and report.images_downloaded == len(images)
     assert report.jobs_run == sum(len(im.objects) for im in images)
     again = ds.prefetch(progress=False)
@@ -211,3 +211,15 @@ def test_repr_and_len(ds_factory, images) -> None:
     ds = ds_factory()
     assert len(ds) == len(images) and "samples=6" in repr(ds)
     assert isinstance(ds.cache, MaskCache)
+
+
+def test_dataset_with_a_local_backend(ds_factory, images) -> None:
+    from cogseg_ml.backends.local_sam import LocalSamBackend, build_tiny_sam
+
+    local = LocalSamBackend(model=build_tiny_sam(), device="cpu")
+    ds = ds_factory(backend=local)
+    image, target = ds[0]
+    assert target["masks"].shape[1:] == image.shape[1:]
+    assert ds.cache.stats().by_backend == {"local-sam": len(images[0].objects)}
+    cached = ds_factory(backend=local, on_miss="raise")
+    assert torch.equal(cached[0][1]["masks"], target["masks"])

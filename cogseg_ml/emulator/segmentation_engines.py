@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from cogseg_ml.prompts import Box, Point
 
-__all__ = ["EngineSegment", "RegionGrowingEngine", "SegmentationEngine"]
+__all__ = ["EngineSegment", "RegionGrowingEngine", "SamEngine", "SegmentationEngine"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +164,21 @@ class RegionGrowingEngine:
         contrast = float(np.linalg.norm(roi[region].mean(0) - roi[ring].mean(0)))
         spread = float(roi[region].std(0).mean())
         return float(np.clip(0.5 + contrast / 250.0 - spread / 100.0, 0.05, 0.99))
+
+
+class SamEngine:
+    """The local Segment-Anything backend as the emulator's engine (``--engine sam``)."""
+
+    name = "sam"
+
+    def __init__(self, backend: object) -> None:
+        self.backend = backend
+
+    def segment(self, image: np.ndarray, points: Sequence[Point],
+                box: Box | None) -> list[EngineSegment]:
+        """See :class:`SegmentationEngine`."""
+        from cogseg_ml.mask_codec import decode
+        from cogseg_ml.prompts import Prompt
+
+        (res,) = self.backend.segment_image(image, [Prompt(points=tuple(points), box=box)])  # type: ignore[attr-defined]
+        return [EngineSegment(score=s.score, mask=decode([s.rle])[0]) for s in res.segments]

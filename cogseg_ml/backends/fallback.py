@@ -1,0 +1,136 @@
+"""The API first, a local model when the API is unavailable, and back again.
+
+:class:`FallbackBackend` sends jobs to the primary (the API) in chunks. A job that fails with
+:class:`~cogseg_ml.errors.ApiUnavailableError` opens the :class:`CircuitBreaker`: that job is
+retried on the fallback (a local model), and so is everything else until ``cooldown_s`` has
+passed; then one chunk probes the primary again (half-open) and closes the breaker when it
+gets through. Results keep their provenance (the backend's name and model version are in their
+cache keys), so a later API run replaces local masks rather than being answered by them.
+
+Modes: ``"prefer-api"`` (the above), ``"prefer-local"`` (local first, the API only for what the
+local model cannot do), ``"api-only"`` (no fallback; outages are errors).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cogseg_ml.backends.base import BackendJob, BackendOutcome, SegmentationBackend
+from cogseg_ml.errors import ApiUnavailableError, ValidationError
+
+__all__ = ["CircuitBreaker", "FallbackBackend"]
+
+_log = logging.getLogger("cogseg_ml.backends.fallback")
+Mode = Literal["prefer-api", "prefer-local", "api-only"]
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed (use the primary), open (skip it) until ``cooldown_s`` passes, then half-open."""
+
+    cooldown_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    opened_at: float | None = field(default=None)
+    trips: int = 0
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"``."""
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        """Whether the primary may be tried now."""
+        return self.state != "open"
+
+    def failure(self) -> None:
+        """The primary is unavailable: open (again) now."""
+        if self.opened_at is None:
+            self.trips += 1
+            _log.warning("API unavailable: switching to the local model for %.0f s",
+                         self.cooldown_s)
+        self.opened_at = self.clock()
+
+    def success(self) -> None:
+        """The primary answered: close."""
+        if self.opened_at is not None:
+            _log.warning("API available again: switching back")
+        self.opened_at = None
+
+
+class FallbackBackend:
+    """Primary backend with a fallback behind a circuit breaker.
+
+    Args:
+        primary: usually :class:`~cogseg_ml.backends.api_backend.ApiBackend`.
+        fallback: usually :class:`~cogseg_ml.backends.local_sam.LocalSamBackend`.
+        mode: ``"prefer-api"``, ``"prefer-local"`` or ``"api-only"``.
+        cooldown_s: how long to stay on the fallback before probing the primary again.
+        chunk_size: jobs sent to the primary at once (the breaker is consulted per chunk).
+    """
+
+    def __init__(self, primary: SegmentationBackend, fallback: SegmentationBackend | None, *,
+                 mode: Mode = "prefer-api", cooldown_s: float = 30.0,
+                 chunk_size: int = 64, breaker: CircuitBreaker | None = None) -> None:
+        if mode not in ("prefer-api", "prefer-local", "api-only"):
+            raise ValidationError(f"mode must be prefer-api, prefer-local or api-only, got "
+                                  f"{mode!r}")
+        if fallback is None and mode != "api-only":
+            raise ValidationError(f"mode {mode!r} needs a fallback backend")
+        self.primary = primary
+        self.fallback = fallback
+        self.mode = mode
+        self.chunk_size = chunk_size
+        self.breaker = breaker or CircuitBreaker(cooldown_s=cooldown_s)
+        first = fallback if mode == "prefer-local" and fallback is not None else primary
+        self.name = first.name
+        self.model_version = first.model_version
+
+    def __repr__(self) -> str:
+        return (f"FallbackBackend(primary={self.primary!r}, fallback={self.fallback!r}, "
+                f"mode={self.mode!r}, breaker={self.breaker.state!r})")
+
+    def identities(self) -> list[tuple[str, str]]:
+        """The preferred backend first (its keys decide what is already done)."""
+        ids = [(self.primary.name, self.primary.model_version)]
+        if self.fallback is not None:
+            fb = (self.fallback.name, self.fallback.model_version)
+            ids = [fb] + ids if self.mode == "prefer-local" else ids + [fb]
+        return ids
+
+    def run(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
+        """See :class:`~cogseg_ml.backends.base.SegmentationBackend`."""
+        if self.mode == "prefer-local":
+            assert self.fallback is not None
+            retry = []
+            for out in self.fallback.run(jobs):
+                if out.error is None:
+                    yield out
+                else:
+                    retry.append(out.job)
+            if retry:
+                yield from self.primary.run(retry)
+            return
+        for start in range(0, len(jobs), self.chunk_size):
+            chunk = jobs[start:start + self.chunk_size]
+            if self.mode == "api-only" or self.breaker.allow():
+                unavailable: list[BackendJob] = []
+                for out in self.primary.run(chunk):
+                    if isinstance(out.error, ApiUnavailableError) and self.mode != "api-only":
+                        unavailable.append(out.job)
+                    else:
+                        yield out
+                if unavailable:
+                    self.breaker.failure()
+                    assert self.fallback is not None
+                    yield from self.fallback.run(unavailable)
+                elif self.mode != "api-only":
+                    self.breaker.success()
+            else:
+                assert self.fallback is not None
+                yield from self.fallback.run(chunk)
