@@ -161,6 +161,7 @@ class CdfConfig:
         max_connections: pooled connections per client.
         retry: :class:`RetryConfig`; poll: :class:`PollConfig`.
         verify_tls: TLS certificate verification; turn off only explicitly (never by default).
+        max_response_bytes: an API answer larger than this is refused as it streams in.
     """
 
     project: str
@@ -174,6 +175,7 @@ class CdfConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     poll: PollConfig = field(default_factory=PollConfig)
     verify_tls: bool = True
+    max_response_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.project or "/" in self.project:

@@ -47,8 +47,13 @@ def image_size(data: bytes, ref: FileRef | None = None,
 
     who = ref.describe() if ref else "image"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise FileValidationError(f"file {who} is over the limit of {max_pixels} pixels "
+                                  f"({exc})", file=ref) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise FileValidationError(f"file {who} is not a readable image ({exc})",
                                   file=ref) from None

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, Retrying
 
 from cogseg_ml.api.auth import BearerAuth
 from cogseg_ml.api.file_checks import check_segmentable
-from cogseg_ml.api.http_core import Call, ClientCore
+from cogseg_ml.api.http_core import Call, ClientCore, LimitedBody, limited_body, rebuilt
 from cogseg_ml.api.job_polling import PollSchedule
 from cogseg_ml.api.results import JobOutcome, SegmentationResult, SegmentRequest, result_from_job
 from cogseg_ml.api.retry_policy import retrying_kwargs
@@ -132,16 +132,22 @@ class SegmentationClient(ClientCore):
 
     # --- transport -----------------------------------------------------------------------------
     def _send(self, call: Call) -> httpx.Response:
+        call = self.limit(call)
         try:
             for attempt in Retrying(**retrying_kwargs(self.config.retry, call.kind,
                                                       self.log_retry(call))):
                 with attempt:
                     self.requests_sent += 1
-                    resp = self._http.request(
+                    req = self._http.build_request(
                         call.method, call.url, json=call.json, params=call.params,
                         headers=self.headers_for(call),
-                        auth=self._auth if call.authenticated else None,
                         timeout=call.timeout_s or self.config.timeout_s)
+                    streamed = self._http.send(
+                        req, auth=self._auth if call.authenticated else None, stream=True)
+                    try:
+                        resp = rebuilt(streamed, limited_body(streamed.iter_bytes(), call))
+                    finally:
+                        streamed.close()
                     self.raise_for_retry(resp)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
@@ -255,10 +261,13 @@ class SegmentationClient(ClientCore):
         """
         ref = FileRef.parse(file)
         call = self.downloadlink_call(ref)
-        links = self.parse(self._send(call), ItemsResponse[DownloadLinkItem], call).items
+        try:
+            links = self.parse(self._send(call), ItemsResponse[DownloadLinkItem], call).items
+        except NotFoundError as exc:
+            raise _no_such_file(ref, self.config, exc) from None
         if not links:
             raise NotFoundError(f"no download link for {ref.describe()}", status_code=200)
-        resp = self._send(self.download_call(links[0].download_url))
+        resp = self._send(self.download_call(links[0].download_url, max_bytes))
         return _checked_content(resp.content, ref, max_bytes)
 
     # --- annotations ---------------------------------------------------------------------------
@@ -302,6 +311,12 @@ def _annotation_filter(file_ids: Sequence[int], annotation_type: str | None, sta
     return flt
 
 
+def _no_such_file(ref: FileRef, config: CdfConfig, exc: NotFoundError) -> NotFoundError:
+    return NotFoundError(f"file {ref.describe()} does not exist in project {config.project!r}",
+                         status_code=exc.status_code, request_id=exc.request_id,
+                         missing=exc.missing)
+
+
 def _checked_content(content: bytes, ref: FileRef, max_bytes: int) -> bytes:
     if not content:
         raise FileValidationError(f"file {ref.describe()} downloaded as zero bytes", file=ref)
@@ -342,6 +357,7 @@ class AsyncSegmentationClient(ClientCore):
         await self._auth.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
+        call = self.limit(call)
         try:
             async for attempt in AsyncRetrying(**retrying_kwargs(self.config.retry, call.kind,
                                                                  self.log_retry(call))):
@@ -350,11 +366,19 @@ class AsyncSegmentationClient(ClientCore):
                     if self._gate is None:
                         self._gate = asyncio.Semaphore(self.config.max_connections)
                     async with self._gate:
-                        resp = await self._http.request(
+                        req = self._http.build_request(
                             call.method, call.url, json=call.json, params=call.params,
                             headers=self.headers_for(call),
-                            auth=self._auth if call.authenticated else None,
                             timeout=call.timeout_s or self.config.timeout_s)
+                        streamed = await self._http.send(
+                            req, auth=self._auth if call.authenticated else None, stream=True)
+                        try:
+                            body = LimitedBody(call)
+                            async for chunk in streamed.aiter_bytes():
+                                body.add(chunk)
+                            resp = rebuilt(streamed, bytes(body.buf))
+                        finally:
+                            await streamed.aclose()
                     self.raise_for_retry(resp)
         except asyncio.CancelledError:
             raise
@@ -442,10 +466,14 @@ class AsyncSegmentationClient(ClientCore):
         """See :meth:`SegmentationClient.download`."""
         ref = FileRef.parse(file)
         call = self.downloadlink_call(ref)
-        links = self.parse(await self._send(call), ItemsResponse[DownloadLinkItem], call).items
+        try:
+            links = self.parse(await self._send(call), ItemsResponse[DownloadLinkItem],
+                               call).items
+        except NotFoundError as exc:
+            raise _no_such_file(ref, self.config, exc) from None
         if not links:
             raise NotFoundError(f"no download link for {ref.describe()}", status_code=200)
-        resp = await self._send(self.download_call(links[0].download_url))
+        resp = await self._send(self.download_call(links[0].download_url, max_bytes))
         return _checked_content(resp.content, ref, max_bytes)
 
 

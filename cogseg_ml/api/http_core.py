@@ -7,7 +7,9 @@ a typed error here. This is the one place responses become exceptions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -65,6 +67,7 @@ class Call:
     authenticated: bool = True
     timeout_s: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    max_bytes: int = 64 * 1024 * 1024  # a larger answer is refused while it streams in
 
 
 def _snippet(text: str, limit: int = 160) -> str:
@@ -140,11 +143,16 @@ class ClientCore:
         return Call("POST", self._url("/files/downloadlink"), "read", "POST /files/downloadlink",
                     json={"items": [file_identifier(ref).to_wire()]})
 
-    def download_call(self, url: str) -> Call:
-        """``GET`` a download URL; the bearer token goes only to CDF's own origin."""
+    def download_call(self, url: str, max_bytes: int) -> Call:
+        """``GET`` a download URL; the bearer token goes only to CDF's own origin.
+
+        The URL is a short-lived credential: it is never logged (see :func:`redact_url`).
+        """
         same_origin = urlsplit(url)[:2] == self._origin
+        redact_url(url)
         return Call("GET", url, "read", "GET <download link>", authenticated=same_origin,
-                    timeout_s=self.config.file_timeout_s, headers={"accept": "*/*"})
+                    timeout_s=self.config.file_timeout_s, headers={"accept": "*/*"},
+                    max_bytes=max_bytes)
 
     def annotations_list_call(self, flt: dict[str, Any], limit: int, cursor: str | None) -> Call:
         """``POST /annotations/list``."""
@@ -158,6 +166,12 @@ class ClientCore:
         """``POST /annotations`` (a create: not retried blindly)."""
         return Call("POST", self._url("/annotations"), "create", "POST /annotations",
                     json={"items": items})
+
+    def limit(self, call: Call) -> Call:
+        """The call with the config's response-size limit (downloads keep their own)."""
+        if call.label == "GET <download link>":
+            return call
+        return dataclasses.replace(call, max_bytes=self.config.max_response_bytes)
 
     def headers_for(self, call: Call) -> dict[str, str]:
         """Headers of a call (the bearer token is added by the auth flow)."""
@@ -225,6 +239,73 @@ class ClientCore:
                        exc, state.attempt_number, wait)
 
         return hook
+
+
+class ResponseTooLarge(ResponseValidationError):
+    """The answer outgrew the call's byte limit while streaming in."""
+
+
+class LimitedBody:
+    """Collects a streamed body, refusing more than ``call.max_bytes`` as it arrives."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.buf = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        """Append a chunk; raises :class:`ResponseTooLarge` past the limit."""
+        self.buf += chunk
+        if len(self.buf) > self.call.max_bytes:
+            raise ResponseTooLarge(f"{self.call.label} answered more than "
+                                   f"{self.call.max_bytes} bytes; refused (raise the limit if "
+                                   "this is expected)")
+
+
+def limited_body(chunks: Iterable[bytes], call: Call) -> bytes:
+    """Join response chunks, refusing more than ``call.max_bytes``."""
+    body = LimitedBody(call)
+    for chunk in chunks:
+        body.add(chunk)
+    return bytes(body.buf)
+
+
+def rebuilt(resp: httpx.Response, body: bytes) -> httpx.Response:
+    """A complete response from a streamed one (the body already decoded)."""
+    headers = [(k, v) for k, v in resp.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(resp.status_code, headers=headers, content=body,
+                          request=resp.request)
+
+
+# --- keeping download links out of logs -----------------------------------------------------
+
+_SECRET_URLS: deque[str] = deque(maxlen=2048)
+
+
+def redact_url(url: str) -> None:
+    """Remember a URL that must never appear in a log record (httpx logs every request)."""
+    if url not in _SECRET_URLS:
+        _SECRET_URLS.append(url)
+
+
+class _RedactUrls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRET_URLS and record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            cleaned = []
+            for a in args:
+                text = str(a)
+                if any(u in text for u in _SECRET_URLS):
+                    for u in _SECRET_URLS:
+                        text = text.replace(u, "<download link>")
+                    a = text
+                cleaned.append(a)
+            record.args = tuple(cleaned)
+        return True
+
+
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).addFilter(_RedactUrls())
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -387,6 +387,12 @@ class FaultAndLogMiddleware:
                 if f.kind == "delay":
                     await asyncio.sleep(f.delay_s)
                     fault_name = "delay"
+            raw = next((f for f in fired if f.kind == "body"), None)
+            if raw is not None:
+                fault_name = f"body-{raw.status}"
+                await Response(raw.body.encode(), status_code=raw.status,
+                               media_type=raw.content_type)(scope, receive, send_with_id)
+                return
             drop = next((f for f in fired if f.kind == "drop"), None)
             reject = next((f for f in fired if f.kind == "status"), None)
             if drop is not None:

@@ -12,6 +12,8 @@ Kinds:
     ``job_fail``      a new segmentation job ends ``Failed`` with a job-level ``errorMessage``.
     ``item_fail``     a new job's only item fails: ``Failed`` with the item in ``failedItems``.
     ``token_expiry``  the presented token expires now: this and later requests with it get 401.
+    ``body``          answer ``status`` with ``body`` as is (``content_type``): HTML error pages,
+                      non-JSON, truncated or huge bodies, unknown statuses, NaN vertices...
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Literal
 
 __all__ = ["Fault", "FaultInjector", "FaultKind", "REQUEST_FAULT_KINDS"]
 
-FaultKind = Literal["status", "drop", "delay", "job_fail", "item_fail", "token_expiry"]
-REQUEST_FAULT_KINDS: frozenset[str] = frozenset({"status", "drop", "delay"})
+FaultKind = Literal["status", "drop", "delay", "job_fail", "item_fail", "token_expiry", "body"]
+REQUEST_FAULT_KINDS: frozenset[str] = frozenset({"status", "drop", "delay", "body"})
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Fault:
         delay_s: seconds of delay for ``delay`` faults.
         after: for ``drop``: handle the request before dropping the connection.
         message: the error message sent with ``status``/``job_fail``/``item_fail``.
+        body, content_type: the raw response of a ``body`` fault (sent with ``status``).
     """
 
     kind: FaultKind
@@ -54,9 +57,12 @@ class Fault:
     delay_s: float = 0.0
     after: bool = False
     message: str = "injected fault"
+    body: str = ""
+    content_type: str = "application/json"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("status", "drop", "delay", "job_fail", "item_fail", "token_expiry"):
+        if self.kind not in ("status", "drop", "delay", "job_fail", "item_fail", "token_expiry",
+                             "body"):
             raise ValueError(f"unknown fault kind {self.kind!r}")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError("Fault.probability must be in [0, 1]")
