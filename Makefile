@@ -29,5 +29,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
+soak: $(STAMP)
+	$(BIN)/python -m benchmarks.soak
+
 clean:
 	rm -rf $(VENV) demo_out .mypy_cache .ruff_cache .pytest_cache

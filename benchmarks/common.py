@@ -133,6 +133,8 @@ def emulator_process(*, processing_time: float, concurrency: int, synthetic: int
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def admin_get(cfg: CdfConfig, path: str) -> Any:

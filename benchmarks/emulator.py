@@ -99,6 +99,8 @@ def run(n_requests: int = 3000, conns: int = 32, jobs: int = 500) -> Report:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
     with emulator_process(processing_time=0.3, concurrency=32) as (cfg, _):
         token = httpx.post(cfg.credentials.token_url, data={  # type: ignore[union-attr]
             "grant_type": "client_credentials",

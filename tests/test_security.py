@@ -1,0 +1,75 @@
+"""Secrets stay secret: a recognizable client secret and every token and download link are
+searched for in everything a full run produced (DEBUG logs, errors, reprs, cache, outputs)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+
+from cogseg_ml import ClientCredentials, SegmentationClient
+from cogseg_ml.dataset import CdfSegmentationDataset
+from cogseg_ml.emulator.faults import Fault
+from cogseg_ml.labeler import SegmentationLabeler
+from cogseg_ml.prompts import FileRef, Prompt
+from cogseg_ml.samples import Instance, Sample
+
+SECRET = "cogseg-RECOGNIZABLE-secret-7f3a9c"
+
+
+def test_no_secret_anywhere(make_emulator, images, tmp_path: Path,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    emu = make_emulator(faults=[Fault("token_expiry", times=1),
+                                Fault("status", status=503, times=3),
+                                Fault("item_fail", times=1, message="bad image")])
+    emu.state.client_secret = SECRET
+    base = emu.config
+    assert isinstance(base.credentials, ClientCredentials)
+    cfg = base.with_options(credentials=ClientCredentials(
+        base.credentials.token_url, base.credentials.client_id, SECRET))
+    samples = [Sample(FileRef(external_id=im.name),
+                      tuple(Instance(Prompt(box=o.box()), o.category) for o in im.objects))
+               for im in images[:3]]
+    texts: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        lab = SegmentationLabeler(cfg, cache=tmp_path / "cache", workdir=tmp_path / "work",
+                                  progress=False)
+        rep = lab.label(samples)
+        lab.to_coco(tmp_path / "out.json")
+        lab.write_back()
+        ds = CdfSegmentationDataset(samples, client=cfg, cache=tmp_path / "cache")
+        ds[0]
+        with SegmentationClient(cfg) as client:
+            client.download(images[0].name)
+            texts += [repr(client), repr(client._auth), str(client.config)]
+        texts += [repr(cfg), str(cfg), repr(cfg.credentials), repr(lab), repr(ds),
+                  repr(lab.backend), str(rep.as_dict())]
+    assert rep.failed == 1  # the injected item failure is reported, with its reason
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [logging.Formatter().format(r) for r in caplog.records]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            texts.append(path.read_bytes().decode("latin-1"))
+    blob = "\n".join(texts)
+    assert caplog.records and "HTTP Request" in blob  # the logs were really captured
+    tokens = list(emu.state.tokens)
+    links = list(emu.state.links)
+    assert tokens and links
+    assert SECRET not in blob
+    for t in tokens:
+        assert t not in blob
+    for link in links:
+        assert link not in blob  # download URLs are credentials too
+
+
+def test_tls_verification_is_on_by_default(shared_emulator) -> None:
+    cfg = shared_emulator.config
+    assert cfg.verify_tls is True
+    with SegmentationClient(cfg) as client:
+        ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    with SegmentationClient(cfg.with_options(verify_tls=False)) as client:
+        ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+        assert ctx.verify_mode == ssl.CERT_NONE
