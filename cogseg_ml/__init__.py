@@ -16,6 +16,10 @@ from cogseg_ml.api.results import (
     SegmentRequest,
 )
 from cogseg_ml.api.wire_schema import JobStatus
+from cogseg_ml.backends import ApiBackend, FallbackBackend, SegmentationBackend
+from cogseg_ml.cache.cache_keys import CacheKey
+from cogseg_ml.cache.image_store import ImageStore
+from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
 from cogseg_ml.config import (
     CdfConfig,
     ClientCredentials,
@@ -41,27 +45,61 @@ from cogseg_ml.errors import (
     ResponseValidationError,
     ValidationError,
 )
+from cogseg_ml.labeler import LabelingReport, SegmentationLabeler
 from cogseg_ml.prompts import Box, FileRef, InstanceId, Point, Prompt
+from cogseg_ml.samples import (
+    Instance,
+    Sample,
+    samples_from_annotations,
+    samples_from_coco,
+    samples_from_records,
+)
+
+# torch-dependent names load on first use, so `import cogseg_ml` stays light.
+_LAZY = {
+    "CdfSegmentationDataset": "cogseg_ml.dataset",
+    "collate_fn": "cogseg_ml.dataset",
+    "LocalSamBackend": "cogseg_ml.backends.local_sam",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cogseg_ml' has no attribute {name!r}")
 
 __all__ = [
+    "ApiBackend",
     "ApiError",
     "ApiUnavailableError",
     "AsyncSegmentationClient",
     "AuthenticationError",
     "Box",
     "CacheError",
+    "CacheKey",
     "CacheVersionError",
+    "CachedResult",
+    "CachedSegment",
     "CdfConfig",
+    "CdfSegmentationDataset",
     "ClientCredentials",
     "CogsegError",
+    "FallbackBackend",
     "FileRef",
     "FileValidationError",
+    "ImageStore",
+    "Instance",
     "InstanceId",
     "ItemResult",
     "JobFailedError",
     "JobOutcome",
     "JobStatus",
     "JobTimeoutError",
+    "LabelingReport",
+    "LocalSamBackend",
+    "MaskCache",
     "NotFoundError",
     "Point",
     "PollConfig",
@@ -70,13 +108,20 @@ __all__ = [
     "RateLimitedError",
     "ResponseValidationError",
     "RetryConfig",
+    "Sample",
     "Secret",
     "Segment",
     "SegmentRequest",
+    "SegmentationBackend",
     "SegmentationClient",
+    "SegmentationLabeler",
     "SegmentationResult",
     "StaticToken",
     "TokenProvider",
     "ValidationError",
     "__version__",
+    "collate_fn",
+    "samples_from_annotations",
+    "samples_from_coco",
+    "samples_from_records",
 ]
