@@ -125,9 +125,6 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
-    import json
+    from benchmarks.common import run_as_script
 
-    from benchmarks.common import table
-
-    r = main()
-    print(table([json.loads(r.write().read_text())]))
+    run_as_script(main)

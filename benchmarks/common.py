@@ -142,3 +142,9 @@ def admin_get(cfg: CdfConfig, path: str) -> Any:
     import httpx
 
     return httpx.get(f"{cfg.base_url}/_emulator/{path}", timeout=30).json()
+
+
+def run_as_script(main: Any, argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.NAME``: run, write the JSON, print the table."""
+    rep = main(list(argv) if argv is not None else sys.argv[1:])
+    print(table([json.loads(rep.write().read_text())]))

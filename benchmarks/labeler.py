@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
-    from benchmarks.common import table
+    from benchmarks.common import run_as_script
 
-    r = main()
-    print(table([json.loads(r.write().read_text())]))
+    run_as_script(main)

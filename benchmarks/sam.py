@@ -10,7 +10,6 @@ per image on this machine's CPU); on a GPU, pass ``--model vit_b`` (random weigh
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -105,9 +104,6 @@ def main(argv: list[str] | None = None) -> Report:
 
 
 if __name__ == "__main__":
-    import sys
+    from benchmarks.common import run_as_script
 
-    from benchmarks.common import table
-
-    r = main(sys.argv[1:])
-    print(table([json.loads(r.write().read_text())]))
+    run_as_script(main)

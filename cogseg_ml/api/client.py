@@ -20,8 +20,8 @@ from tenacity import AsyncRetrying, Retrying
 from cogseg_ml.api.auth import BearerAuth
 from cogseg_ml.api.file_checks import check_segmentable
 from cogseg_ml.api.http_core import Call, ClientCore, LimitedBody, limited_body, rebuilt
-from cogseg_ml.api.job_polling import PollSchedule
-from cogseg_ml.api.results import JobOutcome, SegmentationResult, SegmentRequest, result_from_job
+from cogseg_ml.api.job_polling import PollSchedule, WaitPlan
+from cogseg_ml.api.results import JobOutcome, SegmentationResult, SegmentRequest
 from cogseg_ml.api.retry_policy import retrying_kwargs
 from cogseg_ml.api.wire_schema import (
     Annotation,
@@ -32,7 +32,7 @@ from cogseg_ml.api.wire_schema import (
     SegmentJob,
 )
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import FileValidationError, JobTimeoutError, NotFoundError, ValidationError
+from cogseg_ml.errors import FileValidationError, NotFoundError, ValidationError
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 
 __all__ = ["AsyncSegmentationClient", "SegmentationClient", "FileLike", "RequestLike"]
@@ -182,26 +182,11 @@ class SegmentationClient(ClientCore):
             JobFailedError: the job failed as a whole (per-item failures are in the result).
             JobTimeoutError: not terminal after ``timeout`` seconds.
         """
-        current = job if isinstance(job, SegmentJob) else None
-        job_id = job.job_id if isinstance(job, SegmentJob) else int(job)
-        start = time.monotonic()
-        polls = 0
-        delay = self.schedule.first_delay()
-        while current is None or not current.status.is_terminal:
-            if timeout is not None:
-                left = timeout - (time.monotonic() - start)
-                if left <= 0:
-                    raise JobTimeoutError(
-                        f"job {job_id} not finished after {timeout:.1f} s "
-                        f"(last status {current.status.value if current else 'unknown'})",
-                        job_id=job_id, last_status=current.status.value if current else "")
-                delay = min(delay, left)
+        plan = WaitPlan(self.schedule, job, timeout)
+        while (delay := plan.next_delay()) is not None:
             time.sleep(delay)
-            current = self.retrieve_job(job_id)
-            polls += 1
-            delay = self.schedule.next_delay(polls)
-        self.schedule.observe((current.status_time - current.created_time) / 1000.0)
-        return result_from_job(current, request)
+            plan.update(self.retrieve_job(plan.job_id))
+        return plan.result(request)
 
     def segment(self, file: FileLike, points: Iterable[Point | Sequence[float]] | None = None,
                 box: Box | Sequence[float] | None = None, *, prompt: Prompt | None = None,
@@ -402,26 +387,11 @@ class AsyncSegmentationClient(ClientCore):
     async def wait(self, job: SegmentJob | int, timeout: float | None = None,
                    request: SegmentRequest | None = None) -> SegmentationResult:
         """See :meth:`SegmentationClient.wait`."""
-        current = job if isinstance(job, SegmentJob) else None
-        job_id = job.job_id if isinstance(job, SegmentJob) else int(job)
-        start = time.monotonic()
-        polls = 0
-        delay = self.schedule.first_delay()
-        while current is None or not current.status.is_terminal:
-            if timeout is not None:
-                left = timeout - (time.monotonic() - start)
-                if left <= 0:
-                    raise JobTimeoutError(
-                        f"job {job_id} not finished after {timeout:.1f} s "
-                        f"(last status {current.status.value if current else 'unknown'})",
-                        job_id=job_id, last_status=current.status.value if current else "")
-                delay = min(delay, left)
+        plan = WaitPlan(self.schedule, job, timeout)
+        while (delay := plan.next_delay()) is not None:
             await asyncio.sleep(delay)
-            current = await self.retrieve_job(job_id)
-            polls += 1
-            delay = self.schedule.next_delay(polls)
-        self.schedule.observe((current.status_time - current.created_time) / 1000.0)
-        return result_from_job(current, request)
+            plan.update(await self.retrieve_job(plan.job_id))
+        return plan.result(request)
 
     async def segment(self, file: FileLike,
                       points: Iterable[Point | Sequence[float]] | None = None,

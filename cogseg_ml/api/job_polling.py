@@ -9,11 +9,18 @@ Durations include queueing, so the schedule follows the server's load.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cogseg_ml.config import PollConfig
+from cogseg_ml.errors import JobTimeoutError
 
-__all__ = ["PollSchedule"]
+if TYPE_CHECKING:
+    from cogseg_ml.api.results import SegmentationResult, SegmentRequest
+    from cogseg_ml.api.wire_schema import SegmentJob
+
+__all__ = ["PollSchedule", "WaitPlan"]
 
 
 @dataclass
@@ -50,3 +57,58 @@ class PollSchedule:
         base = self.config.initial_s if self.estimate_s is None else 0.25 * self.estimate_s
         base = max(self.config.min_interval_s, base)
         return self._clamp(base * self.config.growth ** max(0, polls_so_far - 1))
+
+
+class WaitPlan:
+    """The waiting of one job, without the I/O (shared by the sync and async ``wait``)::
+
+        plan = WaitPlan(schedule, job, timeout)
+        while (delay := plan.next_delay()) is not None:
+            sleep(delay)
+            plan.update(retrieve_job(plan.job_id))
+        return plan.result(request)
+    """
+
+    def __init__(self, schedule: PollSchedule, job: SegmentJob | int,
+                 timeout: float | None) -> None:
+        from cogseg_ml.api.wire_schema import SegmentJob
+
+        self.schedule = schedule
+        self.current = job if isinstance(job, SegmentJob) else None
+        self.job_id = job.job_id if isinstance(job, SegmentJob) else int(job)
+        self.timeout = timeout
+        self.start = time.monotonic()
+        self.polls = 0
+        self._delay = schedule.first_delay()
+
+    def next_delay(self) -> float | None:
+        """Seconds to sleep before the next poll, or ``None`` when the job is terminal.
+
+        Raises:
+            JobTimeoutError: the timeout has passed.
+        """
+        if self.current is not None and self.current.status.is_terminal:
+            return None
+        if self.timeout is None:
+            return self._delay
+        left = self.timeout - (time.monotonic() - self.start)
+        if left <= 0:
+            last = self.current.status.value if self.current else "unknown"
+            raise JobTimeoutError(f"job {self.job_id} not finished after {self.timeout:.1f} s "
+                                  f"(last status {last})", job_id=self.job_id,
+                                  last_status=last if self.current else "")
+        return min(self._delay, left)
+
+    def update(self, job: SegmentJob) -> None:
+        """Record a poll's answer."""
+        self.current = job
+        self.polls += 1
+        self._delay = self.schedule.next_delay(self.polls)
+
+    def result(self, request: SegmentRequest | None) -> SegmentationResult:
+        """The terminal job's result (feeds its duration to the schedule)."""
+        from cogseg_ml.api.results import result_from_job
+
+        assert self.current is not None
+        self.schedule.observe((self.current.status_time - self.current.created_time) / 1000)
+        return result_from_job(self.current, request)
