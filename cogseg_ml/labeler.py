@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -364,7 +365,9 @@ class SegmentationLabeler:
     def _fail(self, sample: Sample, k: int, reason: str) -> None:
         rep = self.report
         rep.failed += 1
-        rep.failure_reasons[reason.split(":")[0] if len(reason) > 80 else reason] += 1
+        # Group by the reason's shape: ids and counts vary, the cause does not.
+        shape = re.sub(r"request id [0-9a-zA-Z-]+", "request id ...", reason)
+        rep.failure_reasons[re.sub(r"\d+", "N", shape)[:160]] += 1
         if len(rep.failures) < MAX_FAILURES_KEPT:
             rep.failures.append({"file": sample.file.describe(), "instance": k,
                                  "reason": reason})
