@@ -81,7 +81,8 @@ def soak(items: int, *, processing: float = 0.05, concurrency: int = 64,
 
         stats = admin_get(cfg, "stats")
     seen = Counter((a["image_id"], a["prompt_index"]) for a in coco["annotations"])
-    leftover = [t.name for t in threading.enumerate() if t.name.startswith("cogseg-")]
+    # The labeler's own threads (the emulator here runs in another process).
+    leftover = [t.name for t in threading.enumerate() if t.name == "cogseg-segment-many"]
     half = len(rss) // 2
     return {
         "items": items, "labelled": rep.labelled, "failed": rep.failed, "seconds": wall,
