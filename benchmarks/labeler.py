@@ -47,7 +47,15 @@ def samples(n_items: int) -> list[Sample]:
 
 
 _MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
+
+
+def hwm_kib():
+    # VmHWM: this process's peak RSS since exec (ru_maxrss would include the parent's at fork).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
 from benchmarks.labeler import samples
 from cogseg_ml.config import CdfConfig, ClientCredentials
 from cogseg_ml.labeler import SegmentationLabeler
@@ -55,12 +63,12 @@ info = json.loads(sys.argv[1]); n = int(sys.argv[2]); root = sys.argv[3]
 cfg = CdfConfig(project=info["project"], base_url=info["base_url"], credentials=
                 ClientCredentials(info["token_url"], info["client_id"], info["client_secret"]))
 items = samples(n)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kib()
 lab = SegmentationLabeler(cfg, cache=root + "/cache", workdir=root + "/work", progress=False,
                           concurrency=64)
 rep = lab.label(items)
 lab.to_coco(root + "/out.json")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kib()
 print(json.dumps({"labelled": rep.labelled, "failed": rep.failed, "base_kib": base,
                   "peak_kib": peak}))
 """
