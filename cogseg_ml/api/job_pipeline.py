@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,13 +94,13 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             return
         now = loop.time()
         if job.status.is_terminal:
-            await settle(job, req, None)
+            settle(job, req)
             return
         heapq.heappush(heap, _Tracked(now + client.schedule.first_delay(), next(seq), job.job_id,
                                       req, now))
         wake.set()
 
-    async def settle(job: SegmentJob, req: SegmentRequest, tracked: _Tracked | None) -> None:
+    def settle(job: SegmentJob, req: SegmentRequest) -> None:
         client.schedule.observe((job.status_time - job.created_time) / 1000.0)
         try:
             finish(JobOutcome(req, result=result_from_job(job, req), job_id=job.job_id))
@@ -111,7 +110,7 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
     async def poll(t: _Tracked) -> None:
         try:
             job = await client.retrieve_job(t.job_id)
-        except (ApiUnavailableError, CogsegError) as exc:
+        except CogsegError as exc:
             t.errors += 1
             if t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError):
                 finish(JobOutcome(t.request, error=exc, job_id=t.job_id))
@@ -120,7 +119,7 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             return
         t.polls += 1
         if job.status.is_terminal:
-            await settle(job, t.request, t)
+            settle(job, t.request)
             return
         if timeout is not None and loop.time() - t.started >= timeout:
             finish(JobOutcome(t.request, job_id=t.job_id, error=JobTimeoutError(
@@ -241,6 +240,3 @@ async def _checked(client: AsyncSegmentationClient, reqs: list[SegmentRequest],
         ok.append(r)
     return ok
 
-
-def _now() -> float:
-    return time.monotonic()
