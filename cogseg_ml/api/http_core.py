@@ -67,7 +67,7 @@ class Call:
     authenticated: bool = True
     timeout_s: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    max_bytes: int = 64 * 1024 * 1024  # a larger answer is refused while it streams in
+    max_bytes: int | None = None  # refused past this while streaming; None: the config's
 
 
 def _snippet(text: str, limit: int = 160) -> str:
@@ -168,8 +168,8 @@ class ClientCore:
                     json={"items": items})
 
     def limit(self, call: Call) -> Call:
-        """The call with the config's response-size limit (downloads keep their own)."""
-        if call.label == "GET <download link>":
+        """The call with the config's response-size limit, unless it sets its own."""
+        if call.max_bytes is not None:
             return call
         return dataclasses.replace(call, max_bytes=self.config.max_response_bytes)
 
@@ -249,15 +249,18 @@ class LimitedBody:
     """Collects a streamed body, refusing more than ``call.max_bytes`` as it arrives."""
 
     def __init__(self, call: Call) -> None:
+        if call.max_bytes is None:
+            raise ValueError("LimitedBody needs a call with max_bytes set (see ClientCore.limit)")
         self.call = call
+        self.limit = call.max_bytes
         self.buf = bytearray()
 
     def add(self, chunk: bytes) -> None:
         """Append a chunk; raises :class:`ResponseTooLarge` past the limit."""
         self.buf += chunk
-        if len(self.buf) > self.call.max_bytes:
+        if len(self.buf) > self.limit:
             raise ResponseTooLarge(f"{self.call.label} answered more than "
-                                   f"{self.call.max_bytes} bytes; refused (raise the limit if "
+                                   f"{self.limit} bytes; refused (raise the limit if "
                                    "this is expected)")
 
 
