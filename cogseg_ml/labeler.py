@@ -251,10 +251,14 @@ class SegmentationLabeler:
         rep.instances += sum(len(s.instances) for s in chunk)
         info: dict[int, tuple[str, int, int] | str] = {}
         with ThreadPoolExecutor(self.download_workers) as pool:
-            futures = [pool.submit(self._image_info, client, s) for s in chunk]
-            for j, fut in enumerate(futures):
+            futures: dict[str, Any] = {}  # one download per file, however many samples name it
+            for s in chunk:
+                fkey = self._file_key(s)
+                if fkey not in futures:
+                    futures[fkey] = pool.submit(self._image_info, client, s)
+            for j, s in enumerate(chunk):
                 try:
-                    info[j] = fut.result()
+                    info[j] = futures[self._file_key(s)].result()
                 except CogsegError as exc:
                     info[j] = _reason(exc)
         name, version = self.backend.identities()[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,8 +70,11 @@ class ImageStore:
         path = self._blob(sha)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{sha}.{os.getpid()}.incomplete")
-            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            # A name unique to this write (threads of one process may store the same bytes at
+            # once); mkstemp creates it owner-only.
+            fd, name = tempfile.mkstemp(prefix=f".{sha}.", suffix=".incomplete",
+                                        dir=path.parent)
+            tmp = Path(name)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

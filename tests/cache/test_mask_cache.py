@@ -244,3 +244,14 @@ def test_sigkill_mid_write_leaves_a_sound_cache(tmp_path: Path) -> None:
         for _, _, _, res in cache.iter_entries():
             assert res.masks().shape == (3, 64, 64)
         cache.close()
+
+
+def test_image_store_concurrent_puts_of_the_same_bytes(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = ImageStore(MaskCache(tmp_path))
+    data = bytes(range(256)) * 400
+    with ThreadPoolExecutor(8) as pool:
+        shas = list(pool.map(lambda i: store.put(f"file-{i % 4}", data), range(64)))
+    assert len(set(shas)) == 1 and store.get("file-3") == data
+    assert not list(tmp_path.rglob("*.incomplete"))
