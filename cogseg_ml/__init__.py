@@ -5,7 +5,7 @@ The names below are the public surface; torch-dependent parts (the dataset) load
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from cogseg_ml.version import __version__
 
 from cogseg_ml.api.client import AsyncSegmentationClient, SegmentationClient
 from cogseg_ml.api.results import (

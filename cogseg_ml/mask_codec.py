@@ -15,6 +15,8 @@ background), JSON-safe: ``counts`` is always ``str`` here. Masks in and out are 
 
 from __future__ import annotations
 
+import decimal
+import numbers
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -216,6 +218,45 @@ def merge(rles: Sequence[Rle], height: int, width: int) -> Rle:
     return _to_str_rle(coco_mask.merge([_to_coco(r) for r in rles], 0))
 
 
+def _polygon_vertices(index: int, poly: Any) -> np.ndarray:
+    """One polygon as an ``(n, 2)`` float64 array, or a :class:`ValidationError` naming it."""
+    try:
+        raw = np.asarray(poly)
+    except (ValueError, TypeError):  # ragged: numpy cannot make an array of it
+        raise ValidationError(f"polygon {index} is not a sequence of (x, y) vertices: its "
+                              "vertices differ in length or nesting") from None
+    if raw.size == 0:  # no vertices: nothing to draw
+        return np.zeros((0, 2), dtype=np.float64)
+    found = ""
+    if raw.dtype.kind == "O":
+        bad = [v for v in raw.ravel()
+               if isinstance(v, bool) or not isinstance(v, numbers.Real | decimal.Decimal)]
+        if bad:
+            found = f"found {type(bad[0]).__name__} {bad[0]!r:.40}"
+    elif raw.dtype.kind not in "iuf":
+        found = {"U": "text", "S": "bytes", "b": "booleans",
+                 "c": "complex numbers"}.get(raw.dtype.kind, f"dtype {raw.dtype}")
+    if found:
+        raise ValidationError(f"polygon {index} holds vertex coordinates that are not numbers "
+                              f"({found}); expected (x, y) pairs of floats")
+    if raw.ndim > 2:
+        raise ValidationError(f"polygon {index} is nested too deeply (shape {raw.shape}); each "
+                              "polygon is a sequence of (x, y) vertices: pass several polygons "
+                              "as separate entries of `polygons`")
+    if raw.ndim != 2 or raw.shape[1] != 2:
+        hint = {0: ": a single value", 1: ": a bare vertex or a flat list of numbers; "
+                "`polygons` is a list of polygons"}.get(raw.ndim, "")
+        raise ValidationError(f"polygon {index} must be a sequence of (x, y) vertices, got shape "
+                              f"{raw.shape}{hint}")
+    arr = raw.astype(np.float64)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        raise ValidationError(f"polygon {index} has a vertex that is NaN or infinite (vertex {k}: "
+                              f"x={arr[k, 0]}, y={arr[k, 1]})")
+    return arr
+
+
 def polygons_to_rle(
     polygons: Iterable[Sequence[tuple[float, float]]], height: int, width: int,
     *, normalized: bool = True,
@@ -232,14 +273,20 @@ def polygons_to_rle(
     zero-area polygons add nothing, and no polygon gives an empty mask.
 
     Raises:
-        ValidationError: a vertex is NaN or infinite.
+        ValidationError: (a ``ValueError``) a polygon is malformed: a vertex is NaN or
+            infinite, a coordinate is not a number, or a polygon is not a sequence of
+            ``(x, y)`` pairs (ragged, a bare vertex, a flat list, nested too deeply). The
+            message names the polygon by its index.
     """
+    try:
+        items = iter(polygons)
+    except TypeError:
+        raise ValidationError(f"polygons must be an iterable of polygons, got "
+                              f"{type(polygons).__name__}") from None
     sx, sy = (float(width), float(height)) if normalized else (1.0, 1.0)
     parts: list[dict[str, Any]] = []
-    for poly in polygons:
-        arr = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
-        if not np.isfinite(arr).all():
-            raise ValidationError("polygon vertex is NaN or infinite")
+    for index, poly in enumerate(items):
+        arr = _polygon_vertices(index, poly)
         if arr.shape[0] < 3:
             continue
         px = np.empty_like(arr)

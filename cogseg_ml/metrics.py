@@ -7,6 +7,7 @@ by IoU (highest first), each side used at most once, pairs below ``threshold`` l
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cogseg_ml.errors import ValidationError
 from cogseg_ml.mask_codec import Rle, decode, iou_matrix
 
 __all__ = ["Agreement", "agreement", "boundary_f", "coco_map", "mask_iou", "match_by_iou"]
@@ -79,13 +81,20 @@ def coco_map(ground_truth: str | Path | dict[str, Any], detections: str | Path |
 
     ``detections`` is a results file or list (``image_id``, ``category_id``,
     ``segmentation``, ``score``), or a whole COCO file (its ``annotations`` are used).
+    Segmentations may be compressed or uncompressed RLE or polygons.
+
+    The caller's data is never modified (pycocotools writes into the dicts it is given, so
+    both sides are copied). Results' ``bbox`` fields are dropped, as detectron2 does for
+    ``segm`` evaluation: pycocotools' ``loadRes`` would otherwise take each result's area from
+    its box, putting thin or L-shaped masks in the wrong size bucket (AP_small/medium/large).
+    Without a box, the area is the mask's pixel count.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = (ground_truth if isinstance(ground_truth, dict)
+        gt.dataset = (copy.deepcopy(ground_truth) if isinstance(ground_truth, dict)
                       else json.loads(Path(ground_truth).read_text()))
         gt.createIndex()
         dets = detections
@@ -94,7 +103,19 @@ def coco_map(ground_truth: str | Path | dict[str, Any], detections: str | Path |
             dets = data["annotations"] if isinstance(data, dict) else data
         if not dets:
             return {name: 0.0 for name in STAT_NAMES}
-        dt = gt.loadRes([dict(d) for d in dets])  # loadRes writes into the dicts: copy them
+        results = []
+        for d in dets:
+            res = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("bbox", "area")}
+            if res.get("image_id") not in gt.imgs:
+                raise ValidationError(f"result for image_id {res.get('image_id')!r}, which "
+                                      "the ground truth does not have")
+            if "segmentation" not in res:
+                raise ValidationError("a result has no 'segmentation' (segm evaluation)")
+            # loadRes computes areas with maskUtils.area, which takes compressed RLE only:
+            # polygons and uncompressed RLE are converted at the image's size.
+            res["segmentation"] = gt.annToRLE(res)
+            results.append(res)
+        dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, iouType="segm")
         ev.evaluate()
         ev.accumulate()

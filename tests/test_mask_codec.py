@@ -156,3 +156,41 @@ def test_corrupt_counts_are_a_validation_error(counts: str) -> None:
 def test_uncompressed_counts_decode() -> None:
     m = mc.decode([{"size": [2, 3], "counts": [1, 2, 3]}])[0]  # type: ignore[list-item]
     assert m.T.ravel().tolist() == [False, True, True, False, False, False]
+
+
+_TRI = [(0.1, 0.1), (0.9, 0.1), (0.5, 0.9)]
+
+
+@pytest.mark.parametrize(("polys", "match"), [
+    ([[(0.1, 0.1), ("a", 0.5), (0.5, 0.5)]], r"polygon 0 .*numbers"),   # non-numeric
+    ([[(0.1, 0.1), (None, 0.5), (0.5, 0.5)]], r"polygon 0 .*numbers"),  # None
+    ([_TRI, [(0.1, 0.1), (0.2,), (0.5, 0.5)]], r"polygon 1 .*\(x, y\)"),  # ragged vertex
+    ([[{"x": 0.1, "y": 0.1}, {"x": 0.9, "y": 0.1}, {"x": 0.5, "y": 0.9}]],
+     r"polygon 0 .*numbers"),                                            # wire-format dicts
+    (_TRI, r"polygon 0 .*\(x, y\)"),                        # a bare polygon, not a list of them
+    ([[_TRI]], r"polygon 0 .*nested"),                      # one level too deep
+    ([[_TRI, _TRI]], r"polygon 0 .*nested"),                # two polygons read as one
+    ([[(0.1, 0.1, 0.0), (0.9, 0.1, 0.0)]], r"polygon 0 .*\(x, y\)"),  # (x, y, z) triples
+    ([[0.1, 0.1, 0.9, 0.1, 0.5, 0.9]], r"polygon 0 .*\(x, y\)"),      # COCO's flat list
+    ([_TRI, 5], r"polygon 1 .*\(x, y\)"),                   # not a sequence at all
+    (None, r"polygons must be"),                            # no iterable of polygons
+    ([_TRI, [(0.1, 0.1), (0.5, float("inf")), (0.5, 0.5)]], r"polygon 1 .*NaN or infinite"),
+    ([[(0.1, 0.1), (0.5, float("nan"))]], r"polygon 0 .*NaN"),  # even when it would be skipped
+], ids=["text", "none", "ragged", "dicts", "bare-polygon", "too-deep", "two-as-one", "triples",
+        "flat", "scalar", "no-iterable", "inf", "nan-short"])
+def test_malformed_polygons_are_a_validation_error_naming_the_polygon(
+        polys: object, match: str) -> None:
+    with pytest.raises(ValidationError, match=match) as info:
+        mc.polygons_to_rle(polys, 10, 12)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)  # callers catching ValueError still work
+
+
+def test_polygons_in_any_sequence_form_still_rasterize() -> None:
+    want = mc.polygons_to_rle([_TRI], 10, 12)
+    assert mc.area([want])[0] > 0
+    for polys in ([np.asarray(_TRI)], (tuple(_TRI),), (p for p in [_TRI]),
+                  [[[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]], [_TRI, []], [[], _TRI]):
+        assert mc.polygons_to_rle(polys, 10, 12) == want  # type: ignore[arg-type]
+    ints = mc.polygons_to_rle([[(1, 1), (9, 1), (5, 8)]], 10, 12, normalized=False)
+    assert mc.area([ints])[0] > 0
+    assert mc.area([mc.polygons_to_rle([[]], 10, 12)])[0] == 0  # no vertices: nothing added

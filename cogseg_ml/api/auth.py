@@ -3,8 +3,9 @@
 * :class:`~cogseg_ml.config.StaticToken`: sent as is; a 401 is final.
 * :class:`~cogseg_ml.config.TokenProvider`: called for the first token and again after a 401.
 * :class:`~cogseg_ml.config.ClientCredentials`: the token is fetched from the IdP (RFC 6749
-  section 4.4), cached, fetched again when less than ``leeway_s`` of its life remains, and once
-  more after a 401 (the request is then resent once). Concurrent callers share one fetch.
+  section 4.4), cached, fetched again when less than ``leeway_s`` of its life remains (the
+  leeway capped at half the token's lifetime, so that short-lived tokens are still reused), and
+  once more after a 401 (the request is then resent once). Concurrent callers share one fetch.
 
 The token fetch does its own I/O, so the flow overrides ``sync_auth_flow`` and
 ``async_auth_flow`` (as httpx's documentation advises). Tokens and secrets are never logged.
@@ -16,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 
 import httpx
 from pydantic import ValidationError as PydanticValidationError
@@ -39,12 +40,26 @@ class BearerAuth(httpx.Auth):
     """Adds ``Authorization: Bearer ...``; refreshes and resends once on 401 where it can."""
 
     def __init__(self, credentials: Credentials, *, timeout_s: float = 30.0,
-                 verify: bool = True) -> None:
+                 verify: bool = True, token_transport: httpx.BaseTransport | None = None,
+                 async_token_transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """
+        Args:
+            credentials: what to authenticate with.
+            timeout_s, verify: for the token endpoint's HTTP clients.
+            token_transport, async_token_transport: transports for the token endpoint's sync
+                and async clients (default: httpx's network transports), e.g. for tests.
+            clock: monotonic seconds, used for token expiry (``time.monotonic``).
+        """
         self.credentials = credentials
         self._timeout = timeout_s
         self._verify = verify
+        self._token_transport = token_transport
+        self._async_token_transport = async_token_transport
+        self._clock = clock
         self._token: str | None = None
         self._expires_at = 0.0
+        self._lifetime = 0.0
         self._sync_lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
         self._sync_http: httpx.Client | None = None
@@ -63,7 +78,9 @@ class BearerAuth(httpx.Auth):
         if self._token is None:
             return False
         if isinstance(self.credentials, ClientCredentials):
-            return time.monotonic() < self._expires_at - self.credentials.leeway_s
+            # A leeway longer than the token's life would refetch on every request.
+            leeway = min(self.credentials.leeway_s, self._lifetime / 2)
+            return self._clock() < self._expires_at - leeway
         return True
 
     # --- token fetching ------------------------------------------------------------------------
@@ -98,7 +115,8 @@ class BearerAuth(httpx.Auth):
             raise AuthenticationError("the token endpoint's answer holds no usable access_token",
                                       status_code=response.status_code) from None
         self._token = tok.access_token
-        self._expires_at = time.monotonic() + tok.expires_in
+        self._lifetime = tok.expires_in
+        self._expires_at = self._clock() + tok.expires_in
         self.fetch_count += 1
         _log.debug("obtained an access token valid for %.0f s", tok.expires_in)
         return tok.access_token
@@ -112,7 +130,8 @@ class BearerAuth(httpx.Auth):
             self.fetch_count += 1
             return self._token
         if self._sync_http is None:
-            self._sync_http = httpx.Client(timeout=self._timeout, verify=self._verify)
+            self._sync_http = httpx.Client(timeout=self._timeout, verify=self._verify,
+                                           transport=self._token_transport)
         try:
             resp = self._sync_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:
@@ -129,7 +148,8 @@ class BearerAuth(httpx.Auth):
             self.fetch_count += 1
             return self._token
         if self._async_http is None:
-            self._async_http = httpx.AsyncClient(timeout=self._timeout, verify=self._verify)
+            self._async_http = httpx.AsyncClient(timeout=self._timeout, verify=self._verify,
+                                                 transport=self._async_token_transport)
         try:
             resp = await self._async_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from tenacity import RetryCallState
 
-from cogseg_ml import __version__
+from cogseg_ml.version import __version__
 from cogseg_ml.api.retry_policy import CallKind, RetryableStatus, parse_retry_after
 from cogseg_ml.api.wire_schema import (
     FileIdentifier,

@@ -10,6 +10,12 @@ Flow for ``segment_many``:
    :class:`~cogseg_ml.api.job_polling.PollSchedule` picks the times.
 3. A terminal job becomes an outcome; its slot is freed when the caller has taken it, so a slow
    consumer slows submission instead of piling up results in memory.
+
+Every failure of a job (a :class:`~cogseg_ml.errors.CogsegError`, malformed answers included)
+is an outcome. Anything else raised by a background task is a bug, not a job's fate: it ends the
+stream at once, raised to the consumer with its traceback, rather than leaving it waiting.
+Requests that are not a list or tuple are read in a worker thread, so a generator may block
+(download, read files, call a sync client) without stalling the loop.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cogseg_ml.api.file_checks import check_segmentable
-from cogseg_ml.api.results import JobOutcome, SegmentRequest, result_from_job
+from cogseg_ml.api.results import (
+    JobOutcome,
+    RequestLike,
+    SegmentRequest,
+    result_from_job,
+    to_request,
+)
 from cogseg_ml.api.wire_schema import SegmentJob
 from cogseg_ml.errors import (
     ApiUnavailableError,
@@ -33,7 +45,7 @@ from cogseg_ml.errors import (
 )
 
 if TYPE_CHECKING:
-    from cogseg_ml.api.client import AsyncSegmentationClient, RequestLike
+    from cogseg_ml.api.client import AsyncSegmentationClient
 
 __all__ = ["run_jobs"]
 
@@ -58,7 +70,9 @@ class _FeedDone:
 
 
 @dataclass
-class _FeedFailed:
+class _Crashed:
+    """A background task raised something that is not a job's failure (a bug)."""
+
     exc: BaseException
 
 
@@ -66,22 +80,28 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
                    concurrency: int = 32, timeout: float | None = None,
                    check_files: bool = True) -> AsyncIterator[JobOutcome]:
     """Async generator behind ``segment_many`` (see the module docstring)."""
-    from cogseg_ml.api.client import to_request
-
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValidationError(f"concurrency must be a positive integer, got {concurrency!r}")
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(concurrency)
-    results: asyncio.Queue[tuple[JobOutcome, bool] | _FeedDone | _FeedFailed] = asyncio.Queue()
+    results: asyncio.Queue[tuple[JobOutcome, bool] | _FeedDone | _Crashed] = asyncio.Queue()
     heap: list[_Tracked] = []
     wake = asyncio.Event()
     seq = itertools.count()
     tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(coro: Any) -> None:
-        t = asyncio.create_task(coro)
+        t = asyncio.create_task(guarded(coro))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
+
+    async def guarded(coro: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: end the stream with it, never hang
+            results.put_nowait(_Crashed(exc))
 
     def finish(outcome: JobOutcome, held: bool = True) -> None:
         results.put_nowait((outcome, held))
@@ -158,30 +178,29 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
 
     async def feed() -> None:
         total = 0
-        try:
-            it = iter(requests)
-            while True:
+        it = iter(requests)
+        in_memory = isinstance(requests, (list, tuple))
+        while True:
+            if in_memory:
                 chunk = list(itertools.islice(it, FEED_CHUNK))
-                if not chunk:
-                    break
-                valid: list[SegmentRequest] = []
-                for raw in chunk:
-                    total += 1
-                    try:
-                        valid.append(to_request(raw))
-                    except CogsegError as exc:
-                        req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
-                        finish(JobOutcome(req, error=exc), held=False)
-                if check_files and valid:
-                    valid = await _checked(client, valid, finish)
-                for req in valid:
-                    await slots.acquire()
-                    spawn(create(req))
-            results.put_nowait(_FeedDone(total))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            results.put_nowait(_FeedFailed(exc))
+            else:
+                chunk = await asyncio.to_thread(lambda: list(itertools.islice(it, FEED_CHUNK)))
+            if not chunk:
+                break
+            valid: list[SegmentRequest] = []
+            for raw in chunk:
+                total += 1
+                try:
+                    valid.append(to_request(raw))
+                except CogsegError as exc:
+                    req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
+                    finish(JobOutcome(req, error=exc), held=False)
+            if check_files and valid:
+                valid = await _checked(client, valid, finish)
+            for req in valid:
+                await slots.acquire()
+                spawn(create(req))
+        results.put_nowait(_FeedDone(total))
 
     spawn(feed())
     spawn(poll_loop())
@@ -193,7 +212,7 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             if isinstance(item, _FeedDone):
                 expected = item.total
                 continue
-            if isinstance(item, _FeedFailed):
+            if isinstance(item, _Crashed):
                 raise item.exc
             outcome, held = item
             delivered += 1

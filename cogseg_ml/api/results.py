@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob
-from cogseg_ml.errors import CogsegError, JobFailedError
+from cogseg_ml.errors import CogsegError, JobFailedError, ResponseValidationError, ValidationError
 from cogseg_ml.mask_codec import Rle, polygons_to_rle
-from cogseg_ml.prompts import FileRef, InstanceId, Prompt
+from cogseg_ml.prompts import Box, FileRef, InstanceId, Point, Prompt
 
-__all__ = ["ItemResult", "JobOutcome", "Segment", "SegmentRequest", "SegmentationResult"]
+__all__ = ["ItemResult", "JobOutcome", "RequestLike", "Segment", "SegmentRequest",
+           "SegmentationResult", "to_prompt", "to_request"]
 
 Polygon = tuple[tuple[float, float], ...]
 
@@ -110,7 +112,9 @@ def file_ref_from_wire(ref: SegmentFileRef) -> FileRef:
     if ref.file_instance_id is not None:
         return FileRef(instance_id=InstanceId(ref.file_instance_id.space,
                                               ref.file_instance_id.external_id))
-    raise ValueError("item has no file reference")
+    raise ResponseValidationError(
+        "a segmentation job answered with an item that has no file reference (fileId, "
+        "fileExternalId or fileInstanceId); the answer cannot be matched to its request")
 
 
 def result_from_job(job: SegmentJob, request: SegmentRequest | None = None
@@ -147,3 +151,28 @@ def result_from_job(job: SegmentJob, request: SegmentRequest | None = None
     return SegmentationResult(job_id=job.job_id, status=job.status, items=tuple(items),
                               created_time=job.created_time, status_time=job.status_time,
                               request=request)
+
+
+RequestLike = SegmentRequest | tuple[Any, ...]
+
+
+def to_prompt(points: Iterable[Point | Sequence[float]] | None, box: Box | Sequence[float] | None,
+              prompt: Prompt | None) -> Prompt:
+    """One :class:`Prompt` from the ``points``/``box``/``prompt`` arguments (validated)."""
+    if prompt is not None:
+        if points is not None or box is not None:
+            raise ValidationError("give either prompt=... or points/box, not both")
+        if not isinstance(prompt, Prompt):
+            raise ValidationError("prompt must be a Prompt")
+        return prompt
+    return Prompt.of(points, box)
+
+
+def to_request(item: RequestLike) -> SegmentRequest:
+    """Coerce ``SegmentRequest`` or ``(file, prompt)`` / ``(file, prompt, tag)`` tuples."""
+    if isinstance(item, SegmentRequest):
+        return item
+    if isinstance(item, tuple) and len(item) in (2, 3) and isinstance(item[1], Prompt):
+        return SegmentRequest(FileRef.parse(item[0]), item[1], item[2] if len(item) == 3 else None)
+    raise ValidationError("requests must be SegmentRequest or (file, Prompt[, tag]) tuples, got "
+                          f"{type(item).__name__}")
