@@ -4,6 +4,8 @@ Blobs are content-addressed (``images/ab/<sha256>``), written to a per-process t
 and moved into place with ``os.replace`` (readers never see a partial file), owner-only. The
 index (file identity and version → hash, size, last access) lives in the mask cache's SQLite
 file, table ``images``; the store has its own size budget with least-recently-used eviction.
+Reads never take the write lock: their accesses are batched by the mask cache (see
+:mod:`cogseg_ml.cache.mask_cache`), so the LRU order is approximate in the same way.
 File names are hashes, so no file id can reach outside the store's folder.
 """
 
@@ -59,9 +61,8 @@ class ImageStore:
         if hashlib.sha256(data).hexdigest() != row[0]:  # corrupted on disk: treat as a miss
             return None
         now = time.time()
-        if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping, rate-limited
-            self.cache._write(lambda c: c.execute(
-                "UPDATE images SET last_access = ? WHERE file_key = ?", (now, file_key)))
+        if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping: written later, batched
+            self.cache._touch("images", (file_key,), now)
         return data, row[0]
 
     def put(self, file_key: str, data: bytes) -> str:

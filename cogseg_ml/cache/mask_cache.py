@@ -13,9 +13,26 @@ pickle anywhere: plain columns and JSON. Table ``meta`` holds the schema version
 another version is refused with :class:`~cogseg_ml.errors.CacheVersionError`.
 
 Many processes (DataLoader workers, labelers) may share one file: each process (and thread)
-opens its own connection, writers take the lock up front (``BEGIN IMMEDIATE``), waits are
-bounded by a busy timeout plus a retry, and WAL keeps readers from blocking writers. A process
-killed mid-write leaves the last committed state (SQLite's atomic commit).
+opens its own connection, writers take the lock up front (``BEGIN IMMEDIATE``), and WAL keeps
+readers and the writer from blocking each other. A process killed mid-write leaves the last
+committed state (SQLite's atomic commit).
+
+Reads never wait for the write lock. A read only notes, in this process's memory, the keys whose
+``last_access`` is older than ``touch_interval_s``; those touches are written in a batch inside
+the next write transaction this process makes anyway (a put, an eviction...), by
+:meth:`MaskCache.close`, or by a read once ``touch_batch`` keys are pending or ``touch_flush_s``
+passed, and then only if the lock is free at once (otherwise they wait for the next chance).
+LRU order is therefore approximate: a read reaches the file late (a process that only reads
+writes its touches at least every ``touch_flush_s`` while the lock is ever free), and the
+pending touches of a process that dies unclosed are lost, so such entries look older than they
+are. Eviction itself applies this process's pending touches before it chooses. After a fork the
+child starts with no connection and no pending touches (the parent's are the parent's to write).
+
+Every operation's waits for other processes' locks, SQLite's busy timeout and the retry
+together, end by one deadline ``busy_timeout_s`` after it starts; past it the operation raises
+:class:`~cogseg_ml.errors.CacheError`. The WAL is capped by ``journal_size_limit`` and
+checkpointed (without waiting) after large writes, so the ``-wal`` file does not keep its peak
+size.
 """
 
 from __future__ import annotations
@@ -31,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
@@ -43,6 +60,10 @@ if TYPE_CHECKING:
 __all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "default_cache_dir"]
 
 SCHEMA_VERSION = 1
+JOURNAL_SIZE_LIMIT = 64 * 1024**2
+"""Bytes SQLite truncates the ``-wal`` file to when it restarts it."""
+CHECKPOINT_AFTER_BYTES = 8 * 1024**2
+"""After this many bytes written by one process, checkpoint and truncate the WAL."""
 _log = logging.getLogger("cogseg_ml.cache")
 T = TypeVar("T")
 
@@ -135,6 +156,12 @@ def _is_busy(exc: BaseException) -> bool:
     return "locked" in msg or "busy" in msg
 
 
+_TOUCH_SQL = {
+    "entries": "UPDATE entries SET last_access = MAX(last_access, ?) WHERE key = ?",
+    "images": "UPDATE images SET last_access = MAX(last_access, ?) WHERE file_key = ?",
+}
+
+
 def _segments_json(result: CachedResult) -> str:
     segs = []
     for s in result.segments:
@@ -159,13 +186,19 @@ class MaskCache:
             cache directory.
         max_bytes: evict least-recently-used entries when their stored size exceeds this.
         max_entries: likewise for the number of entries.
-        busy_timeout_s: how long one operation may wait for other processes' locks.
+        busy_timeout_s: the longest one operation may wait for other processes' locks (all its
+            waits and retries together); past it, :class:`~cogseg_ml.errors.CacheError`.
+
+    Attributes:
+        touch_interval_s: a read records an entry's access only when the stored one is older.
+        touch_batch: a read tries (without waiting) to write pending touches past this many.
+        touch_flush_s: likewise once this long passed since this process last wrote them.
 
     The object pickles as its settings: each process opens its own connection on first use.
     """
 
     def __init__(self, path: str | Path | None = None, *, max_bytes: int | None = None,
-                 max_entries: int | None = None, busy_timeout_s: float = 120.0) -> None:
+                 max_entries: int | None = None, busy_timeout_s: float = 30.0) -> None:
         p = Path(path) if path is not None else default_cache_dir()
         if p.suffix not in (".sqlite", ".db", ".sqlite3"):
             p = p / "masks.sqlite"
@@ -174,9 +207,12 @@ class MaskCache:
         self.max_entries = max_entries
         self.busy_timeout_s = busy_timeout_s
         self.touch_interval_s = 30.0
-        self._local = threading.local()
-        self._pid = os.getpid()
+        self.touch_batch = 1024
+        self.touch_flush_s = 60.0
+        self._pid = -1
+        self._check_fork()
         self._puts_since_check = 0
+        self._written_since_checkpoint = 0
         self._open_checked = False
         self._conn()  # create and validate now, so errors surface at construction
 
@@ -192,10 +228,17 @@ class MaskCache:
     def __repr__(self) -> str:
         return f"MaskCache(path={str(self.path)!r})"
 
-    def _conn(self) -> sqlite3.Connection:
-        if os.getpid() != self._pid:  # forked: never use the parent's connection
+    def _check_fork(self) -> None:
+        """In a new process (or at construction), start with no connection and no touches."""
+        if os.getpid() != self._pid:  # forked: never use the parent's connection or touches
             self._local = threading.local()
+            self._touch_lock = threading.Lock()
+            self._touches: dict[str, dict[str, float]] = {t: {} for t in _TOUCH_SQL}
+            self._last_flush = time.monotonic()
             self._pid = os.getpid()
+
+    def _conn(self) -> sqlite3.Connection:
+        self._check_fork()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._retry(self._open)
@@ -208,10 +251,9 @@ class MaskCache:
             # Create owner-only before SQLite touches it (its -wal/-shm files copy the mode).
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
             os.close(fd)
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+        conn = sqlite3.connect(self.path, timeout=self._time_left_s(), isolation_level=None,
                                check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             except sqlite3.DatabaseError as exc:
@@ -222,6 +264,7 @@ class MaskCache:
             if mode.lower() != "wal":
                 _log.warning("SQLite refused WAL mode for %s (got %s)", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._ensure_schema(conn)
         except BaseException:
             conn.close()
@@ -246,35 +289,148 @@ class MaskCache:
                 f"version {SCHEMA_VERSION}. Clear it (cogseg cache clear --path {self.path}) or "
                 "use another path.", found=row[0], expected=SCHEMA_VERSION)
 
+    def _time_left_s(self) -> float:
+        """What remains of the running operation's wait budget (all of it outside one)."""
+        deadline: float | None = getattr(self._local, "deadline", None)
+        return self.busy_timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _set_busy_timeout(self, seconds: float) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def _retry(self, fn: Callable[[], T]) -> T:
-        try:  # the common case pays for no retry machinery
-            return fn()
+        """Run ``fn``, retrying while the file is locked, all within ``busy_timeout_s``."""
+        local = self._local
+        if getattr(local, "deadline", None) is not None:
+            return fn()  # inside another operation: that one retries, on its own deadline
+        local.deadline = time.monotonic() + self.busy_timeout_s
+        try:
+            try:  # the common case pays for no retry machinery
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            return self._retry_until_deadline(fn)
+        finally:
+            local.deadline = None
+
+    def _retry_until_deadline(self, fn: Callable[[], T]) -> T:
+        backoff = wait_random_exponential(multiplier=0.01, max=1.0)
+        try:
+            for attempt in Retrying(retry=retry_if_exception(_is_busy), reraise=True,
+                                    stop=lambda _: self._time_left_s() <= 0.0,
+                                    wait=lambda s: min(backoff(s), self._time_left_s())):
+                with attempt:
+                    self._set_busy_timeout(self._time_left_s())  # SQLite waits what is left
+                    return fn()
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
-        for attempt in Retrying(retry=retry_if_exception(_is_busy), reraise=True,
-                                stop=stop_after_delay(self.busy_timeout_s),
-                                wait=wait_random_exponential(multiplier=0.01, max=1.0)):
-            with attempt:
-                return fn()
+            raise CacheError(
+                f"the mask cache {self.path} stayed locked for {self.busy_timeout_s:g} s: another "
+                "process holds its write lock (a long write, or a stopped or hung process). Retry "
+                "later, end that process, or give this cache a larger busy_timeout_s or another "
+                "path.", path=str(self.path)) from exc
+        finally:
+            self._set_busy_timeout(self.busy_timeout_s)
         raise AssertionError("unreachable")
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def txn() -> T:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(conn)
-                conn.execute("COMMIT")
-                return out
-            except BaseException:
+    def _txn(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """One write transaction running ``fn``, carrying this process's pending touches."""
+        conn.execute("BEGIN IMMEDIATE")
+        touches = self._take_touches()
+        try:
+            for table, pending in touches.items():
+                if pending:
+                    conn.executemany(_TOUCH_SQL[table], [(t, k) for k, t in pending.items()])
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
                 conn.execute("ROLLBACK")
-                raise
+            self._keep_touches(touches)
+            raise
+        self._last_flush = time.monotonic()
+        return out
 
-        return self._retry(txn)
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._retry(lambda: self._txn(self._conn(), fn))
+
+    # --- LRU touches ---------------------------------------------------------------------------
+    def _take_touches(self) -> dict[str, dict[str, float]]:
+        with self._touch_lock:
+            taken, self._touches = self._touches, {t: {} for t in _TOUCH_SQL}
+        return taken
+
+    def _keep_touches(self, touches: dict[str, dict[str, float]]) -> None:
+        with self._touch_lock:
+            for table, pending in touches.items():
+                mine = self._touches[table]
+                for k, t in pending.items():
+                    mine[k] = max(t, mine.get(k, t))
+
+    def _pending_touches(self) -> int:
+        with self._touch_lock:
+            return sum(len(p) for p in self._touches.values())
+
+    def _touch(self, table: str, keys: Iterable[str], now: float) -> None:
+        """Note reads of ``keys`` (of ``entries`` or ``images``) for LRU; never waits."""
+        self._check_fork()
+        with self._touch_lock:
+            pending = self._touches[table]
+            for k in keys:
+                pending[k] = now
+            n = sum(len(p) for p in self._touches.values())
+        if n >= self.touch_batch or time.monotonic() - self._last_flush >= self.touch_flush_s:
+            self._try_flush_touches()
+
+    def _try_flush_touches(self) -> bool:
+        """Write pending touches if the write lock is free right now; whether they were."""
+        conn = self._conn()
+        self._set_busy_timeout(0.0)
+        try:
+            self._txn(conn, lambda c: None)
+            return True
+        except sqlite3.Error as exc:  # busy (or read-only): the touches stay for the next write
+            _log.debug("LRU touches for %s deferred: %s", self.path, exc)
+            return False
+        finally:
+            self._set_busy_timeout(self.busy_timeout_s)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the file and truncate it, if that needs no waiting."""
+        conn = self._conn()
+        self._set_busy_timeout(0.0)
+        try:
+            busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and log == done:  # all copied: truncate unless a reader still uses it
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+        finally:
+            self._set_busy_timeout(self.busy_timeout_s)
+
+    def _wrote(self, nbytes: int) -> None:
+        """Count bytes written; checkpoint once they add up to ``CHECKPOINT_AFTER_BYTES``."""
+        self._written_since_checkpoint += nbytes
+        if self._written_since_checkpoint >= CHECKPOINT_AFTER_BYTES:
+            self._written_since_checkpoint = 0
+            self._checkpoint()
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
+        """Write this process's pending touches, then close this thread's connection.
+
+        Other threads' connections close when their threads end. Touches that cannot be
+        written within ``busy_timeout_s`` are dropped with a warning (they only order LRU).
+        """
+        self._check_fork()
+        if self._pending_touches():
+            try:
+                self._write(lambda c: None)
+            except (CacheError, sqlite3.Error) as exc:
+                _log.warning("dropped pending LRU touches for %s: %s", self.path, exc)
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -306,8 +462,7 @@ class MaskCache:
             return None
         now = time.time()
         if now - row[0] > self.touch_interval_s:
-            self._write(lambda c: c.execute(
-                "UPDATE entries SET last_access = ? WHERE key = ?", (now, fp)))
+            self._touch("entries", (fp,), now)
         return self._row_to_result(row[1:])
 
     def get_many(self, keys: Sequence[CacheKey]) -> list[CachedResult | None]:
@@ -333,9 +488,8 @@ class MaskCache:
                         stale.append(row[0])
 
         self._retry(read)
-        if stale:  # LRU bookkeeping, batched and rate-limited to keep reads cheap
-            self._write(lambda c: c.executemany(
-                "UPDATE entries SET last_access = ? WHERE key = ?", [(now, k) for k in stale]))
+        if stale:  # LRU bookkeeping: noted here, written later in a batch
+            self._touch("entries", stale, now)
         return [self._row_to_result(found[f]) if f in found else None for f in fps]
 
     def contains(self, key: CacheKey) -> bool:
@@ -382,6 +536,7 @@ class MaskCache:
             return 0
         self._write(lambda c: c.executemany(
             "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows))
+        self._wrote(sum(r[-1] for r in rows))
         self._puts_since_check += len(rows)
         if (self.max_bytes or self.max_entries) and self._puts_since_check >= 64:
             self._puts_since_check = 0
@@ -475,9 +630,12 @@ class MaskCache:
         conn = self._conn()
         self._retry(lambda: conn.execute("ATTACH DATABASE ? AS other", (str(src),)))
         try:
-            return self._write(run)
+            added = self._write(run)
         finally:
             conn.execute("DETACH DATABASE other")
+        if added:
+            self._checkpoint()
+        return added
 
     def export_coco(self, path: str | Path, category: str = "object") -> int:
         """Write every entry's best segment as a COCO instance-segmentation file.

@@ -140,7 +140,7 @@ def test_sync_segment_many_uses_the_clients_transport_and_token_cache() -> None:
         client.retrieve_job(1)
         learned = client.schedule.observed
     assert all(o.ok for o in first + second)
-    assert fake.calls["POST /context/vision/segment"] == 5
+    assert fake.calls["POST /api/v1/projects/p/context/vision/segment"] == 5
     assert fake.calls["POST /token"] == 1  # one token for the client's whole life
     assert learned == 5  # one schedule learned from both calls
 
