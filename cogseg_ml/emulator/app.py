@@ -11,7 +11,7 @@ POST     ``/context/vision/segment``         start a segmentation job [ref 1.2]
 GET      ``/context/vision/segment/{jobId}`` job status and result [ref 1.3]
 POST     ``/annotations/list``               filter annotations, cursor paging [ref 3.3]
 POST     ``/annotations``                    create annotations [ref 3.3]
-PUT      ``/_emulator/files``                register an image (body = bytes; not CDF)
+PUT      ``/_emulator/files``                register or overwrite an image (body = bytes; not CDF)
 POST     ``/_emulator/faults``               replace the fault rules (not CDF)
 GET      ``/_emulator/requests``             the request log (not CDF)
 GET      ``/_emulator/stats``                job and fault counters (not CDF)
@@ -24,7 +24,15 @@ Where the reference is silent the emulator makes a choice and says so here:
 * an unknown ``jobId`` gets 400 with ``missing: [{"jobId": N}]`` (CDF's convention for unknown
   ids; the reference leaves the status open);
 * a project other than the emulator's gets 403; ``POST /annotations`` answers 201;
-* download URLs need no bearer token (they carry their own short-lived secret).
+* download URLs need no bearer token (they carry their own short-lived secret);
+* replacing a file's content (``PUT /_emulator/files?overwrite=true``) stands in for CDF's upload
+  with overwrite, whose protocol the reference does not describe: only its documented effect is
+  emulated (same id, new bytes, ``lastUpdatedTime`` and ``uploadedTime`` bumped, strictly).
+  Jobs created before a replacement finish on the content they were created on.
+
+The request log (``GET /_emulator/requests``, ``Emulator.requests``) keeps, per CDF request,
+time, method, path, status, request id, injected fault, duration and the client's TCP port
+(``client_port``), never headers (they hold tokens) nor bodies. Admin routes are not logged.
 """
 
 from __future__ import annotations
@@ -289,16 +297,35 @@ class Handlers:
 
     # --- admin (not CDF) ------------------------------------------------------------------------
     async def admin_add_file(self, request: Request) -> Response:
-        """Register an image: body = bytes; query ``name``, ``externalId``, ``mimeType``."""
+        """Register an image: body = bytes; query ``name``, ``externalId``, ``mimeType``,
+        ``overwrite``.
+
+        A new file answers 201 with its metadata; an existing ``externalId`` is a 409 unless
+        ``overwrite=true``, which replaces that file's content (and its name and MIME type when
+        given; ``name`` is optional then) and answers 200 with the updated metadata.
+        """
         q = request.query_params
-        name = q.get("name")
-        if not name:
-            raise ApiProblem(400, "query parameter 'name' is required")
-        try:
-            rec = self.state.add_file(await request.body(), name, mime_type=q.get("mimeType"),
-                                      external_id=q.get("externalId"))
-        except ValueError as exc:
-            raise ApiProblem(409, str(exc)) from None
+        name = q.get("name") or None
+        xid = q.get("externalId")
+        overwrite = q.get("overwrite", "false").lower()
+        if overwrite not in ("true", "false"):
+            raise ApiProblem(400, "query parameter 'overwrite' must be true or false")
+        if overwrite == "true" and not xid:
+            raise ApiProblem(400, "overwrite=true needs the query parameter 'externalId'")
+        data = await request.body()
+        with self.state.lock:  # look-up and replace-or-add as one step
+            if overwrite == "true" and self.state.resolve(FileIdentifier(external_id=xid)):
+                rec = self.state.replace_file(FileIdentifier(external_id=xid), data, name=name,
+                                              mime_type=q.get("mimeType"))
+                return JSONResponse(rec.metadata().to_wire(), status_code=200)
+            # A new file (an upload with overwrite of an unknown externalId creates it too).
+            if not name:
+                raise ApiProblem(400, "query parameter 'name' is required")
+            try:
+                rec = self.state.add_file(data, name, mime_type=q.get("mimeType"),
+                                          external_id=xid)
+            except ValueError as exc:
+                raise ApiProblem(409, str(exc)) from None
         return JSONResponse(rec.metadata().to_wire(), status_code=201)
 
     async def admin_faults(self, request: Request) -> Response:
@@ -362,6 +389,8 @@ class FaultAndLogMiddleware:
             await self.app(scope, receive, send)
             return
         rid = uuid.uuid4().hex
+        client = scope.get("client")  # (host, port) of the TCP peer, or None
+        client_port = int(client[1]) if client else None
         t0 = time.perf_counter()
         fault_name: str | None = None
         logged = False
@@ -372,7 +401,8 @@ class FaultAndLogMiddleware:
                 logged = True
                 self.state.log(RequestLogEntry(time=time.time(), method=method, path=path,
                                                status=status, request_id=rid, fault=fault_name,
-                                               duration_s=time.perf_counter() - t0))
+                                               duration_s=time.perf_counter() - t0,
+                                               client_port=client_port))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

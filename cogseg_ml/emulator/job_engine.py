@@ -39,7 +39,11 @@ __all__ = ["JobEngine", "JobRecord"]
 
 @dataclass
 class JobRecord:
-    """One job's state."""
+    """One job's state.
+
+    ``file`` is the file's record as it was when the job was created: a later content
+    replacement swaps in a new record, so this job still runs on (and caches by) the old bytes.
+    """
 
     job_id: int
     file: FileRecord

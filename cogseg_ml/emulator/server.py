@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cogseg_ml.api.wire_schema import FileIdentifier
 from cogseg_ml.config import CdfConfig, ClientCredentials, Secret, StaticToken
 from cogseg_ml.emulator.app import ConnectionDropped, build_app
 from cogseg_ml.emulator.faults import Fault, FaultInjector
@@ -50,7 +51,7 @@ class Emulator:
     Args:
         images: what to serve from the start: :class:`SyntheticImage` objects (registered as
             PNG, their shapes kept as ground truth), a folder of ``.png``/``.jpg``/``.jpeg``
-            files, or ``(name, bytes)`` pairs.
+            files, or ``(name, bytes)`` pairs; each file's name is also its external id.
         project: the CDF project name it answers for.
         processing_time_s: how long each job takes (queueing not included).
         concurrency: jobs processed at once; the rest wait Queued.
@@ -100,7 +101,8 @@ class Emulator:
                     if isinstance(img, SyntheticImage):
                         self.add_synthetic(img)
                     else:
-                        self.add_image(img[1], img[0])
+                        name, data = img
+                        self.add_image(data, name, external_id=name)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Emulator:
@@ -220,6 +222,26 @@ class Emulator:
             if path.suffix.lower() in (".png", ".jpg", ".jpeg") and path.is_file():
                 out.append(self.add_image(path.read_bytes(), path.name, external_id=path.name))
         return out
+
+    def replace_file(self, ref: int | str | FileIdentifier, data: bytes, *,
+                     name: str | None = None, mime_type: str | None = None,
+                     ground_truth: list[tuple[str, np.ndarray]] | None = None) -> FileRecord:
+        """Replace a registered file's content (CDF's upload with overwrite); the new record.
+
+        ``ref`` is the file's id (``int``), external id (``str``) or a :class:`FileIdentifier`.
+        The id stays; ``lastUpdatedTime`` and ``uploadedTime`` become strictly greater than
+        before; downloads and new jobs see the new bytes, while jobs created before finish on
+        the old ones (see :meth:`EmulatorState.replace_file`). ``KeyError`` if there is no such
+        file.
+        """
+        if isinstance(ref, FileIdentifier):
+            ident = ref
+        elif isinstance(ref, str):
+            ident = FileIdentifier(external_id=ref)
+        else:
+            ident = FileIdentifier(id=ref)
+        return self.state.replace_file(ident, data, name=name, mime_type=mime_type,
+                                       ground_truth=ground_truth)
 
     def set_faults(self, *faults: Fault, seed: int | None = None) -> None:
         """Replace the fault rules (counts and the random stream start again)."""

@@ -1,7 +1,14 @@
-"""The emulator's in-memory world: files, tokens, download links, annotations, request log."""
+"""The emulator's in-memory world: files, tokens, download links, annotations, request log.
+
+A :class:`FileRecord` is one version of a file's content. Replacing the content
+(:meth:`EmulatorState.replace_file`) swaps in a new record under the same id, so whoever holds
+the old record (a segmentation job created before the replacement) keeps the bytes it was
+created on.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import secrets
 import threading
@@ -24,6 +31,11 @@ def now_ms(clock: Callable[[], float] = time.time) -> int:
     return int(clock() * 1000)
 
 
+def _mime_from_name(name: str) -> str:
+    ext = name[name.rfind("."):].lower() if "." in name else ""
+    return MIME_BY_EXTENSION.get(ext, "application/octet-stream")
+
+
 @dataclass
 class FileRecord:
     """A file the emulator serves, with optional ground truth for tests."""
@@ -36,6 +48,7 @@ class FileRecord:
     instance_id: tuple[str, str] | None = None
     created_time: int = 0
     last_updated_time: int = 0
+    uploaded_time: int = 0
     ground_truth: list[tuple[str, np.ndarray]] = field(default_factory=list)
     _pixels: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -47,7 +60,7 @@ class FileRecord:
         return FileMetadata(
             id=self.id, external_id=self.external_id, instance_id=inst, name=self.name,
             mime_type=self.mime_type, uploaded=True, created_time=self.created_time,
-            last_updated_time=self.last_updated_time, uploaded_time=self.created_time,
+            last_updated_time=self.last_updated_time, uploaded_time=self.uploaded_time,
         )
 
     def pixels(self) -> np.ndarray:
@@ -72,6 +85,8 @@ class RequestLogEntry:
     request_id: str
     fault: str | None
     duration_s: float
+    #: The client's TCP source port (ASGI ``scope["client"]``): which connection it came on.
+    client_port: int | None = None
 
 
 class EmulatorState:
@@ -102,8 +117,7 @@ class EmulatorState:
                  ground_truth: list[tuple[str, np.ndarray]] | None = None) -> FileRecord:
         """Register a file; ``mime_type`` defaults from the name's extension."""
         if mime_type is None:
-            ext = name[name.rfind("."):].lower() if "." in name else ""
-            mime_type = MIME_BY_EXTENSION.get(ext, "application/octet-stream")
+            mime_type = _mime_from_name(name)
         with self.lock:
             if external_id is not None and external_id in self._by_xid:
                 raise ValueError(f"externalId {external_id!r} already exists")
@@ -112,12 +126,44 @@ class EmulatorState:
             t = now_ms(self.clock)
             rec = FileRecord(id=fid, name=name, data=data, mime_type=mime_type,
                              external_id=external_id, instance_id=instance_id, created_time=t,
-                             last_updated_time=t, ground_truth=list(ground_truth or []))
+                             last_updated_time=t, uploaded_time=t,
+                             ground_truth=list(ground_truth or []))
             self.files[fid] = rec
             if external_id is not None:
                 self._by_xid[external_id] = fid
             if instance_id is not None:
                 self._by_inst[instance_id] = fid
+            return rec
+
+    def replace_file(self, ident: FileIdentifier, data: bytes, *, name: str | None = None,
+                     mime_type: str | None = None,
+                     ground_truth: list[tuple[str, np.ndarray]] | None = None) -> FileRecord:
+        """Replace a file's content, as CDF's upload with overwrite does; returns the new record.
+
+        The id, external id, instance id and ``createdTime`` stay; ``lastUpdatedTime`` and
+        ``uploadedTime`` move to now, and always strictly past their previous values (one
+        millisecond on when the clock has not moved), so a replacement is visible in
+        ``/files/byids``. ``name``/``mime_type`` replace the old ones when given (the MIME type
+        follows a new name's extension unless given); ``ground_truth`` is cleared unless given.
+        The reference documents the File fields (2.1) but not the upload protocol itself, so
+        only this effect of an overwrite is emulated.
+
+        The new record is a new object under the same id: jobs created before keep the old
+        record, so they finish on the content they were created on. Download links resolve the
+        file id when used, so they serve the new bytes. Raises ``KeyError`` for an unknown file.
+        """
+        with self.lock:
+            old = self.resolve(ident)
+            if old is None:
+                raise KeyError(f"no file {ident.to_wire()}")
+            if mime_type is None:
+                mime_type = _mime_from_name(name) if name is not None else old.mime_type
+            t = max(now_ms(self.clock), old.last_updated_time + 1, old.uploaded_time + 1)
+            rec = dataclasses.replace(
+                old, data=data, name=old.name if name is None else name, mime_type=mime_type,
+                last_updated_time=t, uploaded_time=t, ground_truth=list(ground_truth or []),
+                _pixels=None, _lock=threading.Lock())
+            self.files[rec.id] = rec
             return rec
 
     def resolve(self, ident: FileIdentifier) -> FileRecord | None:
