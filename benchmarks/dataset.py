@@ -11,7 +11,6 @@ worker process.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import Figure, Report
+from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
 from cogseg_ml.config import CdfConfig, StaticToken
 from cogseg_ml.dataset import CdfSegmentationDataset, collate_fn
@@ -30,7 +30,17 @@ from cogseg_ml.emulator.synthetic_images import encode_image, make_image
 from cogseg_ml.mask_codec import bbox_of, encode
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
-from cogseg_ml.segment_results import decode_image
+from cogseg_ml.store import FileInfo, ImageRecord, decode_image
+
+
+def _stored(ds: CdfSegmentationDataset, s: Sample, data: bytes) -> list[CacheKey]:
+    """Put an image in the dataset's store as if downloaded at version "bench"; its keys."""
+    info = FileInfo("bench", s.file.external_id)
+    ds.store._info[s.file] = info
+    key = ds.store.file_key(s.file, info)
+    digest = ds.store.images_store.put(key, data)
+    rec = ImageRecord(s.file, key, digest, 480, 640, info.name)
+    return ds.store.mask_keys(rec, [inst.prompt for inst in s.instances])
 
 
 def _build(root: Path, n: int, unique: int) -> tuple[CdfSegmentationDataset, Path]:
@@ -56,9 +66,8 @@ def _build(root: Path, n: int, unique: int) -> tuple[CdfSegmentationDataset, Pat
     for i, s in enumerate(samples):
         u = i % unique
         data = jpegs[u]
-        ds.images.put(ds._file_key(s), data)
+        keys = _stored(ds, s, data)
         (images_dir / s.file.external_id).write_bytes(data)  # type: ignore[operator]
-        keys = ds._keys(s, hashlib.sha256(data).hexdigest())
         for k, (key, rle) in enumerate(zip(keys, rles[u], strict=True)):
             entries.append((key, CachedResult((CachedSegment(0.95, rle),), 480, 640,
                                               "cdf-api")))
@@ -132,9 +141,9 @@ def run(n: int = 1000, unique: int = 100) -> Report:
         keys_and_bytes = []
         for i in range(200):
             s = ds.samples[i]
-            data = ds.images.get(ds._file_key(s))
+            data = ds.store.images_store.get(ds.store.file_key(s.file, ds.store.info(s.file)))
             assert data is not None
-            keys_and_bytes.append((ds._keys(s, hashlib.sha256(data).hexdigest()), data))
+            keys_and_bytes.append((_stored(ds, s, data), data))
         t0 = time.perf_counter()
         for i in range(200):
             ds[i]

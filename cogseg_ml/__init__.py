@@ -5,8 +5,6 @@ The names below are the public surface; torch-dependent parts (the dataset) load
 
 from __future__ import annotations
 
-from cogseg_ml.version import __version__
-
 from cogseg_ml.api.client import AsyncSegmentationClient, SegmentationClient
 from cogseg_ml.api.results import (
     ItemResult,
@@ -54,6 +52,7 @@ from cogseg_ml.samples import (
     samples_from_coco,
     samples_from_records,
 )
+from cogseg_ml.version import __version__
 
 # torch-dependent names load on first use, so `import cogseg_ml` stays light.
 _LAZY = {

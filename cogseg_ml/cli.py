@@ -68,6 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from cogseg_ml.cache.mask_cache import MaskCache
+    from cogseg_ml.coco_io import export_cache
 
     cache = MaskCache(args.path)
     if args.action == "stats":
@@ -85,7 +86,7 @@ def _cache(args: argparse.Namespace) -> int:
     elif args.action == "export":
         if not args.out:
             raise ValidationError("cogseg cache export needs --out FILE")
-        n = cache.export_coco(args.out)
+        n = export_cache(cache, args.out)
         print(f"wrote {n} annotations to {args.out}")
     elif args.action == "clear":
         print(f"removed {cache.clear()} entries")

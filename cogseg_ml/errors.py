@@ -14,8 +14,10 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     ├── ApiUnavailableError                     cannot be reached, or keeps failing (5xx)
     ├── JobFailedError                          a segmentation job ended ``Failed``
     ├── JobTimeoutError                         a job did not finish within the caller's timeout
-    └── CacheError                              the mask cache cannot be used (version, corruption)
-        └── CacheVersionError
+    ├── CacheError                              the mask cache cannot be used (version, corruption)
+    │   └── CacheVersionError
+    └── SampleError                             a dataset sample could not be loaded
+        └── CacheMissError (also KeyError)      ``on_miss="raise"`` and masks are not cached
 
 Errors carry the request id (``x-request-id``) where the server sent one, never a token or a
 download URL, and they pickle (so they cross DataLoader worker boundaries intact).
@@ -30,6 +32,7 @@ __all__ = [
     "ApiUnavailableError",
     "AuthenticationError",
     "CacheError",
+    "CacheMissError",
     "CacheVersionError",
     "CogsegError",
     "FileValidationError",
@@ -39,6 +42,7 @@ __all__ = [
     "PromptValidationError",
     "RateLimitedError",
     "ResponseValidationError",
+    "SampleError",
     "ValidationError",
 ]
 
@@ -174,3 +178,14 @@ class CacheError(CogsegError):
 
 class CacheVersionError(CacheError):
     """The cache file was written by another schema version."""
+
+
+class SampleError(CogsegError):
+    """A sample could not be loaded; the message names the sample, the file and why."""
+
+
+class CacheMissError(SampleError, KeyError):
+    """``on_miss="raise"`` and a sample's masks are not in the cache."""
+
+    def __str__(self) -> str:  # KeyError would print the repr
+        return self.message

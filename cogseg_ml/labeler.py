@@ -14,40 +14,38 @@ combines their caches, and a run over the merged cache gives the unsharded resul
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
+import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from cogseg_ml import __version__
 from cogseg_ml.api.client import SegmentationClient
-from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.api.wire_schema import Annotation
-from cogseg_ml.backends.api_backend import ApiBackend
-from cogseg_ml.backends.base import BackendJob, SegmentationBackend
-from cogseg_ml.cache.cache_keys import CacheKey
-from cogseg_ml.cache.image_store import ImageStore
+from cogseg_ml.backends.base import SegmentationBackend
+from cogseg_ml.backends.resolve import resolve_backend
+from cogseg_ml.cache.cache_keys import file_identity
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
+from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CogsegError, ValidationError
-from cogseg_ml.mask_codec import area, bbox_of, decode, mask_to_polygons
+from cogseg_ml.mask_codec import area, decode, mask_to_polygons
 from cogseg_ml.progress import progress_bar
-from cogseg_ml.prompts import FileRef
+from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Sample
-from cogseg_ml.segment_results import API_BACKEND, image_size
+from cogseg_ml.store import ImageRecord, SegmentStore
+from cogseg_ml.version import __version__
 
 __all__ = ["LabelingReport", "SegmentationLabeler", "WriteBackReport", "shard_of"]
 
@@ -55,24 +53,7 @@ CHUNK = 256  # samples per step: images fetched together, manifest written in or
 MAX_FAILURES_KEPT = 1000
 
 
-def resolve_backend(backend: CdfConfig | SegmentationClient | SegmentationBackend,
-                    config: CdfConfig | None, concurrency: int
-                    ) -> tuple[SegmentationBackend, CdfConfig]:
-    """The backend to run and the CDF connection for images (from the backend if it has one)."""
-    if isinstance(backend, (CdfConfig, SegmentationClient)):
-        api = ApiBackend(backend, concurrency=concurrency)
-        return api, config or api.config
-    if not isinstance(backend, SegmentationBackend):
-        raise ValidationError("backend must be a CdfConfig, a SegmentationClient or a "
-                              f"SegmentationBackend, got {type(backend).__name__}")
-    found = config
-    for b in (backend, getattr(backend, "primary", None), getattr(backend, "fallback", None)):
-        if found is None and isinstance(b, ApiBackend):
-            found = b.config
-    if found is None:
-        raise ValidationError("this backend has no CDF connection: pass config=CdfConfig(...) "
-                              "for downloading images")
-    return backend, found
+_log = logging.getLogger("cogseg_ml.labeler")
 
 
 def shard_of(file_key: str, n: int) -> int:
@@ -94,6 +75,7 @@ class LabelingReport:
     failure_reasons: Counter[str] = field(default_factory=Counter)
     failures: list[dict[str, Any]] = field(default_factory=list)
     annotations: int = 0
+    missing_at_export: int = 0
     seconds: float = 0.0
     shard: tuple[int, int] | None = None
 
@@ -104,6 +86,7 @@ class LabelingReport:
                 "jobs_run": self.jobs_run, "failed": self.failed,
                 "dropped": dict(self.dropped), "failure_reasons": dict(self.failure_reasons),
                 "failures": self.failures, "annotations": self.annotations,
+                "missing_at_export": self.missing_at_export,
                 "seconds": round(self.seconds, 3), "shard": self.shard}
 
     def summary(self) -> str:
@@ -113,6 +96,9 @@ class LabelingReport:
                  f"({self.from_cache} from cache, {self.jobs_run} jobs run), "
                  f"{self.failed} failed, in {self.seconds:.1f} s",
                  f"segments kept: {self.annotations}; dropped: {drops}"]
+        if self.missing_at_export:
+            lines.append(f"  {self.missing_at_export} results left the cache before the COCO "
+                         "file was written (evicted?): re-run label() to segment them again")
         for reason, n in self.failure_reasons.most_common(5):
             lines.append(f"  failed x{n}: {reason}")
         return "\n".join(lines)
@@ -169,7 +155,8 @@ class SegmentationLabeler:
             raise ValidationError(f"min_area must be >= 0, got {min_area}")
         self.backend, self.config = resolve_backend(backend, config, concurrency)
         self.cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
-        self.images = ImageStore(self.cache)
+        self.store = SegmentStore(self.config, self.cache, self.backend,
+                                  download_workers=download_workers)
         self.categories = list(categories) if categories is not None else None
         self.min_score = min_score
         self.min_area = min_area
@@ -193,8 +180,8 @@ class SegmentationLabeler:
 
     # --- labeling ----------------------------------------------------------------------------
     def _file_key(self, sample: Sample) -> str:
-        return CacheKey(self.config.project, sample.file, sample.instances[0].prompt,
-                        API_BACKEND).file_key
+        """The file's identity (cluster, project, reference): what shards are drawn from."""
+        return file_identity(self.store.origin, self.config.project, sample.file)
 
     def _mine(self, samples: Iterable[Sample]) -> Iterator[Sample]:
         for s in samples:
@@ -204,143 +191,101 @@ class SegmentationLabeler:
                 yield s
 
     def label(self, samples: Iterable[Sample]) -> LabelingReport:
-        """Label every sample (of this shard); returns the report (also ``self.report``)."""
+        """Label every sample (of this shard); returns the report (also ``self.report``).
+
+        Samples are read in chunks; each chunk's images are fetched together (one metadata
+        call, downloads on one shared thread pool), and its jobs join one stream that keeps
+        ``concurrency`` jobs in flight across chunk boundaries. The manifest is written in
+        input order as chunks finish.
+        """
         t0 = time.perf_counter()
         rep = self.report = LabelingReport(shard=self.shard)
-        seen_categories: set[str] = set()
-        with SegmentationClient(self.config) as client, \
-                open(self.manifest, "w", encoding="utf-8") as manifest, \
+        self._seen_categories: set[str] = set()
+        flow = _Flow()
+        with open(self.manifest, "w", encoding="utf-8") as manifest, \
                 progress_bar(None, "labelling", progress=self.progress, unit="prompt") as bar:
-            it = self._mine(samples)
-            while True:
-                chunk = [s for _, s in zip(range(self.chunk_size), it, strict=False)]
-                if not chunk:
-                    break
-                lines = self._label_chunk(client, chunk, bar, seen_categories)
-                for line in lines:
-                    manifest.write(json.dumps(line, separators=(",", ":")) + "\n")
-                manifest.flush()
+
+            def write_ready() -> None:
+                chunks = flow.ready()
+                if chunks:
+                    self.store.flush()  # their results must be readable before lines name them
+                for chunk in chunks:
+                    for line in self._manifest_lines(chunk):
+                        manifest.write(json.dumps(line, separators=(",", ":")) + "\n")
+                    manifest.flush()
+
+            for (cn, j, k), _, result, error in self.store.segment(
+                    self._jobs(self._mine(samples), flow, bar)):
+                bar.update(1)
+                if result is None:
+                    flow.done(cn, (j, k), _reason(error or CogsegError("no result")))
+                else:
+                    rep.jobs_run += 1
+                    flow.done(cn, (j, k), None)
+                bar.set_postfix(done=rep.from_cache + rep.jobs_run, failed=flow.failed,
+                                refresh=False)
+                write_ready()
+            write_ready()
         if self.categories is None:
-            self.categories = sorted(seen_categories)
+            self.categories = sorted(self._seen_categories)
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _loader(self, file_key: str) -> Callable[[], bytes]:
-        def load() -> bytes:
-            data = self.images.get(file_key)
-            if data is None:
-                raise CogsegError(f"image {file_key} left the image store")
-            return data
-
-        return load
-
-    def _image_info(self, client: SegmentationClient, sample: Sample
-                    ) -> tuple[str, int, int]:
-        key = self._file_key(sample)
-        found = self.images.get_with_digest(key)
-        if found is None:
-            data = client.download(sample.file)
-            found = data, self.images.put(key, data)
-        h, w = image_size(found[0], sample.file)
-        return found[1], h, w
-
-    def _label_chunk(self, client: SegmentationClient, chunk: list[Sample], bar: Any,
-                     seen_categories: set[str]) -> list[dict[str, Any]]:
+    def _jobs(self, samples: Iterator[Sample], flow: _Flow, bar: Any
+              ) -> Iterator[tuple[ImageRecord, Prompt, tuple[int, int, int]]]:
+        """The jobs of every chunk not already cached (runs on the backend's feeding side)."""
         rep = self.report
-        rep.samples += len(chunk)
-        rep.instances += sum(len(s.instances) for s in chunk)
-        info: dict[int, tuple[str, int, int] | str] = {}
-        with ThreadPoolExecutor(self.download_workers) as pool:
-            futures: dict[str, Any] = {}  # one download per file, however many samples name it
-            for s in chunk:
-                fkey = self._file_key(s)
-                if fkey not in futures:
-                    futures[fkey] = pool.submit(self._image_info, client, s)
-            for j, s in enumerate(chunk):
-                try:
-                    info[j] = futures[self._file_key(s)].result()
-                except CogsegError as exc:
-                    info[j] = _reason(exc)
-        name, version = self.backend.identities()[0]
-        keys: dict[tuple[int, int], CacheKey] = {}
-        for j, s in enumerate(chunk):
-            got = info[j]
-            if isinstance(got, tuple):
-                for k, inst in enumerate(s.instances):
-                    keys[(j, k)] = CacheKey(self.config.project, s.file, inst.prompt, name,
-                                            file_version=got[0], model_version=version)
-        order = list(keys)
-        present = self.cache.keys_present([keys[o] for o in order])
-        errors: dict[tuple[int, int], str] = {}
-        jobs = []
-        for o, hit in zip(order, present, strict=True):
-            if hit:
-                rep.from_cache += 1
-                bar.update(1)
-            else:
-                s = chunk[o[0]]
-                got = info[o[0]]
-                assert isinstance(got, tuple)
-                digest, h, w = got
-                jobs.append(BackendJob(SegmentRequest(s.file, s.instances[o[1]].prompt, tag=o),
-                                       h, w, digest, self._loader(self._file_key(s))))
-        pending: list[tuple[CacheKey, CachedResult]] = []
-        try:
-            for out in self.backend.run(jobs):
-                o = out.job.request.tag
-                bar.update(1)
-                if out.error is not None or out.result is None:
-                    errors[o] = _reason(out.error or CogsegError("no result"))
-                else:
-                    rep.jobs_run += 1
-                    res = out.result
-                    key = keys[o]
-                    if (res.backend, res.model_version) != (name, version):  # provenance
-                        key = dataclasses.replace(key, backend=res.backend,
-                                                  model_version=res.model_version)
-                        keys[o] = key
-                    pending.append((key, res))
-                if len(pending) >= 64:
-                    self.cache.put_many(pending)
-                    pending.clear()
-                bar.set_postfix(done=rep.from_cache + rep.jobs_run, failed=rep.failed +
-                                len(errors), refresh=False)
-        finally:
-            self.cache.put_many(pending)  # on Ctrl-C too: keep what finished
-        return self._manifest_lines(chunk, info, keys, errors, seen_categories)
-
-    def _manifest_lines(self, chunk: list[Sample], info: dict[int, Any],
-                        keys: dict[tuple[int, int], CacheKey],
-                        errors: dict[tuple[int, int], str],
-                        seen_categories: set[str]) -> list[dict[str, Any]]:
-        rep = self.report
-        lines = []
-        for j, s in enumerate(chunk):
-            got = info[j]
-            file_key = self._file_key(s)
-            if isinstance(got, str):
-                for k in range(len(s.instances)):
-                    self._fail(s, k, got)
-                continue
-            digest, h, w = got
-            insts = []
-            kk = [(k, keys[(j, k)]) for k in range(len(s.instances)) if (j, k) not in errors]
-            for k in range(len(s.instances)):
-                if (j, k) in errors:
-                    self._fail(s, k, errors[(j, k)])
-            results = self.cache.get_many([key for _, key in kk])
-            for (k, key), res in zip(kk, results, strict=True):
-                inst = s.instances[k]
-                if inst.category:
-                    seen_categories.add(inst.category)
-                if res is None:  # evicted between put and now: report, never guess
-                    self._fail(s, k, "result missing from the cache (evicted?)")
+        for cn in range(1 << 62):
+            chunk = [s for _, s in zip(range(self.chunk_size), samples, strict=False)]
+            if not chunk:
+                break
+            recs = self.store.records([s.file for s in chunk])
+            todo: list[tuple[ImageRecord, Prompt, tuple[int, int, int]]] = []
+            cached = 0
+            for j, (s, rec) in enumerate(zip(chunk, recs, strict=True)):
+                if isinstance(rec, CogsegError):
                     continue
-                rep.labelled += 1
-                insts.append({"k": k, "key": key.fingerprint(), "category": inst.category,
-                              "backend": res.backend, "keep": self._select(res)})
-            lines.append({"file_key": file_key, "file": _file_json(s), "digest": digest,
-                          "height": h, "width": w, "instances": insts})
+                prompts = [inst.prompt for inst in s.instances]
+                for k, hit in enumerate(self.store.present(rec, prompts,
+                                                           preferred_only=True)):
+                    if hit:
+                        cached += 1
+                    else:
+                        todo.append((rec, prompts[k], (cn, j, k)))
+            with flow.lock:
+                rep.samples += len(chunk)
+                rep.instances += sum(len(s.instances) for s in chunk)
+                rep.from_cache += cached
+            bar.update(cached)
+            flow.add(cn, _Chunk(chunk, recs), len(todo))
+            yield from todo
+
+    def _manifest_lines(self, chunk: _Chunk) -> list[dict[str, Any]]:
+        lines = []
+        for j, (s, rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
+            if isinstance(rec, CogsegError):
+                for k in range(len(s.instances)):
+                    self._fail(s, k, _reason(rec))
+                continue
+            for inst in s.instances:
+                if inst.category:
+                    self._seen_categories.add(inst.category)
+            prompts = [inst.prompt for inst in s.instances]
+            results = self.store.lookup(rec, prompts)
+            insts = []
+            for k, (inst, res) in enumerate(zip(s.instances, results, strict=True)):
+                if (j, k) in chunk.errors:
+                    self._fail(s, k, chunk.errors[(j, k)])
+                elif res is None:  # evicted between put and now: report, never guess
+                    self._fail(s, k, "result missing from the cache (evicted?)")
+                else:
+                    self.report.labelled += 1
+                    key = self.store._answer_key(rec, inst.prompt, res)
+                    insts.append({"k": k, "key": key.fingerprint(), "category": inst.category,
+                                  "backend": res.backend, "keep": self._select(res)})
+            lines.append({"file_key": rec.file_key, "file": file_json(s.file),
+                          "file_name": rec.file_name, "digest": rec.digest,
+                          "height": rec.height, "width": rec.width, "instances": insts})
         return lines
 
     def _select(self, res: CachedResult) -> list[int]:
@@ -385,68 +330,49 @@ class SegmentationLabeler:
                 yield json.loads(line)
 
     def iter_annotations(self) -> Iterator[tuple[dict[str, Any], dict[str, Any], Any]]:
-        """``(image line, instance, CachedSegment)`` for every kept segment, in order."""
+        """``(image line, instance, CachedSegment)`` for every kept segment, in order.
+
+        Results that left the cache since labelling are counted in
+        ``report.missing_at_export`` (and logged), never silently dropped.
+        """
+        self.report.missing_at_export = 0
         for line in self._lines():
             fps = [inst["key"] for inst in line["instances"]]
             results = self.cache.get_by_fingerprints(fps)
             for inst, res in zip(line["instances"], results, strict=True):
                 if res is None:
+                    self.report.missing_at_export += 1
                     continue
                 for i in inst["keep"]:
                     yield line, inst, res.segments[i]
+        if self.report.missing_at_export:
+            _log.warning("%d labelled results left the cache before export (evicted?); "
+                         "re-run label() to segment them again", self.report.missing_at_export)
 
     def to_coco(self, path: str | Path, segmentation: Literal["rle", "polygon"] = "rle") -> int:
         """Write a COCO instance-segmentation file (streamed); returns the annotation count.
 
-        ``segmentation="rle"`` writes compressed RLE (exact); ``"polygon"`` writes pixel
-        polygons traced along pixel corners (exact for masks without holes; holes are filled).
-        The file is written to a temporary name and renamed into place.
+        One image per file (``file_name`` the CDF file name, ``cdf_file`` the reference),
+        listed whether or not it kept a segment. ``segmentation="rle"`` writes compressed RLE
+        (exact); ``"polygon"`` writes pixel polygons traced along pixel corners (exact for
+        masks without holes; holes are filled). Written atomically (see
+        :class:`~cogseg_ml.coco_io.CocoWriter`).
         """
-        if segmentation not in ("rle", "polygon"):
-            raise ValidationError(f"segmentation must be 'rle' or 'polygon', got "
-                                  f"{segmentation!r}")
         cats = self.categories or []
         cat_id = {name: k + 1 for k, name in enumerate(cats)}
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.incomplete")
-        n_ann = 0
-        try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write('{"info":' + json.dumps({"description": "cogseg_ml labels",
-                                                   "version": __version__}))
-                out.write(',"categories":' + json.dumps(
-                    [{"id": 0, "name": "object"}] * (not cats) +
-                    [{"id": i, "name": n} for n, i in cat_id.items()]))
-                out.write(',"images":[')
-                for n, line in enumerate(self._lines()):
-                    out.write(("," if n else "") + json.dumps({
-                        "id": n + 1, "file_name": line["file_key"], "cdf_file": line["file"],
-                        "height": line["height"], "width": line["width"],
-                        "sha256": line["digest"]}))
-                out.write('],"annotations":[')
-                image_ids: dict[str, int] = {}
-                for line, inst, seg in self.iter_annotations():
-                    img_id = image_ids.setdefault(line["file_key"], len(image_ids) + 1)
-                    rle = seg.rle
-                    a = int(area([rle])[0])
-                    box = [float(v) for v in bbox_of([rle])[0]]
-                    if segmentation == "rle":
-                        geom: Any = rle
-                    else:
-                        geom = [[float(c) for xy in poly for c in xy]
-                                for poly in mask_to_polygons(decode([rle])[0])]
-                    n_ann += 1
-                    out.write(("," if n_ann > 1 else "") + json.dumps({
-                        "id": n_ann, "image_id": img_id,
-                        "category_id": cat_id.get(inst["category"], 0) if cats else 0,
-                        "segmentation": geom, "area": a, "bbox": box, "iscrowd": 0,
-                        "score": seg.score, "prompt_index": inst["k"],
-                        "source": inst.get("backend")}))
-                out.write("]}")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return n_ann
+        categories = ([{"id": i, "name": n} for n, i in cat_id.items()] if cats
+                      else [{"id": 0, "name": "object"}])
+        with CocoWriter(path, categories, segmentation=segmentation) as out:
+            for line in self._lines():
+                out.add_image(line["file_key"], file_name=line["file_name"],
+                              height=line["height"], width=line["width"],
+                              cdf_file=line["file"], sha256=line["digest"])
+            for line, inst, seg in self.iter_annotations():
+                out.add_annotation(line["file_key"],
+                                   cat_id.get(inst["category"], 0) if cats else 0,
+                                   seg.rle, seg.score, prompt_index=inst["k"],
+                                   source=inst.get("backend"))
+        return out.annotations
 
     def write_back(self, *, creating_app: str = "cogseg-ml",
                    status: Literal["suggested", "approved", "rejected"] = "suggested"
@@ -531,15 +457,49 @@ class SegmentationLabeler:
             wb.created += len(client.create_annotations(new))
 
 
-def _file_json(sample: Sample) -> dict[str, Any]:
-    f = sample.file
-    if f.id is not None:
-        return {"id": f.id}
-    if f.external_id is not None:
-        return {"externalId": f.external_id}
-    assert f.instance_id is not None
-    return {"instanceId": {"space": f.instance_id.space,
-                           "externalId": f.instance_id.external_id}}
+@dataclass
+class _Chunk:
+    """One chunk of samples on its way through: images, and errors of its jobs."""
+
+    samples: list[Sample]
+    records: list[ImageRecord | CogsegError]
+    errors: dict[tuple[int, int], str] = field(default_factory=dict)
+    outstanding: int = 0
+
+
+class _Flow:
+    """Chunks whose jobs are in flight, released in input order once all their jobs ended.
+
+    Chunks are added from the backend's feeding side (possibly another thread), outcomes
+    arrive on the caller's; one lock guards both.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.chunks: dict[int, _Chunk] = {}
+        self.next = 0
+        self.failed = 0
+
+    def add(self, cn: int, chunk: _Chunk, jobs: int) -> None:
+        with self.lock:
+            chunk.outstanding = jobs
+            self.chunks[cn] = chunk
+
+    def done(self, cn: int, jk: tuple[int, int], error: str | None) -> None:
+        with self.lock:
+            chunk = self.chunks[cn]
+            chunk.outstanding -= 1
+            if error is not None:
+                chunk.errors[jk] = error
+                self.failed += 1
+
+    def ready(self) -> list[_Chunk]:
+        out = []
+        with self.lock:
+            while (c := self.chunks.get(self.next)) is not None and c.outstanding == 0:
+                out.append(self.chunks.pop(self.next))
+                self.next += 1
+        return out
 
 
 def _shoelace(poly: Sequence[tuple[int, int]]) -> float:

@@ -14,6 +14,7 @@ and one poll schedule, and a forked child never uses its parent's connections.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -45,7 +46,7 @@ from cogseg_ml.api.wire_schema import (
     SegmentJob,
 )
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import CogsegError, FileValidationError, NotFoundError, ValidationError
+from cogseg_ml.errors import FileValidationError, NotFoundError, ValidationError
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 
 __all__ = ["AsyncSegmentationClient", "FileLike", "RequestLike", "SegmentationClient",
@@ -132,7 +133,10 @@ class AsyncSegmentationClient(ClientCore):
     async def _send(self, call: Call) -> httpx.Response:
         call = self.limit(call)
         try:
-            async for attempt in AsyncRetrying(**retrying_kwargs(self.config.retry, call.kind,
+            retry = self.config.retry
+            if call.attempts is not None:
+                retry = dataclasses.replace(retry, max_attempts=call.attempts)
+            async for attempt in AsyncRetrying(**retrying_kwargs(retry, call.kind,
                                                                  self.log_retry(call))):
                 with attempt:
                     self.requests_sent += 1
@@ -217,6 +221,18 @@ class AsyncSegmentationClient(ClientCore):
         """Metadata of the known files among ``refs`` (unknown ones are left out)."""
         metas = await self.file_metadata(refs, ignore_unknown=True)
         return _match_metadata(refs, metas)
+
+    async def probe(self, file: FileLike, *, timeout_s: float = 5.0) -> None:
+        """One ``files/byids`` request, one attempt, a short timeout: is CDF reachable?
+
+        Raises:
+            ApiUnavailableError: no connection, a timeout or a 5xx/429 answer.
+            ApiError: CDF answered, but refused (e.g. the credentials).
+        """
+        call = dataclasses.replace(
+            self.byids_call([FileRef.parse(file)], ignore_unknown=True), attempts=1,
+            timeout_s=timeout_s)
+        self.parse(await self._send(call), ItemsResponse[FileMetadata], call)
 
     async def download(self, file: FileLike, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """See :meth:`SegmentationClient.download`."""
@@ -440,6 +456,10 @@ class SegmentationClient:
     def metadata_map(self, refs: Sequence[FileRef]) -> dict[FileRef, FileMetadata]:
         """Metadata of the known files among ``refs`` (unknown ones are left out)."""
         return self.session.run(lambda c: c.metadata_map(refs))
+
+    def probe(self, file: FileLike, *, timeout_s: float = 5.0) -> None:
+        """See :meth:`AsyncSegmentationClient.probe`."""
+        return self.session.run(lambda c: c.probe(file, timeout_s=timeout_s))
 
     def download(self, file: FileLike, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
         """The file's bytes: a download link, then a GET of it.

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from tenacity import RetryCallState
 
-from cogseg_ml.version import __version__
 from cogseg_ml.api.retry_policy import CallKind, RetryableStatus, parse_retry_after
 from cogseg_ml.api.wire_schema import (
     FileIdentifier,
@@ -42,6 +41,7 @@ from cogseg_ml.errors import (
     ValidationError,
 )
 from cogseg_ml.prompts import FileRef, Prompt
+from cogseg_ml.version import __version__
 
 __all__ = ["Call", "ClientCore"]
 
@@ -68,6 +68,7 @@ class Call:
     timeout_s: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
     max_bytes: int | None = None  # refused past this while streaming; None: the config's
+    attempts: int | None = None  # None: the config's retry budget; 1: a single try (probes)
 
 
 def _snippet(text: str, limit: int = 160) -> str:

@@ -15,7 +15,9 @@ Every failure of a job (a :class:`~cogseg_ml.errors.CogsegError`, malformed answ
 is an outcome. Anything else raised by a background task is a bug, not a job's fate: it ends the
 stream at once, raised to the consumer with its traceback, rather than leaving it waiting.
 Requests that are not a list or tuple are read in a worker thread, so a generator may block
-(download, read files, call a sync client) without stalling the loop.
+(download, read files, call a sync client) without stalling the loop. When reading them fails
+(the generator raises, even KeyboardInterrupt), no new job starts, the jobs already started are
+still delivered, and then the stream raises that exception: nothing finished is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +68,10 @@ class _Tracked:
 
 @dataclass
 class _FeedDone:
+    """The feeder stopped: ``total`` outcomes are owed; ``error`` if reading requests failed."""
+
     total: int
+    error: BaseException | None = None
 
 
 @dataclass
@@ -177,40 +182,54 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
                 spawn(poll(heapq.heappop(heap)))
 
     async def feed() -> None:
-        total = 0
+        promised = 0  # outcomes this feeder has committed to: each one will be delivered
+
+        def reject(outcome: JobOutcome, _held: bool = False) -> None:
+            nonlocal promised
+            promised += 1
+            finish(outcome, held=False)
+
         it = iter(requests)
         in_memory = isinstance(requests, (list, tuple))
-        while True:
-            if in_memory:
-                chunk = list(itertools.islice(it, FEED_CHUNK))
-            else:
-                chunk = await asyncio.to_thread(lambda: list(itertools.islice(it, FEED_CHUNK)))
-            if not chunk:
-                break
-            valid: list[SegmentRequest] = []
-            for raw in chunk:
-                total += 1
-                try:
-                    valid.append(to_request(raw))
-                except CogsegError as exc:
-                    req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
-                    finish(JobOutcome(req, error=exc), held=False)
-            if check_files and valid:
-                valid = await _checked(client, valid, finish)
-            for req in valid:
-                await slots.acquire()
-                spawn(create(req))
-        results.put_nowait(_FeedDone(total))
+        read_error: BaseException | None = None
+        try:
+            while read_error is None:
+                if in_memory:
+                    chunk, read_error, ended = _take(it, FEED_CHUNK)
+                else:
+                    chunk, read_error, ended = await asyncio.to_thread(_take, it, FEED_CHUNK)
+                valid: list[SegmentRequest] = []
+                for raw in chunk:
+                    try:
+                        valid.append(to_request(raw))
+                    except CogsegError as exc:
+                        req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
+                        reject(JobOutcome(req, error=exc))
+                if check_files and valid:
+                    valid = await _checked(client, valid, reject)
+                for req in valid:
+                    await slots.acquire()
+                    promised += 1
+                    spawn(create(req))
+                if ended:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # e.g. the file check itself broke: a bug
+            read_error = exc
+        # When reading the requests failed, what was read is delivered first, then the cause.
+        results.put_nowait(_FeedDone(promised, read_error))
 
     spawn(feed())
     spawn(poll_loop())
     delivered = 0
     expected: int | None = None
+    feed_error: BaseException | None = None
     try:
         while expected is None or delivered < expected:
             item = await results.get()
             if isinstance(item, _FeedDone):
-                expected = item.total
+                expected, feed_error = item.total, item.error
                 continue
             if isinstance(item, _Crashed):
                 raise item.exc
@@ -219,10 +238,26 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             yield outcome
             if held:
                 slots.release()
+        if feed_error is not None:  # the jobs already running were delivered; now the cause
+            raise feed_error
     finally:
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _take(it: Iterator[Any], n: int) -> tuple[list[Any], BaseException | None, bool]:
+    """Up to ``n`` items, the exception that stopped the reading (if any), and whether the
+    iterator is done; items read before an exception are kept."""
+    out: list[Any] = []
+    try:
+        for _ in range(n):
+            out.append(next(it))
+    except StopIteration:
+        return out, None, True
+    except BaseException as exc:  # the caller's generator failed: keep what it gave
+        return out, exc, True
+    return out, None, False
 
 
 def _placeholder(raw: Any) -> SegmentRequest:

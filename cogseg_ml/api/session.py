@@ -182,12 +182,15 @@ class SegmentationSession:
             raise RuntimeError("a sync SegmentationClient call was made from inside its own "
                                "session loop; await the AsyncSegmentationClient there instead")
         client = self.client
-        fut = asyncio.run_coroutine_threadsafe(fn(client), loop)
+        fut = asyncio.run_coroutine_threadsafe(_boxed(fn(client)), loop)
         try:
-            return fut.result()
+            ok, value = fut.result()
         except BaseException:
             fut.cancel()
             raise
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def iterate(self, fn: Callable[[AsyncSegmentationClient], AsyncIterator[T]]
                 ) -> Iterator[T]:
@@ -225,6 +228,16 @@ class SegmentationSession:
         finally:
             if not finished and not self.closed:
                 self.run(stop)
+
+
+async def _boxed(coro: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    """Run ``coro``; a KeyboardInterrupt or SystemExit it raises (e.g. from a generator the
+    caller handed in) is returned, to be raised in the caller's thread: escaping a task, it
+    would stop the session's loop for every other user."""
+    try:
+        return True, await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return False, exc
 
 
 # --- one session per process and configuration ------------------------------------------------

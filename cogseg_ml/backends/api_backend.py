@@ -2,27 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cogseg_ml.api.client import SegmentationClient
-from cogseg_ml.api.results import SegmentRequest
-from cogseg_ml.backends.base import BackendJob, BackendOutcome
+from cogseg_ml.api.results import SegmentationResult, SegmentRequest
+from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CogsegError, JobFailedError
-from cogseg_ml.segment_results import API_BACKEND, cached_from_result
 
-__all__ = ["ApiBackend"]
+__all__ = ["API_BACKEND", "ApiBackend", "mask_result"]
+
+API_BACKEND = "cdf-api"
+
+
+def mask_result(result: SegmentationResult, height: int, width: int, *,
+                backend: str = API_BACKEND, model_version: str = "") -> MaskResult:
+    """A finished job's segments as RLE at the image's size.
+
+    Raises:
+        JobFailedError: the job's item failed.
+        ValidationError: a polygon the codec cannot read.
+    """
+    item = result.item
+    segs = tuple(ScoredMask(s.score, s.to_rle(height, width)) for s in item.segments)
+    return MaskResult(segments=segs, height=height, width=width, backend=backend,
+                      model_version=model_version, job_id=result.job_id)
 
 
 class ApiBackend:
-    """CDF's ``context/vision/segment`` through :class:`SegmentationClient`.
+    """CDF's ``context/vision/segment`` through this process's segmentation session.
 
     Args:
-        config: the CDF connection.
+        config: the CDF connection (or a :class:`SegmentationClient`, whose config is used).
         concurrency: jobs in flight.
 
-    Pickles as its config: each process builds its own client on first use.
+    Pickles as its config: each process uses its own session.
     """
 
     name = API_BACKEND
@@ -41,13 +57,13 @@ class ApiBackend:
 
     @property
     def client(self) -> SegmentationClient:
-        """This process's client."""
+        """A client on this process's session (after ``fork``, the child's own)."""
         if self._client is None:
             self._client = SegmentationClient(self.config)
         return self._client
 
     def close(self) -> None:
-        """Close the client's connections."""
+        """Release the session."""
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -56,19 +72,31 @@ class ApiBackend:
         """See :class:`~cogseg_ml.backends.base.SegmentationBackend`."""
         return [(self.name, self.model_version)]
 
-    def run(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
-        """See :class:`~cogseg_ml.backends.base.SegmentationBackend`."""
-        requests = [SegmentRequest(j.request.file, j.request.prompt, tag=n)
-                    for n, j in enumerate(jobs)]
+    def probe(self, job: BackendJob, *, timeout_s: float = 5.0) -> None:
+        """One short request about the job's file: raises ``ApiUnavailableError`` when down."""
+        self.client.probe(job.request.file, timeout_s=timeout_s)
+
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """See :class:`~cogseg_ml.backends.base.SegmentationBackend`.
+
+        Jobs whose files the caller checked (``file_checked``) send no ``files/byids``; the
+        first job decides for the stream.
+        """
+        it = iter(jobs)
+        first = next(it, None)
+        if first is None:
+            return
+        requests = (SegmentRequest(j.request.file, j.request.prompt, tag=j)
+                    for j in itertools.chain([first], it))
         for outcome in self.client.segment_many(requests, concurrency=self.concurrency,
-                                                check_files=True):
-            job = jobs[outcome.request.tag]
+                                                check_files=not first.file_checked):
+            job: BackendJob = outcome.request.tag
             if outcome.error is not None or outcome.result is None:
                 yield BackendOutcome(job, error=outcome.error or JobFailedError(
                     "no result", job_id=outcome.job_id or 0))
                 continue
             try:
-                yield BackendOutcome(job, result=cached_from_result(
+                yield BackendOutcome(job, result=mask_result(
                     outcome.result, job.height, job.width, backend=self.name,
                     model_version=self.model_version))
             except CogsegError as exc:

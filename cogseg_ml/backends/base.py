@@ -1,23 +1,50 @@
 """What every segmentation backend offers: jobs in, scored RLE masks out.
 
 A :class:`BackendJob` is one prompt on one image whose size is known (and whose bytes a local
-model can load); a :class:`BackendOutcome` carries a
-:class:`~cogseg_ml.cache.mask_cache.CachedResult` (segments as RLE at the image's size, with
-the backend's name and model version as provenance) or the error. The dataset and the labeler
-take any backend.
+model can load); a :class:`BackendOutcome` carries a :class:`MaskResult` (segments as RLE at the
+image's size, with the backend's name and model version as provenance) or the error. Backends
+know nothing of the cache: the read-through store (:mod:`cogseg_ml.store`) turns results into
+cache entries. The dataset and the labeler take any backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cogseg_ml.api.results import SegmentRequest
-from cogseg_ml.cache.mask_cache import CachedResult
 from cogseg_ml.errors import CogsegError
+from cogseg_ml.mask_codec import Rle, decode_to_tensor
 
-__all__ = ["BackendJob", "BackendOutcome", "SegmentationBackend"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["BackendJob", "BackendOutcome", "MaskResult", "ScoredMask", "SegmentationBackend"]
+
+
+@dataclass(frozen=True)
+class ScoredMask:
+    """One candidate mask: its score and COCO RLE (``counts`` as str)."""
+
+    score: float
+    rle: Rle
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """A backend's answer to one job: segments best first, image size and provenance."""
+
+    segments: tuple[ScoredMask, ...]
+    height: int
+    width: int
+    backend: str
+    model_version: str = ""
+    job_id: int | None = None
+
+    def masks(self) -> torch.Tensor:
+        """All segments as a ``(N, H, W)`` bool tensor."""
+        return decode_to_tensor([s.rle for s in self.segments], self.height, self.width)
 
 
 @dataclass(frozen=True)
@@ -30,6 +57,8 @@ class BackendJob:
         image_key: a stable identity of the image's content (e.g. its SHA-256), used by
             local models to reuse an image's embedding.
         load_image: returns the image's encoded bytes (PNG/JPEG) when a backend needs pixels.
+        file_checked: the caller already checked the file exists and can be segmented (the
+            API backend then sends no ``files/byids`` of its own).
     """
 
     request: SegmentRequest
@@ -37,14 +66,15 @@ class BackendJob:
     width: int
     image_key: str
     load_image: Callable[[], bytes]
+    file_checked: bool = False
 
 
 @dataclass(frozen=True)
 class BackendOutcome:
-    """A job's result (segments best first, with provenance) or its error."""
+    """A job's result or its error, never both."""
 
     job: BackendJob
-    result: CachedResult | None = None
+    result: MaskResult | None = None
     error: CogsegError | None = None
 
 
@@ -55,8 +85,8 @@ class SegmentationBackend(Protocol):
     name: str
     model_version: str
 
-    def run(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
-        """Segment every job; yields one outcome per job, in any order."""
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """Segment every job (read lazily); yields one outcome per job, in any order."""
         ...
 
     def identities(self) -> list[tuple[str, str]]:

@@ -3,9 +3,12 @@
 :class:`FallbackBackend` sends jobs to the primary (the API) in chunks. A job that fails with
 :class:`~cogseg_ml.errors.ApiUnavailableError` opens the :class:`CircuitBreaker`: that job is
 retried on the fallback (a local model), and so is everything else until ``cooldown_s`` has
-passed; then one chunk probes the primary again (half-open) and closes the breaker when it
-gets through. Results keep their provenance (the backend's name and model version are in their
-cache keys), so a later API run replaces local masks rather than being answered by them.
+passed. Before the first chunk, and whenever the breaker is half-open, one short request (a
+single attempt with a short timeout, the primary's ``probe``) asks whether the API answers at
+all: a refused connection or a timeout opens the breaker at once, instead of after a whole
+chunk's retry budget (minutes with the default :class:`~cogseg_ml.config.RetryConfig`).
+Results keep their provenance (the backend's name and model version are in their cache keys),
+so a later API run replaces local masks rather than being answered by them.
 
 Modes: ``"prefer-api"`` (the above), ``"prefer-local"`` (local first, the API only for what the
 local model cannot do), ``"api-only"`` (no fallback; outages are errors).
@@ -13,9 +16,10 @@ local model cannot do), ``"api-only"`` (no fallback; outages are errors).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,12 +52,12 @@ class CircuitBreaker:
         """Whether the primary may be tried now."""
         return self.state != "open"
 
-    def failure(self) -> None:
+    def failure(self, reason: object = None) -> None:
         """The primary is unavailable: open (again) now."""
         if self.opened_at is None:
             self.trips += 1
-            _log.warning("API unavailable: switching to the local model for %.0f s",
-                         self.cooldown_s)
+            _log.warning("API unavailable (%s): switching to the local model; the API is tried "
+                         "again in %.0f s", reason or "jobs failed", self.cooldown_s)
         self.opened_at = self.clock()
 
     def success(self) -> None:
@@ -90,6 +94,8 @@ class FallbackBackend:
         first = fallback if mode == "prefer-local" and fallback is not None else primary
         self.name = first.name
         self.model_version = first.model_version
+        self.probe_timeout_s = 5.0
+        self._verified = False  # the primary answered a probe or a job since the last trip
 
     def __repr__(self) -> str:
         return (f"FallbackBackend(primary={self.primary!r}, fallback={self.fallback!r}, "
@@ -103,8 +109,8 @@ class FallbackBackend:
             ids = [fb] + ids if self.mode == "prefer-local" else ids + [fb]
         return ids
 
-    def run(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
-        """See :class:`~cogseg_ml.backends.base.SegmentationBackend`."""
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """See :class:`~cogseg_ml.backends.base.SegmentationBackend` (read in chunks)."""
         if self.mode == "prefer-local":
             assert self.fallback is not None
             retry = []
@@ -116,21 +122,41 @@ class FallbackBackend:
             if retry:
                 yield from self.primary.run(retry)
             return
-        for start in range(0, len(jobs), self.chunk_size):
-            chunk = jobs[start:start + self.chunk_size]
-            if self.mode == "api-only" or self.breaker.allow():
-                unavailable: list[BackendJob] = []
-                for out in self.primary.run(chunk):
-                    if isinstance(out.error, ApiUnavailableError) and self.mode != "api-only":
-                        unavailable.append(out.job)
-                    else:
-                        yield out
-                if unavailable:
-                    self.breaker.failure()
-                    assert self.fallback is not None
-                    yield from self.fallback.run(unavailable)
-                elif self.mode != "api-only":
-                    self.breaker.success()
+        it = iter(jobs)
+        while chunk := list(itertools.islice(it, self.chunk_size)):
+            if self.mode == "api-only":
+                yield from self.primary.run(chunk)
+            elif self.breaker.allow() and self._reachable(chunk):
+                yield from self._primary_chunk(chunk)
             else:
                 assert self.fallback is not None
                 yield from self.fallback.run(chunk)
+
+    def _reachable(self, chunk: Sequence[BackendJob]) -> bool:
+        """Probe the primary when its state is unknown (first use, half-open)."""
+        probe = getattr(self.primary, "probe", None)
+        if probe is None or (self._verified and self.breaker.state == "closed"):
+            return True
+        try:
+            probe(chunk[0], timeout_s=self.probe_timeout_s)
+        except ApiUnavailableError as exc:
+            self._verified = False
+            self.breaker.failure(exc)
+            return False
+        self._verified = True
+        return True
+
+    def _primary_chunk(self, chunk: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
+        unavailable: list[BackendJob] = []
+        for out in self.primary.run(chunk):
+            if isinstance(out.error, ApiUnavailableError):
+                unavailable.append(out.job)
+            else:
+                yield out
+        if unavailable:
+            self._verified = False
+            self.breaker.failure(f"{len(unavailable)} jobs could not reach it")
+            assert self.fallback is not None
+            yield from self.fallback.run(unavailable)
+        else:
+            self.breaker.success()

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cogseg_ml.backends.base import BackendJob, BackendOutcome
-from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment
+from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.errors import CogsegError, FileValidationError, ValidationError
 from cogseg_ml.mask_codec import encode
 from cogseg_ml.prompts import Prompt
@@ -40,6 +40,7 @@ from cogseg_ml.prompts import Prompt
 __all__ = ["LocalSamBackend", "build_sam", "build_tiny_sam", "to_model_frame"]
 
 _log = logging.getLogger("cogseg_ml.backends.local_sam")
+RUN_WINDOW = 256  # jobs grouped by image at once
 MODEL_TYPES = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}  # encoder embedding width
 
 
@@ -184,9 +185,9 @@ class LocalSamBackend:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
             self.model_version = f"{model_type}:{h.hexdigest()[:16]}"
-        else:
-            n = sum(p.numel() for p in self.model.parameters())
-            self.model_version = f"{model_type if model is None else 'custom'}:random:{n}"
+        else:  # no file: the weights themselves are the identity (two models never share)
+            self.model_version = (f"{model_type if model is None else 'custom'}:"
+                                  f"{weights_digest(self.model)}")
         self.target_length = int(self.model.image_encoder.img_size)
         self._transform = sa.utils.transforms.ResizeLongestSide(self.target_length)
         self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -232,14 +233,14 @@ class LocalSamBackend:
         return feats
 
     def segment_image(self, pixels: np.ndarray, prompts: Sequence[Prompt],
-                      key: str | None = None) -> list[CachedResult]:
+                      key: str | None = None) -> list[MaskResult]:
         """All prompts on one image in one decoder batch; one result per prompt, in order."""
         if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
             raise ValidationError(f"pixels must be (H, W, 3) uint8 RGB, got {pixels.shape} "
                                   f"{pixels.dtype}")
         h, w = int(pixels.shape[0]), int(pixels.shape[1])
         feats = self.embed(pixels, key)
-        out: list[CachedResult | None] = [None] * len(prompts)
+        out: list[MaskResult | None] = [None] * len(prompts)
         # One batch per prompt shape (number of points, box or not): SAM takes boxes for all
         # prompts of a batch or none, and padding points would change the answer (its
         # "not a point" embedding is attended to), so prompts are never padded.
@@ -255,7 +256,7 @@ class LocalSamBackend:
         return [r for r in out if r is not None]
 
     def _decode(self, feats: torch.Tensor, prompts: Sequence[Prompt], h: int, w: int
-                ) -> list[CachedResult]:
+                ) -> list[MaskResult]:
         frames = [to_model_frame(p, h, w, self.target_length) for p in prompts]
         n_pts = max(len(f[0]) for f in frames)
         dev = self.device
@@ -283,13 +284,22 @@ class LocalSamBackend:
             binary = (masks[:, 0] > self.mask_threshold).cpu()
         scores = iou.float()[rows, best].clamp(0, 1).cpu().tolist()
         rles = encode(binary)
-        return [CachedResult(segments=(CachedSegment(float(s), r),), height=h, width=w,
-                             backend=self.name, model_version=self.model_version)
+        return [MaskResult(segments=(ScoredMask(float(s), r),), height=h, width=w,
+                           backend=self.name, model_version=self.model_version)
                 for s, r in zip(scores, rles, strict=True)]
 
     # --- the backend interface -----------------------------------------------------------------
-    def run(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
-        """See :class:`~cogseg_ml.backends.base.SegmentationBackend` (grouped by image)."""
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """See :class:`~cogseg_ml.backends.base.SegmentationBackend`.
+
+        Jobs are read in windows of ``RUN_WINDOW`` and grouped by image within each, so all
+        prompts of an image that arrive together share one decoder batch.
+        """
+        it = iter(jobs)
+        while window := list(itertools.islice(it, RUN_WINDOW)):
+            yield from self._run_window(window)
+
+    def _run_window(self, jobs: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
         by_image: OrderedDict[str, list[BackendJob]] = OrderedDict()
         for job in jobs:
             by_image.setdefault(job.image_key, []).append(job)
@@ -303,6 +313,15 @@ class LocalSamBackend:
                 continue
             for job, res in zip(group, results, strict=True):
                 yield BackendOutcome(job, result=res)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) over a model's parameter and buffer names, shapes and values."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _pixels(data: bytes, job: BackendJob) -> np.ndarray:

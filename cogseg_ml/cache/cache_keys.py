@@ -1,8 +1,10 @@
 """Canonical fingerprints of a segmentation request (pure).
 
-A cached result answers only for exactly the same question: the same project, the same file
-(and the same version of it), the same prompt and the same backend with the same model version.
-So an API result never answers for a local-model result, and a re-uploaded file misses.
+A cached result answers only for exactly the same question: the same CDF cluster (``origin``,
+scheme and host of the base URL), the same project, the same file (and the same version of it),
+the same prompt and the same backend with the same model version. So an API result never
+answers for a local-model result, the same project name on two clusters (or an emulator) never
+shares an entry, and a re-uploaded file misses.
 
 Canonical form: points are sorted (the API takes them as a set; their order does not change
 the answer), coordinates are rounded to 6 decimals (a millionth of the image side: sub-pixel
@@ -17,13 +19,15 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.prompts import FileRef, Prompt
 
-__all__ = ["CacheKey", "canonical_file", "canonical_prompt"]
+__all__ = ["CacheKey", "canonical_file", "canonical_prompt", "file_identity", "file_key",
+           "origin_of"]
 
-KEY_FORMAT_VERSION = 1
+KEY_FORMAT_VERSION = 2  # 2: the cluster's origin is part of every key
 DECIMALS = 6
 
 
@@ -52,12 +56,31 @@ def canonical_prompt(prompt: Prompt) -> dict[str, Any]:
     return {"points": [list(p) for p in points], "box": box}
 
 
+def origin_of(base_url: str) -> str:
+    """``scheme://host[:port]`` of a base URL, lower-cased: the cluster's identity."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def file_identity(origin: str, project: str, ref: FileRef) -> str:
+    """A stable string naming one file of one project on one cluster (no version)."""
+    return json.dumps([origin, project, canonical_file(ref)], separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def file_key(origin: str, project: str, ref: FileRef, version: str | int | None) -> str:
+    """The identity plus ``@version`` (``@`` alone when the version is unknown)."""
+    return f"{file_identity(origin, project, ref)}@{'' if version is None else version}"
+
+
 @dataclass(frozen=True)
 class CacheKey:
     """What a cached result answers for.
 
     Args:
         project: the CDF project (or any namespace for local files).
+        origin: the cluster, ``scheme://host[:port]`` of the base URL (see :func:`origin_of`);
+            empty for local files.
         file: the file reference.
         file_version: a marker that changes when the file does (e.g. its lastUpdatedTime);
             ``None`` when unknown (then a changed file is not noticed).
@@ -72,6 +95,7 @@ class CacheKey:
     backend: str
     file_version: str | int | None = None
     model_version: str = ""
+    origin: str = ""
 
     def __post_init__(self) -> None:
         if not self.project:
@@ -83,7 +107,7 @@ class CacheKey:
 
     def canonical(self) -> dict[str, Any]:
         """The JSON-ready canonical form that is hashed."""
-        return {"v": KEY_FORMAT_VERSION, "project": self.project,
+        return {"v": KEY_FORMAT_VERSION, "origin": self.origin, "project": self.project,
                 "file": canonical_file(self.file),
                 "fileVersion": None if self.file_version is None else str(self.file_version),
                 "prompt": canonical_prompt(self.prompt), "backend": self.backend,
@@ -91,10 +115,8 @@ class CacheKey:
 
     @property
     def file_key(self) -> str:
-        """A stable string for the file alone (project, identity, version)."""
-        return json.dumps([self.project, canonical_file(self.file),
-                           None if self.file_version is None else str(self.file_version)],
-                          separators=(",", ":"), ensure_ascii=False)
+        """A stable string for the file alone (cluster, project, identity, version)."""
+        return file_key(self.origin, self.project, self.file, self.file_version)
 
     def fingerprint(self) -> str:
         """SHA-256 hex of the canonical JSON: the cache's primary key (computed once)."""

@@ -52,7 +52,7 @@ from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
-from cogseg_ml.mask_codec import Rle, area, bbox_of, decode_to_tensor
+from cogseg_ml.mask_codec import Rle, decode_to_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -636,32 +636,3 @@ class MaskCache:
         if added:
             self._checkpoint()
         return added
-
-    def export_coco(self, path: str | Path, category: str = "object") -> int:
-        """Write every entry's best segment as a COCO instance-segmentation file.
-
-        Images are the distinct files (``file_name`` = the file key); one annotation per entry.
-        Returns the number of annotations.
-        """
-        images: dict[str, int] = {}
-        image_rows: list[dict[str, Any]] = []
-        anns: list[dict[str, Any]] = []
-        for file_key, _prompt, _key, res in self.iter_entries():
-            if file_key not in images:
-                images[file_key] = len(images) + 1
-                image_rows.append({"id": images[file_key], "file_name": file_key,
-                                   "height": res.height, "width": res.width})
-            best = res.best
-            if best is None:
-                continue
-            a = int(area([best.rle])[0])
-            if a == 0:
-                continue
-            anns.append({"id": len(anns) + 1, "image_id": images[file_key], "category_id": 1,
-                         "segmentation": best.rle, "area": a,
-                         "bbox": [float(v) for v in bbox_of([best.rle])[0]], "iscrowd": 0,
-                         "score": best.score})
-        data = {"images": image_rows, "annotations": anns,
-                "categories": [{"id": 1, "name": category}]}
-        Path(path).write_text(json.dumps(data))
-        return len(anns)

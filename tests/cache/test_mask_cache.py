@@ -157,7 +157,9 @@ def test_merge_and_export_coco(tmp_path: Path) -> None:
     for i in range(2, 5):
         b.put(key(i), result(i))
     assert a.merge_from(b) == 2 and a.stats().entries == 5
-    n = a.export_coco(tmp_path / "out.json")
+    from cogseg_ml.coco_io import export_cache
+
+    n = export_cache(a, tmp_path / "out.json")
     coco = COCO(str(tmp_path / "out.json"))
     assert n == 5 and len(coco.getAnnIds()) == 5 and len(coco.getImgIds()) == 5
     ann = coco.loadAnns(coco.getAnnIds())[0]

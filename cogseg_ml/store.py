@@ -1,0 +1,462 @@
+"""Read-through images and masks: the one place the dataset and the labeler get both from.
+
+:class:`SegmentStore` answers three questions, each from the cache first:
+
+* **which version of a file** (:meth:`~SegmentStore.resolve`): CDF's ``files/byids``, one call
+  per 1000 files, remembered for the store's life (and pickled into DataLoader workers). The
+  version is the file's ``uploadedTime`` and ``lastUpdatedTime``, so replaced content (an
+  upload with overwrite) is a new version; a metadata-only edit costs one re-download, never a
+  stale image. When CDF cannot be reached, the newest stored version of each file is used (one
+  WARNING), so training on prefetched data works offline.
+* **which bytes** (:meth:`~SegmentStore.image`): the image store by file version, else a
+  download; images are identified by their SHA-256 from then on.
+* **which masks** (:meth:`~SegmentStore.lookup`, :meth:`~SegmentStore.segment`): cached results
+  of every identity the backend may answer with (preferred first), keyed by the image's
+  SHA-256, so masks always belong to exactly the pixels they are served with; misses go to the
+  backend, and each answer is stored under the identity of whoever gave it (provenance).
+
+Keys carry the cluster's origin (:func:`~cogseg_ml.cache.cache_keys.origin_of`): the same
+project name on two clusters never shares an image or a mask.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cogseg_ml.api.client import SegmentationClient
+from cogseg_ml.api.file_checks import check_segmentable
+from cogseg_ml.api.results import SegmentRequest
+from cogseg_ml.api.wire_schema import FileMetadata
+from cogseg_ml.backends.base import BackendJob, MaskResult, SegmentationBackend
+from cogseg_ml.cache.cache_keys import CacheKey, file_identity, file_key, origin_of
+from cogseg_ml.cache.image_store import ImageStore
+from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
+from cogseg_ml.config import CdfConfig
+from cogseg_ml.errors import (
+    ApiUnavailableError,
+    CogsegError,
+    FileValidationError,
+    NotFoundError,
+    SampleError,
+)
+from cogseg_ml.prompts import FileRef, Prompt
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_MAX_PIXELS", "FileInfo", "ImageRecord", "SegmentStore", "cached_result",
+           "decode_image", "image_size"]
+
+_log = logging.getLogger("cogseg_ml.store")
+#: Refuse images above this many pixels before decoding (decompression bombs); PIL's default.
+DEFAULT_MAX_PIXELS = 178_956_970
+BYIDS_CHUNK = 1000
+PUT_BATCH = 64
+VERSION_TTL_S = 60.0  # versions resolved in this process are trusted this long
+_RESOLVED: dict[tuple[str, str, FileRef], tuple[float, FileInfo]] = {}
+_RESOLVED_LOCK = threading.Lock()
+OUTAGE_MEMORY_S = 60.0  # after CDF failed to answer, use stored versions this long
+#: ``warnings.catch_warnings`` swaps process-wide state: never from two threads at once.
+_WARNINGS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What the store knows of a file: its version and name (``None`` when offline)."""
+
+    version: str
+    name: str | None = None
+    offline: bool = False
+    unsegmentable: FileValidationError | None = None  # why the API cannot segment it
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One stored image: which file and version, its bytes' SHA-256, its size and name."""
+
+    file: FileRef
+    file_key: str
+    digest: str
+    height: int
+    width: int
+    name: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """A usable file name: the CDF file name, else the external id, else the id."""
+        f = self.file
+        if self.name:
+            return self.name
+        if f.external_id is not None:
+            return f.external_id
+        if f.id is not None:
+            return str(f.id)
+        assert f.instance_id is not None
+        return f"{f.instance_id.space}/{f.instance_id.external_id}"
+
+
+def file_version(meta: FileMetadata) -> str:
+    """The version marker of a file's content: ``uploadedTime/lastUpdatedTime`` (ms)."""
+    return f"{meta.uploaded_time or 0}/{meta.last_updated_time}"
+
+
+def cached_result(result: MaskResult) -> CachedResult:
+    """The cache entry for a backend's answer."""
+    return CachedResult(segments=tuple(CachedSegment(s.score, s.rle) for s in result.segments),
+                        height=result.height, width=result.width, backend=result.backend,
+                        model_version=result.model_version, job_id=result.job_id)
+
+
+class SegmentStore:
+    """Read-through images and masks for one CDF project, one cache and one backend.
+
+    Args:
+        config: the CDF connection images come from.
+        cache: the mask cache (the image store lives beside it).
+        backend: where missing masks come from.
+        max_pixels: refuse larger images before decoding them.
+        download_workers: threads that download images in :meth:`images`.
+
+    Pickles without live connections or threads; what it resolved (file versions) travels.
+    """
+
+    def __init__(self, config: CdfConfig, cache: MaskCache, backend: SegmentationBackend, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, download_workers: int = 8) -> None:
+        self.config = config
+        self.cache = cache
+        self.images_store = ImageStore(cache)
+        self.backend = backend
+        self.max_pixels = max_pixels
+        self.download_workers = download_workers
+        self.origin = origin_of(config.base_url)
+        self._info: dict[FileRef, FileInfo | CogsegError] = {}
+        self._client: SegmentationClient | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._keys: dict[tuple[str, int, tuple[Prompt, ...]], list[CacheKey]] = {}
+        self._warned_offline = False
+        self._outage: tuple[float, ApiUnavailableError] | None = None
+        self._lock = threading.Lock()
+        self._unsaved: list[tuple[CacheKey, CachedResult]] = []
+        self.downloads = 0  # images this store downloaded (in this process)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _pool=None, _keys={}, _lock=None, _unsaved=[], _outage=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> SegmentationClient:
+        """A client on this process's segmentation session."""
+        if self._client is None:
+            self._client = SegmentationClient(self.config)
+        return self._client
+
+    def close(self) -> None:
+        """Release the session and stop the download threads."""
+        client, self._client = self._client, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        if client is not None:
+            client.close()
+
+    # --- files ---------------------------------------------------------------------------------
+    def resolve(self, refs: Iterable[FileRef]) -> dict[FileRef, FileInfo | CogsegError]:
+        """Version and name of each file (or why it cannot be used), one call per 1000.
+
+        A file CDF does not know is a :class:`NotFoundError`; one the API cannot segment keeps
+        the reason in ``unsegmentable`` (its image can still be read; its jobs fail with it).
+        Versions resolved by any store of this process less than ``VERSION_TTL_S`` ago are
+        reused without asking again. When CDF cannot be reached, files with a stored version
+        use it; the others carry the :class:`ApiUnavailableError`.
+        """
+        wanted = list(dict.fromkeys(refs))
+        self._recently_resolved([r for r in wanted if r not in self._info])
+        todo = [r for r in wanted if r not in self._info]
+        for i in range(0, len(todo), BYIDS_CHUNK):
+            chunk = todo[i:i + BYIDS_CHUNK]
+            if self._outage is not None and time.monotonic() < self._outage[0]:
+                self._offline(chunk, self._outage[1])  # seen down moments ago: do not wait again
+                continue
+            try:
+                metas = self.client.metadata_map(chunk)
+            except ApiUnavailableError as exc:
+                self._outage = (time.monotonic() + OUTAGE_MEMORY_S, exc)
+                self._offline(chunk, exc)
+                continue
+            self._outage = None
+            for ref in chunk:
+                meta = metas.get(ref)
+                if meta is None:
+                    self._info[ref] = NotFoundError(
+                        f"file {ref.describe()} does not exist in project "
+                        f"{self.config.project!r}", status_code=400, missing=[ref.describe()])
+                    continue
+                why = None
+                try:
+                    check_segmentable(meta, ref)
+                except FileValidationError as err:
+                    why = err
+                self._info[ref] = info = FileInfo(file_version(meta), meta.name, unsegmentable=why)
+                with _RESOLVED_LOCK:
+                    _RESOLVED[(self.origin, self.config.project, ref)] = (time.monotonic(), info)
+        return {r: self._info[r] for r in wanted}
+
+    def _recently_resolved(self, refs: Sequence[FileRef]) -> None:
+        """Versions another store of this process resolved less than VERSION_TTL_S ago."""
+        now = time.monotonic()
+        with _RESOLVED_LOCK:
+            for ref in refs:
+                hit = _RESOLVED.get((self.origin, self.config.project, ref))
+                if hit is not None and now - hit[0] < VERSION_TTL_S:
+                    self._info[ref] = hit[1]
+
+    def _offline(self, refs: Sequence[FileRef], exc: ApiUnavailableError) -> None:
+        used = 0
+        for ref in refs:
+            version = self._stored_version(ref)
+            if version is None:
+                self._info[ref] = exc
+            else:
+                self._info[ref] = FileInfo(version, offline=True)
+                used += 1
+        if used and not self._warned_offline:
+            self._warned_offline = True
+            _log.warning("CDF cannot be reached (%s): using the stored version of %d files; "
+                         "replaced content is not noticed until CDF answers again", exc, used)
+
+    def _stored_version(self, ref: FileRef) -> str | None:
+        prefix = file_identity(self.origin, self.config.project, ref) + "@"
+        row = self.cache._retry(lambda: self.cache._conn().execute(
+            "SELECT file_key FROM images WHERE file_key >= ? AND file_key < ? "
+            "ORDER BY last_access DESC LIMIT 1", (prefix, prefix + "\uffff")).fetchone())
+        return None if row is None else str(row[0])[len(prefix):]
+
+    def info(self, ref: FileRef) -> FileInfo:
+        """The file's version and name.
+
+        Raises:
+            CogsegError: why the file cannot be used (unknown, unsegmentable, unreachable).
+        """
+        got = self.resolve([ref])[ref]
+        if isinstance(got, CogsegError):
+            raise got
+        return got
+
+    # --- images --------------------------------------------------------------------------------
+    def file_key(self, ref: FileRef, info: FileInfo) -> str:
+        """The image store's key of one version of a file."""
+        return file_key(self.origin, self.config.project, ref, info.version)
+
+    def image(self, ref: FileRef) -> tuple[bytes, ImageRecord]:
+        """The file's bytes and record: from the image store, else downloaded and stored.
+
+        Raises:
+            CogsegError: unknown, unsegmentable, unreachable, or not a readable image.
+        """
+        info = self.info(ref)
+        key = self.file_key(ref, info)
+        found = self.images_store.get_with_digest(key)
+        if found is None:
+            data = self.client.download(ref)
+            found = data, self.images_store.put(key, data)
+            with self._lock:
+                self.downloads += 1
+        data, digest = found
+        h, w = image_size(data, ref, self.max_pixels)
+        return data, ImageRecord(ref, key, digest, h, w, info.name)
+
+    def records(self, refs: Sequence[FileRef]) -> list[ImageRecord | CogsegError]:
+        """:meth:`image` for many files at once (one metadata call per 1000, downloads on
+        ``download_workers`` threads shared by all calls); records in input order."""
+        self.resolve(refs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.download_workers,
+                                            thread_name_prefix="cogseg-download")
+        futures = {r: self._pool.submit(self.image, r) for r in dict.fromkeys(refs)}
+        out: list[ImageRecord | CogsegError] = []
+        for r in refs:
+            try:
+                out.append(futures[r].result()[1])
+            except CogsegError as exc:
+                out.append(exc)
+        return out
+
+    def loader(self, rec: ImageRecord) -> Callable[[], bytes]:
+        """A function returning the record's bytes from the image store (for local models)."""
+        def load() -> bytes:
+            data = self.images_store.get(rec.file_key)
+            if data is None:
+                raise SampleError(f"image of {rec.file.describe()} left the image store")
+            return data
+
+        return load
+
+    # --- masks ---------------------------------------------------------------------------------
+    def mask_keys(self, rec: ImageRecord, prompts: Sequence[Prompt], identity: int = 0
+                  ) -> list[CacheKey]:
+        """Cache keys of prompts on an image for one backend identity (0: the preferred)."""
+        memo_key = (rec.digest, identity, tuple(prompts))
+        keys = self._keys.get(memo_key)
+        if keys is None:
+            name, version = self.backend.identities()[identity]
+            keys = [CacheKey(self.config.project, rec.file, p, name, file_version=rec.digest,
+                             model_version=version, origin=self.origin) for p in prompts]
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            self._keys[memo_key] = keys
+        return keys
+
+    def lookup(self, rec: ImageRecord, prompts: Sequence[Prompt]) -> list[CachedResult | None]:
+        """Cached results of prompts on an image, any identity the backend may answer with."""
+        results: list[CachedResult | None] = self.cache.get_many(self.mask_keys(rec, prompts))
+        for ident in range(1, len(self.backend.identities())):
+            missing = [i for i, r in enumerate(results) if r is None]
+            if not missing:
+                break
+            keys = self.mask_keys(rec, prompts, ident)
+            for i, r in zip(missing, self.cache.get_many([keys[i] for i in missing]),
+                            strict=True):
+                results[i] = r
+        return results
+
+    def present(self, rec: ImageRecord, prompts: Sequence[Prompt], *,
+                preferred_only: bool = False) -> list[bool]:
+        """Whether each prompt's result is cached (no decoding): under any identity the
+        backend may answer with, or with ``preferred_only`` under the preferred one (the
+        labeler's rule: a fallback's answer is redone when the preferred backend is back)."""
+        hits = [False] * len(prompts)
+        n = 1 if preferred_only else len(self.backend.identities())
+        for ident in range(n):
+            todo = [i for i, h in enumerate(hits) if not h]
+            if not todo:
+                break
+            keys = self.mask_keys(rec, prompts, ident)
+            for i, h in zip(todo, self.cache.keys_present([keys[i] for i in todo]),
+                            strict=True):
+                hits[i] = h
+        return hits
+
+    def segment(self, items: Iterable[tuple[ImageRecord, Prompt, Any]]
+                ) -> Iterator[tuple[Any, ImageRecord, CachedResult | None, CogsegError | None]]:
+        """Run ``(record, prompt, tag)`` items on the backend (read lazily), store each answer
+        under the identity of whoever gave it, and yield ``(tag, record, result, error)``."""
+        pending: dict[int, tuple[ImageRecord, Prompt, Any]] = {}
+        lock = threading.Lock()
+        counter = iter(range(1 << 62))
+
+        refused: list[tuple[Any, ImageRecord, FileValidationError]] = []
+
+        def jobs() -> Iterator[BackendJob]:
+            for rec, prompt, tag in items:
+                info = self._info.get(rec.file)
+                if isinstance(info, FileInfo) and info.unsegmentable is not None:
+                    with lock:
+                        refused.append((tag, rec, info.unsegmentable))
+                    continue
+                n = next(counter)
+                with lock:
+                    pending[n] = (rec, prompt, tag)
+                yield BackendJob(SegmentRequest(rec.file, prompt, tag=n), rec.height,
+                                 rec.width, rec.digest, self.loader(rec), file_checked=True)
+
+        try:
+            for out in self.backend.run(jobs()):
+                with lock:
+                    rec, prompt, tag = pending.pop(out.job.request.tag)
+                if out.result is None:
+                    yield tag, rec, None, out.error or CogsegError("the backend gave no result")
+                    continue
+                res = cached_result(out.result)
+                with self._lock:
+                    self._unsaved.append((self._answer_key(rec, prompt, res), res))
+                    full = len(self._unsaved) >= PUT_BATCH
+                if full:
+                    self.flush()
+                yield tag, rec, res, None
+                while refused:
+                    with lock:
+                        tag, rec, why = refused.pop()
+                    yield tag, rec, None, why
+            while refused:
+                tag, rec, why = refused.pop()
+                yield tag, rec, None, why
+        finally:
+            self.flush()  # on Ctrl-C too: keep what finished
+
+    def flush(self) -> None:
+        """Write the results :meth:`segment` has not stored yet (it batches its writes)."""
+        with self._lock:
+            batch, self._unsaved = self._unsaved, []
+        self.cache.put_many(batch)
+
+    def _answer_key(self, rec: ImageRecord, prompt: Prompt, res: CachedResult) -> CacheKey:
+        return CacheKey(self.config.project, rec.file, prompt, res.backend,
+                        file_version=rec.digest, model_version=res.model_version,
+                        origin=self.origin)
+
+
+# --- image bytes ----------------------------------------------------------------------------------
+
+def image_size(data: bytes, ref: FileRef | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` from the image header, without decoding the pixels.
+
+    Raises:
+        FileValidationError: not an image, or more than ``max_pixels`` pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    who = ref.describe() if ref else "image"
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise FileValidationError(f"file {who} is over the limit of {max_pixels} pixels "
+                                  f"({exc})", file=ref) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise FileValidationError(f"file {who} is not a readable image ({exc})",
+                                  file=ref) from None
+    if width * height > max_pixels:
+        raise FileValidationError(
+            f"file {who} is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (raise max_pixels if the image is trusted)", file=ref)
+    return height, width
+
+
+def decode_image(data: bytes, ref: FileRef | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode PNG/JPEG bytes to a ``(3, H, W)`` uint8 tensor with torchvision's decoders.
+
+    torchvision 0.29 marks its image codecs deprecated (in favour of TorchCodec, which needs
+    FFmpeg); they still work, so the warning is silenced here and nowhere else.
+    """
+    import torch
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
+
+    image_size(data, ref, max_pixels)  # header check first: never decode a bomb
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The image decoding and encoding",
+                                    category=DeprecationWarning)
+            out: torch.Tensor = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                          mode=ImageReadMode.RGB)
+        return out
+    except RuntimeError as exc:
+        who = ref.describe() if ref else "image"
+        raise FileValidationError(f"file {who} could not be decoded ({exc})", file=ref) from None
