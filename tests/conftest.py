@@ -16,10 +16,12 @@ _CDF_VARS = [k for k in os.environ if k.startswith(("COGNITE_", "IDP_"))]
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's CDF credentials."""
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+                  ) -> None:
+    """No test sees the developer's CDF credentials or writes to the user's cache folder."""
     for k in _CDF_VARS:
         monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("COGSEG_CACHE_DIR", str(tmp_path_factory.mktemp("cogseg-cache")))
 
 
 @pytest.fixture(scope="session")

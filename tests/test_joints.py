@@ -187,3 +187,24 @@ def test_replaced_file_content_is_noticed_by_the_dataset(make_emulator, tmp_path
     assert tuple(image.shape[-2:]) == (200, 100)
     assert target["masks"].shape[-2:] == (200, 100)
     assert np.array_equal(image.permute(1, 2, 0).numpy(), new.pixels)
+
+
+def test_results_evicted_before_export_are_counted_not_silently_dropped(
+        shared_emulator, images, tmp_path, caplog) -> None:
+    import logging
+
+    from cogseg_ml.cache.mask_cache import MaskCache
+
+    cache = MaskCache(tmp_path / "cache")
+    lab = SegmentationLabeler(shared_emulator.config, cache=cache, workdir=tmp_path / "w",
+                              progress=False)
+    lab.label([sample(images[4])])
+    n = len(images[4].objects)
+    assert lab.report.labelled == n
+    victim = next(iter(cache.iter_entries()))[2]
+    cache._write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (victim,)))
+    with caplog.at_level(logging.WARNING, logger="cogseg_ml.labeler"):
+        written = lab.to_coco(tmp_path / "out.json")
+    assert written == n - 1
+    assert lab.report.missing_at_export == 1
+    assert "left the cache" in caplog.text and "left the cache" in lab.report.summary()
