@@ -189,3 +189,18 @@ class CacheMissError(SampleError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr
         return self.message
+
+
+class RunInterrupted(CogsegError):
+    """A run was stopped by SIGINT or SIGTERM; everything finished before it is stored.
+
+    Attributes:
+        summary: one line saying what was done before the stop.
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+    """
+
+    summary: str
+    signal_name: str
+
+    def __init__(self, message: str, *, summary: str, signal_name: str = "SIGINT") -> None:
+        super().__init__(message, summary=summary, signal_name=signal_name)
