@@ -8,7 +8,7 @@ CDF object-detection annotations (their boxes and labels).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,16 +19,20 @@ from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 if TYPE_CHECKING:
     from cogseg_ml.api.client import SegmentationClient
 
-__all__ = ["Instance", "Sample", "samples_from_annotations", "samples_from_coco",
-           "samples_from_records"]
+__all__ = ["UNLABELLED", "Category", "CategoryTable", "Instance", "Sample", "image_ids",
+           "samples_from_annotations", "samples_from_coco", "samples_from_records"]
+
+UNLABELLED = "object"
+"""The class of instances given without a category (a real foreground class, never 0)."""
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One object to segment: its prompt and optional category name."""
+    """One object to segment: its prompt, optional category name and (from COCO) its id."""
 
     prompt: Prompt
     category: str | None = None
+    category_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,148 @@ class Sample:
         if not self.instances:
             raise ValidationError(f"sample {self.file.describe()} has no instances to segment")
         object.__setattr__(self, "instances", tuple(self.instances))
+
+
+@dataclass(frozen=True)
+class Category:
+    """A class: its id (a COCO ``category_id`` and a training label, never 0) and name."""
+
+    id: int
+    name: str
+
+
+class CategoryTable:
+    """The classes of a run: name to id, shared by the labeler's COCO file and the dataset.
+
+    Built from what the caller gives and what the samples hold (:meth:`build`). Ids are never
+    0, which torchvision's detection models reserve for the background: a COCO file's own ids
+    are kept (gaps included), names without ids are numbered from 1 in the order given, and
+    instances without a category get the :data:`UNLABELLED` class.
+    """
+
+    def __init__(self, categories: Iterable[Category]) -> None:
+        self.categories = tuple(sorted(categories, key=lambda c: c.id))
+        self._by_name: dict[str, int] = {}
+        for c in self.categories:
+            if not isinstance(c.id, int) or isinstance(c.id, bool) or c.id < 1:
+                raise ValidationError(f"category {c.name!r} has id {c.id!r}: ids are ints >= 1 "
+                                      "(0 is the background class of detection models)")
+            if c.name in self._by_name:
+                raise ValidationError(f"category {c.name!r} is listed twice")
+            self._by_name[c.name] = c.id
+        ids = [c.id for c in self.categories]
+        if len(set(ids)) != len(ids):
+            raise ValidationError(f"category ids must be unique, got {ids}")
+
+    def __repr__(self) -> str:
+        return f"CategoryTable({[(c.id, c.name) for c in self.categories]})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CategoryTable) and self.categories == other.categories
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def names(self) -> list[str]:
+        """Category names in id order."""
+        return [c.name for c in self.categories]
+
+    @property
+    def num_classes(self) -> int:
+        """``num_classes`` for a torchvision detection model (largest id + 1, background 0)."""
+        return max((c.id for c in self.categories), default=0) + 1
+
+    def as_coco(self) -> list[dict[str, Any]]:
+        """The COCO ``categories`` list."""
+        return [{"id": c.id, "name": c.name} for c in self.categories]
+
+    def id_of(self, name: str | None, where: str = "an instance") -> int:
+        """The id of a category name (``None``: the :data:`UNLABELLED` class).
+
+        Raises:
+            ValidationError: the name is not among the categories (naming it and ``where``).
+        """
+        key = UNLABELLED if name is None else name
+        try:
+            return self._by_name[key]
+        except KeyError:
+            raise ValidationError(
+                f"category {key!r} of {where} is not among the categories {self.names}: add it "
+                "to categories=[...] or fix the sample") from None
+
+    @classmethod
+    def build(cls, categories: Sequence[str | Category | Mapping[str, Any]] | None,
+              samples: Iterable[Sample] = ()) -> CategoryTable:
+        """The table for ``samples``, from the caller's ``categories`` or from the samples.
+
+        ``categories``: names (ids 1, 2, ... in that order), :class:`Category` objects or COCO
+        ``{"id", "name"}`` mappings; when ``None``, the samples' own categories: their COCO ids
+        where every named instance has one, else their names sorted and numbered from 1. An
+        :data:`UNLABELLED` class is added (next free id) when some instance has no category.
+
+        Raises:
+            ValidationError: a sample names a category not in ``categories``, one name has two
+                ids in the samples, or the categories are malformed.
+        """
+        samples = list(samples)
+        insts = [(s, inst) for s in samples for inst in s.instances]
+        table: list[Category]
+        if categories is not None:
+            table = [_category(c, k) for k, c in enumerate(categories)]
+        else:
+            named = [inst for _, inst in insts if inst.category is not None]
+            if named and all(inst.category_id is not None for inst in named):
+                pairs: dict[str, int] = {}
+                for inst in named:
+                    assert inst.category is not None and inst.category_id is not None
+                    if pairs.setdefault(inst.category, inst.category_id) != inst.category_id:
+                        raise ValidationError(
+                            f"category {inst.category!r} has two ids in the samples "
+                            f"({pairs[inst.category]} and {inst.category_id})")
+                table = [Category(i, n) for n, i in pairs.items()]
+            else:
+                names = sorted({inst.category for inst in named if inst.category is not None})
+                table = [Category(k + 1, n) for k, n in enumerate(names)]
+        if any(inst.category is None for _, inst in insts) and \
+                all(c.name != UNLABELLED for c in table):
+            table.append(Category(max((c.id for c in table), default=0) + 1, UNLABELLED))
+        out = cls(table)
+        for s, inst in insts:  # every sample's category must be known: fail before any work
+            out.id_of(inst.category, f"sample {s.file.describe()}")
+        return out
+
+
+def _category(raw: str | Category | Mapping[str, Any], k: int) -> Category:
+    if isinstance(raw, Category):
+        return raw
+    if isinstance(raw, str):
+        return Category(k + 1, raw)
+    if isinstance(raw, Mapping) and "id" in raw and "name" in raw:
+        return Category(raw["id"], str(raw["name"]))
+    raise ValidationError(f"categories[{k}] must be a name, a Category or a mapping with 'id' "
+                          f"and 'name', got {raw!r}")
+
+
+def image_ids(samples: Iterable[Sample]) -> Iterator[tuple[Sample, int]]:
+    """Each sample with its COCO image id (streamed): one id per file, stable for an input order.
+
+    A sample read from COCO (``meta["coco_image_id"]``) keeps its input id; any other file gets
+    the next id after the largest seen so far, in order of first appearance. The labeler's COCO
+    file and the dataset's ``target["image_id"]`` both use this, so predictions evaluated
+    against one line up with the other.
+    """
+    given: dict[FileRef, int] = {}
+    top = 0
+    for s in samples:
+        iid = s.meta.get("coco_image_id") if isinstance(s.meta, Mapping) else None
+        if iid is None:
+            iid = given.get(s.file)
+            if iid is None:
+                iid = top + 1
+        iid = int(iid)
+        given.setdefault(s.file, iid)
+        top = max(top, iid)
+        yield s, iid
 
 
 def _instance(raw: Mapping[str, Any], where: str) -> Instance:
@@ -125,8 +271,12 @@ def samples_from_coco(path: str | Path, *, file_key: str = "file_name") -> list[
             box = Box.from_xywh_pixels(x, y, w, h, width=img["width"], height=img["height"])
         except PromptValidationError as exc:
             raise PromptValidationError(f"{path}: annotation {ann.get('id')}: {exc}") from None
+        cid = ann.get("category_id")
+        if cid is not None and cid not in cats:
+            raise ValidationError(f"{path}: annotation {ann.get('id')} has category_id {cid}, "
+                                  f"which is not among the file's categories {sorted(cats)}")
         per_image.setdefault(img["id"], []).append(
-            Instance(Prompt(box=box), cats.get(ann.get("category_id"))))
+            Instance(Prompt(box=box), cats.get(cid), None if cid is None else int(cid)))
     out = []
     for img_id, insts in per_image.items():
         img = images[img_id]
