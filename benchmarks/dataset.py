@@ -27,10 +27,11 @@ from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
 from cogseg_ml.config import CdfConfig, StaticToken
 from cogseg_ml.dataset import CdfSegmentationDataset, collate_fn
 from cogseg_ml.emulator.synthetic_images import encode_image, make_image
+from cogseg_ml.image_decode import decode_image
 from cogseg_ml.mask_codec import bbox_of, encode
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
-from cogseg_ml.store import FileInfo, ImageRecord, decode_image
+from cogseg_ml.store import FileInfo, ImageRecord
 
 
 def _stored(ds: CdfSegmentationDataset, s: Sample, data: bytes) -> list[CacheKey]:

@@ -42,10 +42,11 @@ from cogseg_ml.backends.resolve import resolve_backend
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CacheMissError, CogsegError, SampleError, ValidationError
+from cogseg_ml.image_decode import DEFAULT_MAX_PIXELS, decode_image
 from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.samples import Sample
-from cogseg_ml.store import DEFAULT_MAX_PIXELS, ImageRecord, SegmentStore, decode_image
+from cogseg_ml.store import ImageRecord, SegmentStore
 
 __all__ = ["CacheMissError", "CdfSegmentationDataset", "PrefetchReport", "SampleError",
            "collate_fn"]
