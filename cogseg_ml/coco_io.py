@@ -65,6 +65,8 @@ class CocoWriter:
         self.segmentation = segmentation
         self.category_ids = {int(c["id"]) for c in categories}
         self._image_ids: dict[str, int] = {}
+        self._taken: set[int] = set()
+        self._top_id = 0
         self.annotations = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".incomplete",
@@ -97,14 +99,28 @@ class CocoWriter:
         return self._image_ids.get(key)
 
     def add_image(self, key: str, *, file_name: str, height: int, width: int,
-                  **extra: Any) -> int:
-        """Add an image once per ``key`` (e.g. the file's identity); returns its id."""
+                  image_id: int | None = None, **extra: Any) -> int:
+        """Add an image once per ``key`` (e.g. the file's identity); returns its id.
+
+        ``image_id``: the id to write (e.g. the input COCO file's, see
+        :func:`~cogseg_ml.samples.image_ids`); by default the next after the largest so far.
+
+        Raises:
+            ValidationError: ``image_id`` is already taken by another image.
+        """
         found = self._image_ids.get(key)
         if found is not None:
             return found
-        image_id = len(self._image_ids) + 1
+        if image_id is None:
+            image_id = self._top_id + 1
+        elif image_id in self._taken:
+            raise ValidationError(f"image id {image_id} is given to two files (the second is "
+                                  f"{file_name!r}): image ids must be unique")
+        first = not self._image_ids
         self._image_ids[key] = image_id
-        self._out.write(("," if image_id > 1 else "") + json.dumps(
+        self._taken.add(image_id)
+        self._top_id = max(self._top_id, image_id)
+        self._out.write(("" if first else ",") + json.dumps(
             {"id": image_id, "file_name": file_name, "height": height, "width": width,
              **extra}))
         return image_id
@@ -184,8 +200,8 @@ def export_cache(cache: MaskCache, path: str | Path, category: str = "object", *
                     description="cogseg_ml cache export") as out:
         for file_key, _prompt, _key, res in cache.iter_entries():
             name, ref = _name_from_file_key(file_key)
-            out.add_image(file_key, file_name=name, height=res.height, width=res.width,
-                          **({"cdf_file": ref} if ref is not None else {}))
+            extra: dict[str, Any] = {"cdf_file": ref} if ref is not None else {}
+            out.add_image(file_key, file_name=name, height=res.height, width=res.width, **extra)
             best = res.best
             if best is not None:
                 out.add_annotation(file_key, 1, best.rle, best.score, source=res.backend)

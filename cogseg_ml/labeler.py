@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from cogseg_ml.errors import CogsegError, ValidationError
 from cogseg_ml.mask_codec import area, decode, mask_to_polygons
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.prompts import FileRef, Prompt
-from cogseg_ml.samples import Sample
+from cogseg_ml.samples import Category, CategoryTable, Sample, image_ids
 from cogseg_ml.store import ImageRecord, SegmentStore
 from cogseg_ml.version import __version__
 
@@ -126,7 +126,12 @@ class SegmentationLabeler:
             :class:`~cogseg_ml.backends.base.SegmentationBackend` (a local model, a fallback).
         config: the CDF connection for images and write-back, when ``backend`` has none.
         cache: a :class:`MaskCache` or a path for one (default location when ``None``).
-        categories: category names in id order (default: sorted names seen in the samples).
+        categories: the classes: names (ids 1, 2, ... in that order), :class:`Category`
+            objects or COCO ``{"id", "name"}`` dicts; by default the samples' own (a COCO
+            input's ids are kept). Instances without a category get the ``"object"`` class;
+            a sample naming a category not listed is a :class:`ValidationError` (raised when
+            the sample is read, before its jobs run). See
+            :class:`~cogseg_ml.samples.CategoryTable`.
         min_score: drop segments scoring below this.
         min_area: drop segments with fewer pixels than this.
         keep: ``"best"`` keeps the highest-scoring segment of each prompt, ``"all"`` every one.
@@ -138,7 +143,8 @@ class SegmentationLabeler:
 
     def __init__(self, backend: CdfConfig | SegmentationClient | SegmentationBackend, *,
                  cache: MaskCache | str | Path | None = None,
-                 categories: Sequence[str] | None = None, min_score: float = 0.0,
+                 categories: Sequence[str | Category | Mapping[str, Any]] | None = None,
+                 min_score: float = 0.0,
                  min_area: int = 0, keep: Literal["best", "all"] = "best",
                  concurrency: int = 32, shard: tuple[int, int] | None = None,
                  workdir: str | Path | None = None, progress: bool = True,
@@ -158,6 +164,8 @@ class SegmentationLabeler:
         self.store = SegmentStore(self.config, self.cache, self.backend,
                                   download_workers=download_workers)
         self.categories = list(categories) if categories is not None else None
+        self._given = None if categories is None else CategoryTable.build(self.categories)
+        self.category_table: CategoryTable | None = None
         self.min_score = min_score
         self.min_area = min_area
         self.keep = keep
@@ -183,12 +191,21 @@ class SegmentationLabeler:
         """The file's identity (cluster, project, reference): what shards are drawn from."""
         return file_identity(self.store.origin, self.config.project, sample.file)
 
-    def _mine(self, samples: Iterable[Sample]) -> Iterator[Sample]:
-        for s in samples:
-            if not isinstance(s, Sample):
-                raise ValidationError(f"label() takes Samples, got {type(s).__name__}")
-            if self.shard is None or shard_of(self._file_key(s), self.shard[1]) == self.shard[0]:
+    def _mine(self, samples: Iterable[Sample]) -> Iterator[tuple[Sample, int]]:
+        """This shard's samples with their image ids (ids and classes drawn over all shards)."""
+        def checked() -> Iterator[Sample]:
+            for s in samples:
+                if not isinstance(s, Sample):
+                    raise ValidationError(f"label() takes Samples, got {type(s).__name__}")
+                for inst in s.instances:
+                    if self._given is not None and inst.category is not None:
+                        self._given.id_of(inst.category, f"sample {s.file.describe()}")
+                    self._category_examples.setdefault((inst.category, inst.category_id), s)
                 yield s
+
+        for s, image_id in image_ids(checked()):
+            if self.shard is None or shard_of(self._file_key(s), self.shard[1]) == self.shard[0]:
+                yield s, image_id
 
     def label(self, samples: Iterable[Sample]) -> LabelingReport:
         """Label every sample (of this shard); returns the report (also ``self.report``).
@@ -200,7 +217,7 @@ class SegmentationLabeler:
         """
         t0 = time.perf_counter()
         rep = self.report = LabelingReport(shard=self.shard)
-        self._seen_categories: set[str] = set()
+        self._category_examples: dict[tuple[str | None, int | None], Sample] = {}
         flow = _Flow()
         with open(self.manifest, "w", encoding="utf-8") as manifest, \
                 progress_bar(None, "labelling", progress=self.progress, unit="prompt") as bar:
@@ -226,12 +243,12 @@ class SegmentationLabeler:
                                 refresh=False)
                 write_ready()
             write_ready()
-        if self.categories is None:
-            self.categories = sorted(self._seen_categories)
+        self.category_table = CategoryTable.build(self.categories,
+                                                  self._category_examples.values())
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _jobs(self, samples: Iterator[Sample], flow: _Flow, bar: Any
+    def _jobs(self, samples: Iterator[tuple[Sample, int]], flow: _Flow, bar: Any
               ) -> Iterator[tuple[ImageRecord, Prompt, tuple[int, int, int]]]:
         """The jobs of every chunk not already cached (runs on the backend's feeding side)."""
         rep = self.report
@@ -239,10 +256,10 @@ class SegmentationLabeler:
             chunk = [s for _, s in zip(range(self.chunk_size), samples, strict=False)]
             if not chunk:
                 break
-            recs = self.store.records([s.file for s in chunk])
+            recs = self.store.records([s.file for s, _ in chunk])
             todo: list[tuple[ImageRecord, Prompt, tuple[int, int, int]]] = []
             cached = 0
-            for j, (s, rec) in enumerate(zip(chunk, recs, strict=True)):
+            for j, ((s, _), rec) in enumerate(zip(chunk, recs, strict=True)):
                 if isinstance(rec, CogsegError):
                     continue
                 prompts = [inst.prompt for inst in s.instances]
@@ -254,7 +271,7 @@ class SegmentationLabeler:
                         todo.append((rec, prompts[k], (cn, j, k)))
             with flow.lock:
                 rep.samples += len(chunk)
-                rep.instances += sum(len(s.instances) for s in chunk)
+                rep.instances += sum(len(s.instances) for s, _ in chunk)
                 rep.from_cache += cached
             bar.update(cached)
             flow.add(cn, _Chunk(chunk, recs), len(todo))
@@ -262,14 +279,11 @@ class SegmentationLabeler:
 
     def _manifest_lines(self, chunk: _Chunk) -> list[dict[str, Any]]:
         lines = []
-        for j, (s, rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
+        for j, ((s, image_id), rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
             if isinstance(rec, CogsegError):
                 for k in range(len(s.instances)):
                     self._fail(s, k, _reason(rec))
                 continue
-            for inst in s.instances:
-                if inst.category:
-                    self._seen_categories.add(inst.category)
             prompts = [inst.prompt for inst in s.instances]
             results = self.store.lookup(rec, prompts)
             insts = []
@@ -283,7 +297,8 @@ class SegmentationLabeler:
                     key = self.store._answer_key(rec, inst.prompt, res)
                     insts.append({"k": k, "key": key.fingerprint(), "category": inst.category,
                                   "backend": res.backend, "keep": self._select(res)})
-            lines.append({"file_key": rec.file_key, "file": file_json(s.file),
+            lines.append({"file_key": rec.file_key, "image_id": image_id,
+                          "file": file_json(s.file),
                           "file_name": rec.file_name, "digest": rec.digest,
                           "height": rec.height, "width": rec.width, "instances": insts})
         return lines
@@ -323,11 +338,15 @@ class SegmentationLabeler:
 
     # --- output ------------------------------------------------------------------------------
     def _lines(self) -> Iterator[dict[str, Any]]:
-        if not self.manifest.exists():
+        """The manifest's image lines (raises at once when nothing was labelled yet)."""
+        if not self.manifest.exists() or self.category_table is None:
             raise ValidationError("nothing labelled yet: call label(samples) first")
-        with open(self.manifest, encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
+
+        def read() -> Iterator[dict[str, Any]]:
+            with open(self.manifest, encoding="utf-8") as f:
+                for line in f:
+                    yield json.loads(line)
+        return read()
 
     def iter_annotations(self) -> Iterator[tuple[dict[str, Any], dict[str, Any], Any]]:
         """``(image line, instance, CachedSegment)`` for every kept segment, in order.
@@ -358,18 +377,17 @@ class SegmentationLabeler:
         masks without holes; holes are filled). Written atomically (see
         :class:`~cogseg_ml.coco_io.CocoWriter`).
         """
-        cats = self.categories or []
-        cat_id = {name: k + 1 for k, name in enumerate(cats)}
-        categories = ([{"id": i, "name": n} for n, i in cat_id.items()] if cats
-                      else [{"id": 0, "name": "object"}])
-        with CocoWriter(path, categories, segmentation=segmentation) as out:
-            for line in self._lines():
+        lines = self._lines()  # raises when nothing was labelled yet
+        table = self.category_table
+        assert table is not None
+        with CocoWriter(path, table.as_coco(), segmentation=segmentation) as out:
+            for line in lines:
                 out.add_image(line["file_key"], file_name=line["file_name"],
                               height=line["height"], width=line["width"],
-                              cdf_file=line["file"], sha256=line["digest"])
+                              image_id=line["image_id"], cdf_file=line["file"],
+                              sha256=line["digest"])
             for line, inst, seg in self.iter_annotations():
-                out.add_annotation(line["file_key"],
-                                   cat_id.get(inst["category"], 0) if cats else 0,
+                out.add_annotation(line["file_key"], table.id_of(inst["category"]),
                                    seg.rle, seg.score, prompt_index=inst["k"],
                                    source=inst.get("backend"))
         return out.annotations
@@ -461,7 +479,7 @@ class SegmentationLabeler:
 class _Chunk:
     """One chunk of samples on its way through: images, and errors of its jobs."""
 
-    samples: list[Sample]
+    samples: list[tuple[Sample, int]]  # with its image id
     records: list[ImageRecord | CogsegError]
     errors: dict[tuple[int, int], str] = field(default_factory=dict)
     outstanding: int = 0
