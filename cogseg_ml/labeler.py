@@ -39,7 +39,7 @@ from cogseg_ml.cache.cache_keys import file_identity
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import CogsegError, ValidationError
+from cogseg_ml.errors import CogsegError, RunInterrupted, ValidationError
 from cogseg_ml.mask_codec import area, decode, mask_to_polygons
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.prompts import FileRef, Prompt
@@ -231,17 +231,27 @@ class SegmentationLabeler:
                         manifest.write(json.dumps(line, separators=(",", ":")) + "\n")
                     manifest.flush()
 
-            for (cn, j, k), _, result, error in self.store.segment(
-                    self._jobs(self._mine(samples), flow, bar)):
-                bar.update(1)
-                if result is None:
-                    flow.done(cn, (j, k), _reason(error or CogsegError("no result")))
-                else:
-                    rep.jobs_run += 1
-                    flow.done(cn, (j, k), None)
-                bar.set_postfix(done=rep.from_cache + rep.jobs_run, failed=flow.failed,
-                                refresh=False)
-                write_ready()
+            stream = self.store.segment(self._jobs(self._mine(samples), flow, bar))
+            try:
+                for (cn, j, k), _, result, error in stream:
+                    bar.update(1)
+                    if result is None:
+                        flow.done(cn, (j, k), _reason(error or CogsegError("no result")))
+                    else:
+                        rep.jobs_run += 1
+                        flow.done(cn, (j, k), None)
+                    bar.set_postfix(done=rep.from_cache + rep.jobs_run, failed=flow.failed,
+                                    refresh=False)
+                    write_ready()
+            except KeyboardInterrupt as exc:  # SIGINT (and SIGTERM where the caller maps it)
+                stream.close()  # stores every answer that arrived
+                rep.seconds = time.perf_counter() - t0
+                sig = exc.args[0] if exc.args and exc.args[0] in ("SIGINT", "SIGTERM") \
+                    else "SIGINT"
+                raise RunInterrupted(
+                    f"labelling stopped by {sig}: {rep.jobs_run} jobs finished and stored, "
+                    "the jobs in flight were dropped; run it again to resume (the cache keeps "
+                    "what finished)", summary=rep.summary(), signal_name=sig) from None
             write_ready()
         self.category_table = CategoryTable.build(self.categories,
                                                   self._category_examples.values())

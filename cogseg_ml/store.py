@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +53,8 @@ __all__ = ["DEFAULT_MAX_PIXELS", "FileInfo", "ImageRecord", "SegmentStore", "cac
 
 _log = logging.getLogger("cogseg_ml.store")
 BYIDS_CHUNK = 1000
-PUT_BATCH = 64
+PUT_BATCH = 64  # answers per cache transaction at most...
+FLUSH_INTERVAL_S = 0.5  # ...and none waits longer than this to be stored
 VERSION_TTL_S = 60.0  # versions resolved in this process are trusted this long
 _RESOLVED: dict[tuple[str, str, FileRef], tuple[float, FileInfo]] = {}
 _RESOLVED_LOCK = threading.Lock()
@@ -342,7 +343,8 @@ class SegmentStore:
         return hits
 
     def segment(self, items: Iterable[tuple[ImageRecord, Prompt, Any]]
-                ) -> Iterator[tuple[Any, ImageRecord, CachedResult | None, CogsegError | None]]:
+                ) -> Generator[tuple[Any, ImageRecord, CachedResult | None, CogsegError | None],
+                               None, None]:
         """Run ``(record, prompt, tag)`` items on the backend (read lazily), store each answer
         under the identity of whoever gave it, and yield ``(tag, record, result, error)``."""
         pending: dict[int, tuple[ImageRecord, Prompt, Any]] = {}
@@ -364,6 +366,10 @@ class SegmentStore:
                 yield BackendJob(SegmentRequest(rec.file, prompt, tag=n), rec.height,
                                  rec.width, rec.digest, self.loader(rec), file_checked=True)
 
+        stop = threading.Event()
+        flusher = threading.Thread(target=self._flush_every, args=(stop,), daemon=True,
+                                   name="cogseg-store-flush")
+        flusher.start()
         try:
             for out in self.backend.run(jobs()):
                 with lock:
@@ -386,13 +392,33 @@ class SegmentStore:
                 tag, rec, why = refused.pop()
                 yield tag, rec, None, why
         finally:
-            self.flush()  # on Ctrl-C too: keep what finished
+            stop.set()
+            flusher.join()
+            self.flush()  # on Ctrl-C and SIGTERM too: keep what finished
+
+    def _flush_every(self, stop: threading.Event) -> None:
+        """Store answers within ``FLUSH_INTERVAL_S`` of arriving, however slow the rest is."""
+        while not stop.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except CogsegError as exc:  # kept unsaved: the next flush (or the last) tries again
+                _log.debug("periodic cache write failed, retried later: %s", exc)
 
     def flush(self) -> None:
-        """Write the results :meth:`segment` has not stored yet (it batches its writes)."""
+        """Write the results :meth:`segment` has not stored yet (it batches its writes).
+
+        A failed write keeps them for the next flush, so nothing finished is dropped.
+        """
         with self._lock:
             batch, self._unsaved = self._unsaved, []
-        self.cache.put_many(batch)
+        if not batch:
+            return
+        try:
+            self.cache.put_many(batch)
+        except BaseException:
+            with self._lock:
+                self._unsaved[:0] = batch
+            raise
 
     def _answer_key(self, rec: ImageRecord, prompt: Prompt, res: CachedResult) -> CacheKey:
         return CacheKey(self.config.project, rec.file, prompt, res.backend,

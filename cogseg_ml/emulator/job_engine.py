@@ -126,6 +126,9 @@ class JobEngine:
         self.failed = 0
         self.max_running = 0
         self._running = 0
+        #: When set, at most this many jobs end; later ones stay ``Running`` until it is raised
+        #: or cleared (a run caught mid-way, e.g. to test what a killed client kept).
+        self.end_limit: int | None = None
 
     async def start(self) -> None:
         """Start the workers (call on the server's loop)."""
@@ -189,6 +192,8 @@ class JobEngine:
             remaining = self.processing_time_s - (time.monotonic() - t0)
             if remaining > 0:
                 await asyncio.sleep(remaining)
+            while self.end_limit is not None and self.completed + self.failed >= self.end_limit:
+                await asyncio.sleep(0.01)  # held: the test or operator decides when it ends
         finally:
             self._running -= 1
         if segments is not None:
