@@ -9,38 +9,141 @@ pixel and ``width`` the right edge of the last, so the centre of pixel column ``
 
 Every type validates on creation and raises :class:`~cogseg_ml.errors.PromptValidationError`
 naming the bad field.
+
+Accepted values (converted to plain Python ``float``/``int`` on creation, so a prompt built from
+numpy or torch values equals, hashes and caches like one built from Python numbers):
+
+- coordinates: ``int``, ``float``, numpy scalars (``np.float32``, ``np.int64``, ...), 0-d numpy
+  arrays or torch tensors; never ``bool`` or strings;
+- labels: ``1`` (foreground) or ``0`` (background) as an int (numpy ints too) or a float that is
+  exactly ``1.0``/``0.0`` (what an ``(N, 3)`` float array holds); ``0.5``, ``1.9``, ``True``,
+  ``"1"`` are refused, never truncated;
+- image sizes: positive integers (numpy ints too);
+- points (:meth:`Prompt.of`): a list of :class:`Point`, ``(x, y[, label])`` sequences or CDF's wire
+  objects ``{"x", "y"[, "label"]}``, or an ``(N, 2)``/``(N, 3)`` numpy array or torch tensor;
+- a box (:meth:`Box.parse`): a :class:`Box`, ``(x_min, y_min, x_max, y_max)``, a ``(4,)`` array or
+  tensor, CDF's wire object ``{"xMin", "yMin", "xMax", "yMax"}`` or the snake_case keys.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cogseg_ml.errors import PromptValidationError, ValidationError
 
-__all__ = ["Box", "FileRef", "InstanceId", "Point", "Prompt"]
+__all__ = ["Box", "FileRef", "InstanceId", "Point", "Prompt", "box_corners"]
+
+_BOX_KEYS = (("xMin", "yMin", "xMax", "yMax"), ("x_min", "y_min", "x_max", "y_max"))
+_POINT_KEYS = frozenset({"x", "y", "label"})
+
+
+def _scalar(value: object) -> object:
+    """A 0-d numpy array or torch tensor as its Python value; anything else unchanged."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()  # type: ignore[attr-defined]
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    """A finite real number as a plain float (numpy and 0-d tensors too; never bool or str)."""
+    v = _scalar(value)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise PromptValidationError(f"{name} must be a number, got {value!r}")
+    out = float(v)
+    if math.isnan(out) or math.isinf(out):
+        raise PromptValidationError(f"{name} must be a finite number, got {out}")
+    return out
 
 
 def _check_unit(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    v = _scalar(value)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise PromptValidationError(f"{name} must be a number in [0, 1], got {value!r}")
-    v = float(value)
-    if math.isnan(v) or math.isinf(v):
-        raise PromptValidationError(f"{name} must be a finite number in [0, 1], got {v}")
-    if not 0.0 <= v <= 1.0:
+    out = float(v)
+    if math.isnan(out) or math.isinf(out):
+        raise PromptValidationError(f"{name} must be a finite number in [0, 1], got {out}")
+    if not 0.0 <= out <= 1.0:
         raise PromptValidationError(
-            f"{name}={v} is outside [0, 1]: coordinates are normalized by the image size "
+            f"{name}={out} is outside [0, 1]: coordinates are normalized by the image size "
             "(use from_pixels(...) to convert pixel coordinates)"
         )
-    return v
+    return out
 
 
-def _check_size(width: int, height: int) -> None:
-    for name, v in (("width", width), ("height", height)):
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise PromptValidationError(f"image {name} must be a positive integer, got {v!r}")
+def _check_label(name: str, value: object) -> int:
+    """1 or 0 as a plain int: ints (numpy too) or floats exactly 1.0/0.0; nothing else."""
+    v = _scalar(value)
+    if not isinstance(v, bool) and isinstance(v, numbers.Real) and float(v) in (0.0, 1.0):
+        return 1 if float(v) == 1.0 else 0
+    raise PromptValidationError(
+        f"{name} must be 1 (foreground) or 0 (background), got {value!r}"
+    )
+
+
+def _positive_int(name: str, value: object) -> int:
+    v = _scalar(value)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) <= 0:
+        raise PromptValidationError(f"image {name} must be a positive integer, got {value!r}")
+    return int(v)
+
+
+def _check_size(width: object, height: object) -> tuple[int, int]:
+    return _positive_int("width", width), _positive_int("height", height)
+
+
+def _array_rows(value: object) -> tuple[tuple[int, ...], Any] | None:
+    """``(shape, nested lists)`` of a numpy array or torch tensor; ``None`` for anything else."""
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "tolist") or isinstance(value, (str, bytes)):
+        return None
+    return tuple(int(n) for n in shape), value.tolist()  # type: ignore[attr-defined]
+
+
+def box_corners(value: object, name: str = "box") -> tuple[float, float, float, float]:
+    """The four numbers ``(x_min, y_min, x_max, y_max)`` of any accepted box shape.
+
+    Takes a :class:`Box`, a sequence of 4 numbers, a ``(4,)`` numpy array or torch tensor, or a
+    mapping with CDF's keys ``xMin, yMin, xMax, yMax`` (or ``x_min, ...``). The numbers are
+    checked to be finite, not to lie in ``[0, 1]`` (:class:`Box` does that), so callers can clip.
+
+    Raises:
+        PromptValidationError: naming ``name`` and what is wrong with the shape or a number.
+    """
+    if isinstance(value, Box):
+        return (value.x_min, value.y_min, value.x_max, value.y_max)
+    if isinstance(value, Mapping):
+        for keys in _BOX_KEYS:
+            if any(k in value for k in keys):
+                missing = [k for k in keys if k not in value]
+                extra = sorted(str(k) for k in value if k not in keys)
+                if missing or extra:
+                    raise PromptValidationError(
+                        f"{name} takes the keys {', '.join(keys)}; "
+                        + (f"missing {', '.join(missing)}" if missing else
+                           f"unknown {', '.join(repr(k) for k in extra)}"))
+                x0, y0, x1, y1 = (_number(f"{name}.{k}", value[k]) for k in keys)
+                return (x0, y0, x1, y1)
+        raise PromptValidationError(
+            f"{name} as a mapping takes xMin, yMin, xMax, yMax, got keys {sorted(map(str, value))}")
+    arr = _array_rows(value)
+    if arr is not None:
+        shape, rows = arr
+        if shape != (4,):
+            raise PromptValidationError(
+                f"{name} must be 4 numbers (x_min, y_min, x_max, y_max), got an array of shape "
+                f"{shape}")
+        value = rows
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4:
+        raise PromptValidationError(
+            f"{name} must be a Box, 4 numbers (x_min, y_min, x_max, y_max) or "
+            f"{{xMin, yMin, xMax, yMax}}, got {value!r}")
+    labels = ("x_min", "y_min", "x_max", "y_max")
+    x0, y0, x1, y1 = (_number(f"{name}.{k}", v) for k, v in zip(labels, value, strict=True))
+    return (x0, y0, x1, y1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +175,9 @@ class FileRef:
 
     def __post_init__(self) -> None:
         given = [n for n in ("id", "external_id", "instance_id") if getattr(self, n) is not None]
+        fid = _scalar(self.id)
+        if isinstance(fid, numbers.Integral) and not isinstance(fid, bool):
+            object.__setattr__(self, "id", int(fid))  # numpy ints become plain ints
         if len(given) != 1:
             raise ValidationError(
                 "FileRef takes exactly one of id, external_id or instance_id; "
@@ -99,10 +205,11 @@ class FileRef:
         """
         if isinstance(value, FileRef):
             return value
+        value = _scalar(value)  # type: ignore[assignment]
         if isinstance(value, bool):
             raise ValidationError(f"cannot read a file reference from {value!r}")
-        if isinstance(value, int):
-            return cls(id=value)
+        if isinstance(value, numbers.Integral):
+            return cls(id=int(value))
         if isinstance(value, str):
             return cls(external_id=value)
         if isinstance(value, Mapping):
@@ -147,16 +254,41 @@ class Point:
     def __post_init__(self) -> None:
         object.__setattr__(self, "x", _check_unit("Point.x", self.x))
         object.__setattr__(self, "y", _check_unit("Point.y", self.y))
-        if isinstance(self.label, bool) or self.label not in (0, 1):
-            raise PromptValidationError(
-                f"Point.label must be 1 (foreground) or 0 (background), got {self.label!r}"
-            )
+        object.__setattr__(self, "label", _check_label("Point.label", self.label))
 
     @classmethod
     def from_pixels(cls, px: float, py: float, width: int, height: int, label: int = 1) -> Point:
         """Build from continuous pixel coordinates in an image of ``width`` x ``height``."""
-        _check_size(width, height)
-        return cls(x=float(px) / width, y=float(py) / height, label=label)
+        w, h = _check_size(width, height)
+        return cls(x=_number("px", px) / w, y=_number("py", py) / h, label=label)
+
+    @classmethod
+    def parse(cls, value: Point | Sequence[float] | Mapping[str, Any], name: str = "point"
+              ) -> Point:
+        """A point from a :class:`Point`, ``(x, y[, label])`` or ``{"x", "y"[, "label"]}``.
+
+        Raises:
+            PromptValidationError: prefixed with ``name``.
+        """
+        if isinstance(value, Point):
+            return value
+        try:
+            if isinstance(value, Mapping):
+                extra = sorted(str(k) for k in value if k not in _POINT_KEYS)
+                if extra or "x" not in value or "y" not in value:
+                    what = (f"unknown {', '.join(repr(k) for k in extra)}" if extra else
+                            f"missing {'x' if 'x' not in value else repr('y')}")
+                    raise PromptValidationError(f"a point takes the keys x, y[, label]; {what}")
+                return cls(value["x"], value["y"], value.get("label", 1))
+            arr = _array_rows(value)
+            row: object = arr[1] if arr is not None else value
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or \
+                    len(row) not in (2, 3):
+                raise PromptValidationError(
+                    f"must be a Point, (x, y[, label]) or {{x, y[, label]}}, got {value!r}")
+            return cls(row[0], row[1], row[2] if len(row) == 3 else 1)
+        except PromptValidationError as exc:
+            raise PromptValidationError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,15 +317,28 @@ class Box:
         cls, x0: float, y0: float, x1: float, y1: float, width: int, height: int
     ) -> Box:
         """Build from continuous pixel corners (XYXY) in an image of ``width`` x ``height``."""
-        _check_size(width, height)
-        return cls(x0 / width, y0 / height, x1 / width, y1 / height)
+        w, h = _check_size(width, height)
+        return cls(_number("x0", x0) / w, _number("y0", y0) / h, _number("x1", x1) / w,
+                   _number("y1", y1) / h)
 
     @classmethod
     def from_xywh_pixels(
         cls, x: float, y: float, w: float, h: float, width: int, height: int
     ) -> Box:
         """Build from a COCO-style ``[x, y, w, h]`` pixel box."""
-        return cls.from_pixels(x, y, x + w, y + h, width, height)
+        x0, y0 = _number("x", x), _number("y", y)
+        return cls.from_pixels(x0, y0, x0 + _number("w", w), y0 + _number("h", h), width, height)
+
+    @classmethod
+    def parse(cls, value: object, name: str = "box") -> Box:
+        """A box from any shape :func:`box_corners` takes."""
+        if isinstance(value, Box):
+            return value
+        x0, y0, x1, y1 = box_corners(value, name)
+        try:
+            return cls(x0, y0, x1, y1)
+        except PromptValidationError as exc:
+            raise PromptValidationError(f"{name}: {exc}") from None
 
     def to_pixels(self, width: int, height: int) -> tuple[float, float, float, float]:
         """Return ``(x0, y0, x1, y1)`` in continuous pixel coordinates."""
@@ -233,22 +378,41 @@ class Prompt:
         object.__setattr__(self, "points", pts)
 
     @classmethod
-    def of(
-        cls,
-        points: Iterable[Point | Sequence[float]] | None = None,
-        box: Box | Sequence[float] | None = None,
-    ) -> Prompt:
-        """Build from Points/Box or plain ``(x, y[, label])`` tuples and ``(x0, y0, x1, y1)``."""
-        pts: list[Point] = []
-        for i, p in enumerate(points or ()):
-            if isinstance(p, Point):
-                pts.append(p)
-            elif isinstance(p, Sequence) and len(p) in (2, 3):
-                pts.append(Point(p[0], p[1], int(p[2]) if len(p) == 3 else 1))
-            else:
-                raise PromptValidationError(f"points[{i}] must be a Point or (x, y[, label])")
-        if box is not None and not isinstance(box, Box):
-            if not isinstance(box, Sequence) or len(box) != 4:
-                raise PromptValidationError("box must be a Box or (x_min, y_min, x_max, y_max)")
-            box = Box(*box)
-        return cls(points=tuple(pts), box=box)
+    def of(cls, points: Iterable[Point | Sequence[float] | Mapping[str, Any]] | Any = None,
+           box: Box | Sequence[float] | Mapping[str, Any] | Any = None) -> Prompt:
+        """Build from points and/or a box in any accepted shape (see the module docstring).
+
+        ``points``: Points, ``(x, y[, label])`` tuples, ``{"x", "y"[, "label"]}`` objects, or an
+        ``(N, 2)``/``(N, 3)`` numpy array or torch tensor. ``box``: what :meth:`Box.parse`
+        takes. Numbers become plain Python floats and ints.
+        """
+        return cls(points=tuple(_points(points)), box=None if box is None else Box.parse(box))
+
+
+def _points(points: object) -> list[Point]:
+    if points is None:
+        return []
+    arr = _array_rows(points)
+    if arr is not None:
+        shape, rows = arr
+        if len(shape) == 1:
+            raise PromptValidationError(
+                f"points must be a list of points, got a flat array of shape {shape}: wrap a "
+                "single point as [[x, y]] (or shape (1, 2))")
+        if len(shape) != 2 or shape[1] not in (2, 3):
+            raise PromptValidationError(
+                f"points as an array must have shape (N, 2) or (N, 3), got {shape}")
+        points = rows
+    if isinstance(points, Mapping):
+        raise PromptValidationError(
+            f"points must be a list of points, got one mapping {dict(points)!r}: wrap a single "
+            "point in a list")
+    if isinstance(points, (str, bytes)) or not isinstance(points, Iterable):
+        raise PromptValidationError(
+            f"points must be a list of (x, y[, label]) or {{x, y, label}}, got {points!r}")
+    items = list(points)
+    if items and all(isinstance(_scalar(p), numbers.Real) for p in items):
+        raise PromptValidationError(
+            f"points must be a list of points, got the flat numbers {items!r}: wrap a single "
+            "point as [[x, y]]")
+    return [Point.parse(p, f"points[{i}]") for i, p in enumerate(items)]

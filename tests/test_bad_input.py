@@ -55,6 +55,17 @@ PROMPT_CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("duplicate points", lambda: Prompt(points=(Point(0.1, 0.1), Point(0.1, 0.1))), "repeats"),
     ("pixel helper off-image", lambda: Point.from_pixels(641, 10, 640, 480), "outside"),
     ("pixel helper bad size", lambda: Box.from_pixels(0, 0, 1, 1, 0, 480), "width"),
+    ("label 0.5", lambda: Point(0.5, 0.5, 0.5), "Point.label"),  # type: ignore[arg-type]
+    ("label 1.9 in a tuple", lambda: Prompt.of([(0.5, 0.5, 1.9)]), "Point.label"),
+    ("label 0.5 in a tuple", lambda: Prompt.of([(0.5, 0.5, 0.5)]), "Point.label"),
+    ("label str in a tuple", lambda: Prompt.of([(0.5, 0.5, "1")]), "Point.label"),  # type: ignore
+    ("label numpy bool", lambda: Point(0.5, 0.5, np.bool_(True)), "Point.label"),  # type: ignore
+    ("points a number", lambda: Prompt.of(0.5), "points must be a list"),
+    ("points a string", lambda: Prompt.of("0.5 0.5"), "points must be a list"),
+    ("box a string", lambda: Prompt.of(box="0 0 1 1"), "box must be"),
+    ("box wrong array shape", lambda: Prompt.of(box=np.zeros((2, 4))), "shape (2, 4)"),
+    ("pixel helper str coordinate", lambda: Point.from_pixels("3", 1, 10, 10), "px"),  # type: ignore
+    ("pixel helper float size", lambda: Point.from_pixels(3, 1, 10.0, 10), "width"),  # type: ignore
 ]
 
 

@@ -64,6 +64,17 @@ def test_prompt_needs_a_point_or_box_and_unique_points() -> None:
     assert Prompt.of(box=Box(0.1, 0.1, 0.2, 0.2)).points == ()
 
 
+def test_values_are_plain_python_after_validation() -> None:
+    import numpy as np
+
+    p = Point(np.float32(0.25), np.float64(0.5), np.int64(0))  # type: ignore[arg-type]
+    assert (p.x, p.y, p.label) == (0.25, 0.5, 0)
+    assert (type(p.x), type(p.y), type(p.label)) == (float, float, int)
+    assert type(Point(0.5, 0.5, 1.0).label) is int  # type: ignore[arg-type]
+    assert Prompt.of(np.array([[0.25, 0.5, 0.0]])).points == (Point(0.25, 0.5, 0),)
+    assert Prompt.of(box={"xMin": 0, "yMin": 0, "xMax": 1, "yMax": 1}).box == Box(0, 0, 1, 1)
+
+
 def test_pixel_helpers_use_continuous_coordinates() -> None:
     p = Point.from_pixels(320, 120, width=640, height=480)
     assert (p.x, p.y) == (0.5, 0.25)
