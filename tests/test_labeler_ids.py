@@ -96,3 +96,52 @@ def test_image_ids_follow_the_input_across_shards(shared_emulator, images, tmp_p
         assert [c["name"] for c in out["categories"]] == sorted(
             {s.instances[0].category for s in samples})
     assert seen == {im.name: k + 1 for k, im in enumerate(images)}
+
+
+def test_jobs_flow_across_chunk_boundaries(make_emulator, images, tmp_path) -> None:
+    """Later chunks' jobs start while earlier ones are still running (one stream, not waves)."""
+    import threading
+    import time
+
+    emu = make_emulator(concurrency=16)
+    emu.jobs.end_limit = 0  # no job may end until every chunk's jobs were created
+    samples = [Sample(FileRef(external_id=im.name),
+                      tuple(Instance(Prompt(box=o.box()), o.category) for o in im.objects))
+               for im in images[:4]]
+    want = sum(len(s.instances) for s in samples)
+    lab = _labeler(emu, tmp_path, concurrency=32)
+    lab.chunk_size = 1
+    done: list[BaseException | None] = []
+
+    def work() -> None:
+        try:
+            lab.label(samples)
+            done.append(None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            done.append(exc)
+
+    t = threading.Thread(target=work)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(emu.jobs.jobs) < want and time.monotonic() < deadline and not done:
+        time.sleep(0.02)
+    created, ended = len(emu.jobs.jobs), emu.jobs.completed + emu.jobs.failed
+    emu.jobs.end_limit = None
+    t.join(60)
+    assert done == [None]
+    assert (created, ended) == (want, 0)
+    assert lab.report.labelled == want and lab.report.failed == 0
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_progress_bar_knows_its_total(shared_emulator, images, tmp_path, capsys,
+                                      as_list: bool) -> None:
+    samples = [Sample(FileRef(external_id=im.name),
+                      tuple(Instance(Prompt(box=o.box()), o.category) for o in im.objects))
+               for im in images[:3]]
+    n = sum(len(s.instances) for s in samples)
+    lab = SegmentationLabeler(shared_emulator.config, cache=tmp_path / "cache",
+                              workdir=tmp_path / "work", progress=True)
+    lab.label(samples if as_list else iter(samples))
+    err = capsys.readouterr().err
+    assert f"{n}/{n}" in err  # done/total, so tqdm can show the time left
