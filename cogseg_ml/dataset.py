@@ -1,16 +1,31 @@
 """A torch ``Dataset`` mapping CDF files plus prompts to images and instance masks.
 
-``dataset[i]`` returns ``(image, target)`` shaped for torchvision's detection models and
-``transforms.v2``:
+``dataset[i]`` returns ``(image, target)`` shaped for torchvision's detection models, its
+reference training scripts (``references/detection``) and ``transforms.v2``:
 
-* ``image``: :class:`torchvision.tv_tensors.Image`, uint8, ``(3, H, W)``;
+* ``image``: :class:`torchvision.tv_tensors.Image`, ``(3, H, W)``, uint8 (default) or, with
+  ``image_dtype=torch.float32``, float in [0, 1] (see :mod:`cogseg_ml.image_decode` for how
+  16-bit, palette and alpha images become 8-bit RGB, and for the orientation rule: pixels,
+  masks and prompts are all in the stored frame, EXIF orientation is not applied);
 * ``target["masks"]``: :class:`~torchvision.tv_tensors.Mask`, bool ``(N, H, W)``;
 * ``target["boxes"]``: :class:`~torchvision.tv_tensors.BoundingBoxes`, XYXY float32, tight
   around each mask, ``canvas_size=(H, W)``;
-* ``target["labels"]`` int64 (category index + 1; 0 when the instance has no category),
-  ``target["scores"]`` float32, ``target["instances"]`` int64 (each mask's index into the
-  sample's instances, so masks match prompts when some are dropped), ``target["image_id"]`` the
-  sample index, ``target["file"]`` the :class:`~cogseg_ml.prompts.FileRef`.
+* ``target["labels"]`` int64, the category ids of :attr:`CdfSegmentationDataset.category_table`
+  (never 0, the background; instances without a category get the ``"object"`` class);
+* ``target["area"]`` float32, each mask's pixel count at the returned size;
+  ``target["iscrowd"]`` int64 zeros (what COCO evaluation reads);
+* ``target["scores"]`` float32 (the segment's score), ``target["instances"]`` int64 (each
+  mask's index into the sample's instances, so masks match prompts when some are dropped);
+* ``target["image_id"]`` a plain int, the COCO image id :func:`~cogseg_ml.samples.image_ids`
+  gives the sample (the labeler's COCO file uses the same ids); ``target["file"]`` the
+  :class:`~cogseg_ml.prompts.FileRef`; ``target["num_dropped"]``, ``target["num_missing"]``.
+
+The per-instance fields are :data:`INSTANCE_FIELDS` (plus masks and boxes). torchvision's
+``SanitizeBoundingBoxes()`` filters masks, boxes and labels only: pass
+``SanitizeBoundingBoxes(labels_getter=instance_fields)`` to keep them all aligned. When the
+dataset's own ``transforms`` removed instances from boxes but not from the other fields,
+``area`` and ``iscrowd`` are computed again from what is left, and ``scores`` and
+``instances``, which cannot be, are left out of the target (one warning).
 
 Images and masks come through the read-through :class:`~cogseg_ml.store.SegmentStore`: images
 by file version from the image store (downloaded once), masks from the
@@ -26,7 +41,7 @@ detection losses); ``target["num_dropped"]`` counts them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as tvf
 
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.backends.base import SegmentationBackend
@@ -42,18 +58,20 @@ from cogseg_ml.backends.resolve import resolve_backend
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CacheMissError, CogsegError, SampleError, ValidationError
-from cogseg_ml.image_decode import DEFAULT_MAX_PIXELS, decode_image
+from cogseg_ml.image_decode import DEFAULT_MAX_PIXELS, check_declared_size, decode_image
 from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
 from cogseg_ml.progress import progress_bar
-from cogseg_ml.samples import Sample
+from cogseg_ml.samples import Category, CategoryTable, Sample, image_ids
 from cogseg_ml.store import ImageRecord, SegmentStore
 
-__all__ = ["CacheMissError", "CdfSegmentationDataset", "PrefetchReport", "SampleError",
-           "collate_fn"]
+__all__ = ["INSTANCE_FIELDS", "CacheMissError", "CdfSegmentationDataset", "PrefetchReport",
+           "SampleError", "collate_fn", "instance_fields"]
 
 _log = logging.getLogger("cogseg_ml.dataset")
 OnMiss = Literal["fetch", "raise", "skip"]
 RESOLVE_BLOCK = 1000  # samples whose file versions one files/byids call resolves
+#: The target's per-instance fields besides ``masks`` and ``boxes`` (one entry per instance).
+INSTANCE_FIELDS = ("labels", "scores", "area", "iscrowd", "instances")
 
 
 @dataclass
@@ -83,6 +101,21 @@ def collate_fn(batch: Sequence[tuple[Any, dict[str, Any]]]) -> tuple[tuple[Any, 
     return tuple(zip(*batch, strict=True))
 
 
+def instance_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
+    """``labels_getter`` for ``transforms.v2.SanitizeBoundingBoxes``: every per-instance field.
+
+    ``SanitizeBoundingBoxes(labels_getter=instance_fields)`` removes the same instances from
+    ``labels``, ``scores``, ``area``, ``iscrowd`` and ``instances`` as from ``boxes`` and
+    ``masks`` (the default getter filters ``labels`` alone). Takes what the transform gets: an
+    ``(image, target)`` pair or the target dict.
+    """
+    target = inputs[1] if isinstance(inputs, (tuple, list)) and len(inputs) > 1 else inputs
+    if not isinstance(target, Mapping):
+        raise ValidationError("instance_fields expects (image, target) or a target dict, got "
+                              f"{type(target).__name__}")
+    return tuple(target[k] for k in INSTANCE_FIELDS if isinstance(target.get(k), torch.Tensor))
+
+
 class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
     """Map-style dataset of CDF images and their instance masks.
 
@@ -96,25 +129,52 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             now (and caches them), ``"raise"`` raises :class:`CacheMissError` naming the
             sample, ``"skip"`` leaves the missing instances out of the target (counted in
             ``target["num_missing"]``); images are fetched in every mode unless stored.
-        categories: category names in label order (default: sorted names found in samples).
+        categories: the classes, as names (ids 1, 2, ... in that order),
+            :class:`~cogseg_ml.samples.Category` objects or COCO ``{"id", "name"}`` dicts;
+            default: the samples' own (their COCO ids where they have them, else their names
+            sorted and numbered from 1). Instances without a category get the ``"object"``
+            class; a sample naming a category not listed is a :class:`ValidationError` here.
+            See :class:`~cogseg_ml.samples.CategoryTable`.
         max_pixels: refuse larger images before decoding them.
         backend: where missing masks come from (default: the API through ``client``); e.g.
             a :class:`~cogseg_ml.backends.fallback.FallbackBackend` with a local model.
             Cached masks of every identity it may answer with are used, preferred first.
+        image_dtype: ``torch.uint8`` (default: pixels as stored, 0..255) or a floating dtype
+            such as ``torch.float32`` (scaled to [0, 1]); the conversion happens before
+            ``transforms``. torchvision's detection models (Mask R-CNN, Faster R-CNN,
+            RetinaNet, FCOS, SSD, Keypoint R-CNN) take float images in [0, 1]: use
+            ``torch.float32`` when images go to the model without a transform that converts
+            them (e.g. the reference ``engine.train_one_epoch`` with no transforms). Keep
+            ``uint8`` for pipelines that convert themselves (torchvision's reference presets
+            end with ``ToDtype(torch.float, scale=True)`` and fill with 0..255 colours), for
+            models that normalize 0..255 pixels themselves (Segment Anything), and to save
+            memory.
+
+    Attributes:
+        category_table: the :class:`~cogseg_ml.samples.CategoryTable` labels come from.
+        categories: its names in id order; :attr:`num_classes` is ``num_classes`` for a
+            torchvision detection model (largest id + 1, 0 the background).
     """
 
     def __init__(self, samples: Sequence[Sample], *, client: CdfConfig | SegmentationClient,
                  cache: MaskCache | str | Path | None = None,
                  transforms: Callable[..., Any] | None = None, on_miss: OnMiss = "fetch",
-                 categories: Sequence[str] | None = None,
+                 categories: Sequence[str | Category | Mapping[str, Any]] | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
-                 backend: SegmentationBackend | None = None) -> None:
+                 backend: SegmentationBackend | None = None,
+                 image_dtype: torch.dtype = torch.uint8) -> None:
         if on_miss not in ("fetch", "raise", "skip"):
             raise ValidationError(f"on_miss must be 'fetch', 'raise' or 'skip', got {on_miss!r}")
+        if not isinstance(image_dtype, torch.dtype) or not (
+                image_dtype == torch.uint8 or image_dtype.is_floating_point):
+            raise ValidationError(f"image_dtype must be torch.uint8 or a floating dtype such as "
+                                  f"torch.float32, got {image_dtype!r}")
         self.samples = list(samples)
         for i, s in enumerate(self.samples):
             if not isinstance(s, Sample):
                 raise ValidationError(f"samples[{i}] is a {type(s).__name__}, not a Sample")
+        self.category_table = CategoryTable.build(categories, self.samples)  # fail before any I/O
+        self.categories = self.category_table.names
         config = client.config if isinstance(client, SegmentationClient) else client
         if not isinstance(config, CdfConfig):
             raise ValidationError("client must be a CdfConfig or a SegmentationClient")
@@ -124,10 +184,19 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         self.transforms = transforms
         self.on_miss: OnMiss = on_miss
         self.max_pixels = max_pixels
-        names = categories if categories is not None else sorted(
-            {i.category for s in self.samples for i in s.instances if i.category is not None})
-        self.categories = list(names)
-        self._label = {name: k + 1 for k, name in enumerate(self.categories)}
+        self.image_dtype = image_dtype
+        self._image_ids = [iid for _, iid in image_ids(self.samples)]
+        self._sizes: dict[int, tuple[int, int]] = {}  # (height, width) of samples seen
+        self._warned_unaligned = False
+
+    @property
+    def num_classes(self) -> int:
+        """``num_classes`` for a torchvision detection model (largest label + 1)."""
+        return self.category_table.num_classes
+
+    def image_id(self, index: int) -> int:
+        """The COCO image id of sample ``index`` (``target["image_id"]``)."""
+        return self._image_ids[self._index(index)]
 
     @property
     def _client(self) -> SegmentationClient | None:
@@ -146,6 +215,47 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                 f"project={self.config.project!r}, on_miss={self.on_miss!r}, "
                 f"cache={self.cache.path})")
 
+    def _index(self, index: int) -> int:
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        return index % len(self.samples)
+
+    def get_height_and_width(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of sample ``index``'s image, before any transforms.
+
+        Read from the stored image's header (never decoding pixels), so torchvision's
+        ``group_by_aspect_ratio`` takes its fast path. File versions come from the resolved
+        block (one ``files/byids`` call per 1000 samples, none after :meth:`prefetch`); images
+        not stored yet are downloaded and stored for the whole block, as :meth:`prefetch` would.
+
+        Raises:
+            SampleError: the image cannot be read (unknown file, unreachable, not an image).
+        """
+        index = self._index(index)
+        known = self._sizes.get(index)
+        if known is not None:
+            return known
+        start = index - index % RESOLVE_BLOCK
+        todo = [i for i in range(start, min(start + RESOLVE_BLOCK, len(self.samples)))
+                if i not in self._sizes]
+        failed: CogsegError | None = None
+        for i, rec in zip(todo, self.store.records([self.samples[i].file for i in todo]),
+                          strict=True):
+            if isinstance(rec, ImageRecord):
+                self._remember_size(i, rec)
+            elif i == index:
+                failed = rec
+        if failed is not None:
+            raise SampleError(f"sample {index} ({self.samples[index].file.describe()}): "
+                              f"{failed}") from failed
+        return self._sizes[index]
+
+    def _remember_size(self, index: int, rec: ImageRecord) -> None:
+        self._sizes[index] = (rec.height, rec.width)
+        meta = self.samples[index].meta
+        if isinstance(meta, Mapping) and "height" in meta and "width" in meta:
+            check_declared_size(rec.file, (meta["height"], meta["width"]), (rec.height, rec.width))
+
     # --- loading -------------------------------------------------------------------------------
     def _resolve_around(self, index: int) -> None:
         """File versions for the block of samples around ``index`` (one call per block)."""
@@ -160,6 +270,7 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         try:
             self._resolve_around(index)
             data, rec = self.store.image(sample.file)
+            self._remember_size(index, rec)
             return rec, tv_tensors.Image(decode_image(data, sample.file, self.max_pixels))
         except CogsegError as exc:
             raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
@@ -193,11 +304,12 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         found = [(k, res.best) for k, res in enumerate(results)
                  if res is not None and res.best is not None]
         areas = area([b.rle for _, b in found if b is not None])
-        kept = [(k, b) for (k, b), a in zip(found, areas, strict=True) if a > 0 and b]
+        kept = [(k, b, float(a)) for (k, b), a in zip(found, areas, strict=True) if a > 0 and b]
         dropped = sum(1 for r in results if r is not None) - len(kept)
-        rles = [b.rle for _, b in kept]
-        cats = [sample.instances[k].category for k, _ in kept]
-        labels = [self._label.get(c, 0) if c else 0 for c in cats]
+        rles = [b.rle for _, b, _ in kept]
+        where = f"sample {index} ({sample.file.describe()})"
+        labels = [self.category_table.id_of(sample.instances[k].category, where)
+                  for k, _, _ in kept]
         masks = decode_to_tensor(rles, height, width)
         xywh = bbox_of(rles)
         xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
@@ -206,25 +318,69 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(xyxy.astype(np.float32)),
                                               format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor(labels, dtype=torch.int64),
-            "scores": torch.tensor([b.score for _, b in kept], dtype=torch.float32),
-            "instances": torch.tensor([k for k, _ in kept], dtype=torch.int64),
-            "image_id": index,
+            "scores": torch.tensor([b.score for _, b, _ in kept], dtype=torch.float32),
+            "area": torch.tensor([a for _, _, a in kept], dtype=torch.float32),
+            "iscrowd": torch.zeros(len(kept), dtype=torch.int64),
+            "instances": torch.tensor([k for k, _, _ in kept], dtype=torch.int64),
+            "image_id": self._image_ids[index],
             "file": sample.file,
             "num_dropped": dropped,
             "num_missing": sum(r is None for r in results),
         }
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        if not -len(self.samples) <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
-        index %= len(self.samples)
+        index = self._index(index)
         rec, image = self._load_image(index)
         if (int(image.shape[-2]), int(image.shape[-1])) != (rec.height, rec.width):
             raise SampleError(f"sample {index}: decoded size differs from the header's")
         target = self._load_target(index, rec)
-        if self.transforms is not None:
-            return self.transforms(image, target)  # type: ignore[no-any-return]
-        return image, target
+        if self.image_dtype != torch.uint8:
+            image = tvf.to_dtype(image, self.image_dtype, scale=True)
+        if self.transforms is None:
+            return image, target
+        image, target = self.transforms(image, target)
+        return image, self._align(index, target)
+
+    def _align(self, index: int, target: Any) -> Any:
+        """Per-instance fields of a transformed target agree with its boxes (or masks).
+
+        ``area`` (at the returned size) and ``iscrowd`` are computed again; labels that no
+        longer match are an error; ``scores`` and ``instances`` that no longer match are left
+        out (one warning), never returned misaligned.
+        """
+        if not isinstance(target, dict):
+            return target
+        boxes, masks = target.get("boxes"), target.get("masks")
+        lead = boxes if isinstance(boxes, torch.Tensor) else masks
+        if not isinstance(lead, torch.Tensor) or lead.ndim < 1:
+            return target
+        n = int(lead.shape[0])
+        if isinstance(masks, torch.Tensor) and masks.ndim == 3 and masks.shape[0] == n:
+            if "area" in target:
+                target["area"] = masks.as_subclass(torch.Tensor).ne(0).flatten(1).sum(1).to(
+                    torch.float32)
+        if isinstance(target.get("iscrowd"), torch.Tensor) and len(target["iscrowd"]) != n:
+            target["iscrowd"] = torch.zeros(n, dtype=torch.int64)
+
+        def unaligned(key: str) -> bool:
+            value = target.get(key)
+            return isinstance(value, torch.Tensor) and (value.ndim == 0 or value.shape[0] != n)
+
+        if unaligned("labels"):
+            raise SampleError(
+                f"sample {index}: the transforms left {len(target['labels'])} labels for {n} "
+                "boxes: use transforms.v2.SanitizeBoundingBoxes(labels_getter="
+                "cogseg_ml.dataset.instance_fields) (or its default) to remove instances")
+        lost = [k for k in INSTANCE_FIELDS if unaligned(k)]
+        for k in lost:
+            del target[k]
+        if lost and not self._warned_unaligned:
+            self._warned_unaligned = True
+            _log.warning("the transforms removed instances from the boxes but not from %s, "
+                         "which are left out of the targets: use transforms.v2."
+                         "SanitizeBoundingBoxes(labels_getter=cogseg_ml.dataset."
+                         "instance_fields) to keep them aligned", ", ".join(map(repr, lost)))
+        return target
 
     # --- bulk ------------------------------------------------------------------------------------
     def prefetch(self, *, progress: bool = True, download_workers: int = 8,

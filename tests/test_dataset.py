@@ -104,11 +104,12 @@ def test_dataloader_workers(ds_factory, images, workers: int, method: str | None
     ds = ds_factory()
     loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_fn,
                         multiprocessing_context=method, persistent_workers=workers > 0)
+    by_id = {ds.image_id(i): i for i in range(len(ds))}
     seen = 0
     for _epoch in range(2):
         for imgs, targets in loader:
             for img, tgt in zip(imgs, targets, strict=True):
-                check_against_truth(img, tgt, images[tgt["image_id"]])
+                check_against_truth(img, tgt, images[by_id[tgt["image_id"]]])
                 seen += 1
     assert seen == 2 * len(images)
 
@@ -120,7 +121,7 @@ def test_distributed_sampler_shares(ds_factory) -> None:
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)
         loader = DataLoader(ds, sampler=sampler, batch_size=3, collate_fn=collate_fn)
         ids.append({t["image_id"] for _, targets in loader for t in targets})
-    assert not ids[0] & ids[1] and ids[0] | ids[1] == set(range(len(ds)))
+    assert not ids[0] & ids[1] and ids[0] | ids[1] == {ds.image_id(i) for i in range(len(ds))}
 
 
 def test_transforms_v2_flip_and_resize(ds_factory, images) -> None:

@@ -4,6 +4,10 @@ The default, :class:`RegionGrowingEngine`, is a classical interactive segmentati
 the region of pixels whose colour is close to the foreground seeds' (or, with a box alone,
 far from the colour of the box's border), keeps the 4-connected components that hold a seed,
 and stays inside the box. It is exact on flat-colour synthetic shapes and plausible on photos.
+
+Engines segment the stored pixel frame: the emulator decodes a file without applying its EXIF
+orientation, and normalized prompt coordinates are fractions of the stored width and height
+(the rule of :mod:`cogseg_ml.image_decode`, which the dataset's images and masks follow too).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class SegmentationEngine(Protocol):
 
     def segment(self, image: np.ndarray, points: Sequence[Point],
                 box: Box | None) -> list[EngineSegment]:
-        """Segment ``image`` (``(H, W, 3)`` uint8 RGB) from normalized prompts."""
+        """Segment ``image`` (``(H, W, 3)`` uint8 RGB, the stored frame) from normalized
+        prompts."""
         ...
 
 

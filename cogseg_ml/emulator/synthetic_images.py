@@ -128,16 +128,25 @@ def make_image(
 
 
 def encode_image(pixels: np.ndarray, fmt: Literal["png", "jpeg"] = "png",
-                 quality: int = 95) -> bytes:
-    """PNG or JPEG bytes of an ``(H, W, 3)`` uint8 image."""
+                 quality: int = 95, exif_orientation: int | None = None) -> bytes:
+    """PNG or JPEG bytes of an ``(H, W, 3)`` uint8 image.
+
+    ``exif_orientation`` (1..8) writes that EXIF orientation tag; the pixels stay as given
+    (the stored frame, which the emulator segments: it never applies EXIF orientation).
+    """
     from PIL import Image
 
     buf = io.BytesIO()
     img = Image.fromarray(pixels, mode="RGB")
+    extra = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = int(exif_orientation)
+        extra["exif"] = exif
     if fmt == "png":
-        img.save(buf, format="PNG", compress_level=1)
+        img.save(buf, format="PNG", compress_level=1, **extra)
     else:
-        img.save(buf, format="JPEG", quality=quality)
+        img.save(buf, format="JPEG", quality=quality, **extra)
     return buf.getvalue()
 
 
