@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
+from urllib.parse import urlsplit
 
 from cogseg_ml.errors import ValidationError
 
@@ -116,6 +118,14 @@ class RetryConfig:
         create_retry: ``"safe"`` retries a job-creating POST only where the request cannot have
             created a job (429, 503, connection never established); ``"always"`` also after
             502/504, read timeouts and dropped connections, accepting possible duplicate jobs.
+        connect_attempts: the budget for failures to connect at all (refused, the name does
+            not resolve, connect timeout): nothing is listening, so more attempts rarely help.
+            When a call has spent it (or the session's calls together have seen this many
+            such failures in a row), the session counts the host as unreachable.
+        connect_backoff_s: the full-jitter base of the wait after a failure to connect.
+        unreachable_cooldown_s: how long every request of the session fails at once after
+            the host was found unreachable (or the credentials refused), before one is tried
+            again. Any answer from the host ends the outage earlier.
     """
 
     max_attempts: int = 10
@@ -123,13 +133,19 @@ class RetryConfig:
     total_timeout_s: float = 300.0
     backoff_base_s: float = 0.5
     create_retry: Literal["safe", "always"] = "safe"
+    connect_attempts: int = 3
+    connect_backoff_s: float = 0.25
+    unreachable_cooldown_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValidationError("RetryConfig.max_attempts must be at least 1")
-        for name in ("max_backoff_s", "total_timeout_s", "backoff_base_s"):
+        for name in ("max_attempts", "connect_attempts"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValidationError(f"RetryConfig.{name} must be an integer >= 1, got {v!r}")
+        for name in ("max_backoff_s", "total_timeout_s", "backoff_base_s", "connect_backoff_s",
+                     "unreachable_cooldown_s"):
+            v = getattr(self, name)
+            if not (_is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValidationError(f"RetryConfig.{name} must be a finite number >= 0")
 
 
@@ -158,6 +174,8 @@ class CdfConfig:
         cdf_version: the ``cdf-version`` header for the beta vision endpoints.
         client_name: sent as ``x-cdp-app``.
         timeout_s: per-request timeout; ``file_timeout_s`` for downloads.
+        connect_timeout_s: how long one attempt to connect may take (capped by the
+            request's timeout): an address where nothing answers is given up on in seconds.
         max_connections: pooled connections per client, and HTTP requests in flight at once
             (jobs in flight are set apart by ``segment_many(concurrency=...)``). 16 measured
             best against the local emulator; httpcore's pool does work per connection on
@@ -165,6 +183,14 @@ class CdfConfig:
         retry: :class:`RetryConfig`; poll: :class:`PollConfig`.
         verify_tls: TLS certificate verification; turn off only explicitly (never by default).
         max_response_bytes: an API answer larger than this is refused as it streams in.
+        allow_insecure_http: accept a plain ``http://`` ``base_url`` or token URL to a host
+            other than this machine (loopback). Off by default: the bearer token and the client
+            secret would travel in clear text. ``from_env`` sets it from
+            ``COGSEG_ALLOW_INSECURE_HTTP=1``.
+
+    Raises:
+        ValidationError: a URL that is not a plain cluster URL, plain HTTP to another host
+            without ``allow_insecure_http``, a timeout that is not a positive finite number.
     """
 
     project: str
@@ -179,17 +205,32 @@ class CdfConfig:
     poll: PollConfig = field(default_factory=PollConfig)
     verify_tls: bool = True
     max_response_bytes: int = 64 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    allow_insecure_http: bool = False
 
     def __post_init__(self) -> None:
-        if not self.project or "/" in self.project:
+        if not isinstance(self.project, str) or not self.project or "/" in self.project:
             raise ValidationError(f"project must be a non-empty name without '/', got "
                                   f"{self.project!r}")
-        if not self.base_url.startswith(("https://", "http://")):
-            raise ValidationError(f"base_url must be an http(s) URL, got {self.base_url!r}")
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("https://",
+                                                                               "http://")):
+            raise ValidationError(f"base_url must be an http(s) URL, got "
+                                  f"{_shown(str(self.base_url))!r}")
+        _check_cluster_url(self.base_url)
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if not isinstance(self.credentials, (StaticToken, TokenProvider, ClientCredentials)):
             raise ValidationError("credentials must be StaticToken, TokenProvider or "
                                   "ClientCredentials")
+        if not self.allow_insecure_http:
+            _refuse_plain_http(self.base_url, "base_url", "the bearer token")
+            if isinstance(self.credentials, ClientCredentials):
+                _refuse_plain_http(self.credentials.token_url, "token_url",
+                                   "the client secret")
+        for name in ("timeout_s", "file_timeout_s", "connect_timeout_s"):
+            v = getattr(self, name)
+            if not (_is_number(v) and math.isfinite(v) and v > 0):
+                raise ValidationError(f"CdfConfig.{name} must be a finite number of seconds "
+                                      f"> 0, got {v!r}")
 
     @classmethod
     def for_cluster(cls, cluster: str, project: str, credentials: Credentials) -> CdfConfig:
@@ -214,6 +255,8 @@ class CdfConfig:
         either ``COGNITE_TOKEN`` (a ready token) or client credentials: ``COGNITE_CLIENT_ID``,
         ``COGNITE_CLIENT_SECRET``, ``COGNITE_TOKEN_URL`` and optional ``COGNITE_TOKEN_SCOPES``
         (comma or space separated; default ``{base_url}/.default``) and ``COGNITE_AUDIENCE``.
+        ``COGSEG_ALLOW_INSECURE_HTTP=1`` allows plain-HTTP URLs to other hosts (see
+        ``allow_insecure_http``).
 
         Raises:
             ValidationError: naming the variables that are missing.
@@ -249,4 +292,56 @@ class CdfConfig:
                 )
         if missing or credentials is None:
             raise ValidationError("CdfConfig.from_env: set " + "; ".join(missing))
-        return cls(project=project, base_url=base_url, credentials=credentials)
+        insecure = env.get("COGSEG_ALLOW_INSECURE_HTTP", "").strip().lower()
+        return cls(project=project, base_url=base_url, credentials=credentials,
+                   allow_insecure_http=insecure in ("1", "true", "yes", "on"))
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _shown(url: str) -> str:
+    """A URL fit for a message: any ``user:password@`` left out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _check_cluster_url(url: str) -> None:
+    """A base URL is the cluster's address alone: the client adds ``/api/v1/projects/...``."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValidationError(f"base_url {_shown(url)!r} has no host; pass the cluster URL, e.g. "
+                              "https://westeurope-1.cognitedata.com")
+    if "/api/v1" in parts.path.lower() or parts.query or parts.fragment:
+        root = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        raise ValidationError(
+            f"base_url must be only the cluster URL (e.g. https://westeurope-1.cognitedata.com),"
+            f" got {_shown(url)!r}: pass base_url={root!r} and the project as project=...; "
+            "the client adds /api/v1/projects/<project> itself")
+
+
+def _is_this_machine(host: str) -> bool:
+    """Loopback (127.0.0.0/8, ::1, localhost) or the unspecified address, which the OS
+    connects to this machine."""
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _refuse_plain_http(url: str, name: str, what: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or _is_this_machine(parts.hostname or ""):
+        return
+    netloc = parts.netloc.rpartition("@")[2]
+    raise ValidationError(
+        f"{name} {_shown(url)!r} is plain HTTP to {parts.hostname}: {what} would travel in "
+        f"clear text. Use https://{netloc}{parts.path}, or, on a network you trust, opt in with "
+        "CdfConfig(..., allow_insecure_http=True) (from_env: COGSEG_ALLOW_INSECURE_HTTP=1)")

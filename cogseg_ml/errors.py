@@ -7,11 +7,15 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     │   ├── PromptValidationError               a point, box or prompt set is malformed
     │   └── FileValidationError                 a file cannot be segmented (extension, mimeType)
     ├── ResponseValidationError                 the server answered with a body we cannot trust
+    │   └── ResponseTooLarge                    the answer outgrew the byte limit
     ├── ApiError                                the API answered with an error status
-    │   ├── AuthenticationError                 401/403, or the token endpoint refused us
+    │   ├── AuthenticationError                 401/403, or no token could be had
     │   ├── NotFoundError                       unknown ids (the body's ``missing`` list)
     │   └── RateLimitedError                    429 after the retry budget was spent
     ├── ApiUnavailableError                     cannot be reached, or keeps failing (5xx)
+    │   ├── CdfUnreachableError                 nothing answers at all (or the token endpoint
+    │   │                                       keeps failing); detected once per session
+    │   └── TokenEndpointUnavailable            the IdP cannot be reached or answers 5xx/429
     ├── JobFailedError                          a segmentation job ended ``Failed``
     ├── JobTimeoutError                         a job did not finish within the caller's timeout
     ├── CacheError                              the mask cache cannot be used (version, corruption)
@@ -21,11 +25,19 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
 
 Errors carry the request id (``x-request-id``) where the server sent one, never a token or a
 download URL, and they pickle (so they cross DataLoader worker boundaries intact).
+
+Two markers are not errors of their own but steer the retry rule inside the client:
+:class:`RequestNotSent` (the request never left, so it is safe to retry) and
+:class:`RetryableStatus` (an HTTP status a retry may cure). Neither reaches the caller.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import http
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "ApiError",
@@ -34,6 +46,7 @@ __all__ = [
     "CacheError",
     "CacheMissError",
     "CacheVersionError",
+    "CdfUnreachableError",
     "CogsegError",
     "FileValidationError",
     "JobFailedError",
@@ -41,9 +54,15 @@ __all__ = [
     "NotFoundError",
     "PromptValidationError",
     "RateLimitedError",
+    "RequestNotSent",
+    "ResponseTooLarge",
     "ResponseValidationError",
+    "RetryableStatus",
+    "RunInterrupted",
     "SampleError",
+    "TokenEndpointUnavailable",
     "ValidationError",
+    "status_text",
 ]
 
 
@@ -71,6 +90,32 @@ def _rebuild(cls: type[CogsegError], message: str, context: dict[str, Any]) -> C
     return err
 
 
+# --- markers for the retry rule (they never reach the caller) ----------------------------------
+
+class RequestNotSent(Exception):
+    """Marker for failures that happened before the request left (e.g. no token could be had)."""
+
+
+class RetryableStatus(Exception):
+    """An HTTP status that might be retried; carries what the final error needs.
+
+    Attributes:
+        response: the answer (its body already read).
+        status_code: its status.
+        retry_after_s: the server's ``Retry-After`` in seconds, if it sent one.
+    """
+
+    response: httpx.Response
+    status_code: int
+    retry_after_s: float | None
+
+    def __init__(self, response: httpx.Response, retry_after_s: float | None) -> None:
+        super().__init__(status_text(response.status_code))
+        self.response = response
+        self.status_code = response.status_code
+        self.retry_after_s = retry_after_s
+
+
 class ValidationError(CogsegError, ValueError):
     """Input that cannot be sent as it is; the message names the field and what to fix."""
 
@@ -87,17 +132,32 @@ class ResponseValidationError(CogsegError):
     """The server answered 2xx with a body that does not match the API reference."""
 
 
+def status_text(code: int | None) -> str:
+    """``"404 Not Found"`` for a known status, the bare number otherwise (``""`` for none)."""
+    if code is None:
+        return ""
+    try:
+        return f"{code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+class ResponseTooLarge(ResponseValidationError):
+    """The answer outgrew the call's byte limit while streaming in."""
+
+
 class ApiError(CogsegError):
     """The API answered with an error status.
 
     Attributes:
-        status_code: the HTTP status.
+        status_code: the HTTP status (``None`` when no answer was involved, e.g. a token
+            provider that failed).
         request_id: the ``x-request-id`` response header, if any.
         missing: ids the server reported as unknown (CDF's ``error.missing``).
         duplicated: ids the server reported as duplicated (CDF's ``error.duplicated``).
     """
 
-    status_code: int
+    status_code: int | None
     request_id: str | None
     missing: list[Any]
     duplicated: list[Any]
@@ -106,7 +166,7 @@ class ApiError(CogsegError):
         self,
         message: str,
         *,
-        status_code: int,
+        status_code: int | None = None,
         request_id: str | None = None,
         missing: list[Any] | None = None,
         duplicated: list[Any] | None = None,
@@ -122,12 +182,17 @@ class ApiError(CogsegError):
         )
 
     def __str__(self) -> str:
-        rid = f", request id {self.request_id}" if self.request_id else ""
-        return f"{self.message} (HTTP {self.status_code}{rid})"
+        parts = [p for p in (status_text(self.status_code),
+                             f"request id {self.request_id}" if self.request_id else "") if p]
+        return f"{self.message} ({', '.join(parts)})" if parts else self.message
 
 
 class AuthenticationError(ApiError):
-    """The credentials were refused (401/403) or no token could be obtained."""
+    """The credentials were refused (401/403) or no token could be obtained.
+
+    The message says which credential (the static token, the token provider, or the client
+    id and its secret); never the secret itself.
+    """
 
 
 class NotFoundError(ApiError):
@@ -140,6 +205,53 @@ class RateLimitedError(ApiError):
 
 class ApiUnavailableError(CogsegError):
     """The service cannot be reached or keeps failing; the local fallback listens for this."""
+
+
+class CdfUnreachableError(ApiUnavailableError):
+    """CDF (or its token endpoint) cannot be used at all: nothing listens at the address, the
+    name does not resolve, connecting timed out, or the token endpoint kept failing.
+
+    A session recognizes this once; until CDF answers again (or a short cool-down passes)
+    every request of the session fails at once with this error instead of spending its own
+    retry budget. A run can stop on it (see :attr:`since`).
+
+    Attributes:
+        host: ``host:port`` that could not be used.
+        service: what lives there (``"CDF"`` or ``"the token endpoint"``).
+        since: when the session recognized the outage (seconds since the epoch).
+        reason: why, in a few words (e.g. ``"ConnectError: [Errno 111] Connection refused"``).
+    """
+
+    host: str
+    service: str
+    since: float
+    reason: str
+
+    def __init__(self, message: str, *, host: str, service: str, since: float, reason: str,
+                 **context: Any) -> None:
+        super().__init__(message, host=host, service=service, since=since, reason=reason,
+                         **context)
+
+
+class TokenEndpointUnavailable(ApiUnavailableError, RequestNotSent):
+    """The IdP could not be reached or answered 5xx/429 (the CDF request was not sent).
+
+    Attributes:
+        host: ``host:port`` of the token URL.
+        reason: what happened, in a few words (e.g. ``"answered 503 Service Unavailable"``).
+        unreachable: no connection could be made at all (refused, DNS, connect timeout).
+        status_code: the IdP's status, when it answered.
+    """
+
+    host: str
+    reason: str
+    unreachable: bool
+    status_code: int | None
+
+    def __init__(self, message: str, *, host: str, reason: str = "", unreachable: bool = False,
+                 status_code: int | None = None, **context: Any) -> None:
+        super().__init__(message, host=host, reason=reason or message, unreachable=unreachable,
+                         status_code=status_code, **context)
 
 
 class JobFailedError(CogsegError):
@@ -191,16 +303,31 @@ class CacheMissError(SampleError, KeyError):
         return self.message
 
 
-class RunInterrupted(CogsegError):
+class RunInterrupted(KeyboardInterrupt):
     """A run was stopped by SIGINT or SIGTERM; everything finished before it is stored.
 
+    A :class:`KeyboardInterrupt` (so ``except Exception`` does not swallow a stop the user
+    asked for), carrying what was done. Not a :class:`CogsegError` for the same reason.
+
     Attributes:
-        summary: one line saying what was done before the stop.
+        message: what happened and how to resume.
+        summary: what was done before the stop (the run's report summary).
         signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
     """
 
-    summary: str
-    signal_name: str
-
     def __init__(self, message: str, *, summary: str, signal_name: str = "SIGINT") -> None:
-        super().__init__(message, summary=summary, signal_name=signal_name)
+        super().__init__(message)
+        self.message = message
+        self.summary = summary
+        self.signal_name = signal_name
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_interrupted, (self.message, self.summary, self.signal_name))
+
+
+def _rebuild_interrupted(message: str, summary: str, signal_name: str) -> RunInterrupted:
+    return RunInterrupted(message, summary=summary, signal_name=signal_name)
+

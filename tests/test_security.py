@@ -73,3 +73,56 @@ def test_tls_verification_is_on_by_default(shared_emulator) -> None:
     with SegmentationClient(cfg.with_options(verify_tls=False)) as client:
         ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
         assert ctx.verify_mode == ssl.CERT_NONE
+
+
+# --- credentials never travel over plain HTTP to another machine -------------------------------
+
+def _creds(token_url: str = "https://login.example.com/tenant/oauth2/v2.0/token"
+           ) -> ClientCredentials:
+    return ClientCredentials(token_url, "client-id", SECRET)
+
+
+@pytest.mark.parametrize("base_url, token_url, what", [
+    ("http://westeurope-1.cognitedata.com", None, "base_url"),
+    ("http://10.0.0.7:8000", None, "base_url"),
+    ("https://westeurope-1.cognitedata.com", "http://login.example.com/token", "token_url"),
+    ("https://westeurope-1.cognitedata.com", "http://192.168.1.20/token", "token_url"),
+])
+def test_plain_http_to_another_host_is_refused(base_url: str, token_url: str | None,
+                                               what: str) -> None:
+    from cogseg_ml.config import CdfConfig, StaticToken
+    from cogseg_ml.errors import ValidationError
+
+    creds = _creds(token_url) if token_url else StaticToken("t")
+    with pytest.raises(ValidationError) as info:
+        CdfConfig(project="p", base_url=base_url, credentials=creds)
+    msg = str(info.value)
+    assert what in msg and "https://" in msg and "allow_insecure_http=True" in msg
+    assert SECRET not in msg
+    ok = CdfConfig(project="p", base_url=base_url, credentials=creds, allow_insecure_http=True)
+    assert ok.allow_insecure_http
+    with pytest.raises(ValidationError):  # a copy keeps the rule
+        ok.with_options(allow_insecure_http=False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "localhost", "[::1]", "LOCALHOST"])
+def test_plain_http_to_loopback_is_allowed(host: str) -> None:
+    from cogseg_ml.config import CdfConfig
+
+    cfg = CdfConfig(project="p", base_url=f"http://{host}:8000",
+                    credentials=_creds(f"http://{host}:8000/oauth2/token"))
+    assert cfg.base_url.startswith("http://")
+
+
+def test_from_env_needs_the_explicit_opt_in_for_plain_http() -> None:
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.errors import ValidationError
+
+    env = {"COGNITE_PROJECT": "p", "COGNITE_BASE_URL": "http://cdf.internal.example",
+           "COGNITE_TOKEN": "t"}
+    with pytest.raises(ValidationError) as info:
+        CdfConfig.from_env(env)
+    assert "COGSEG_ALLOW_INSECURE_HTTP=1" in str(info.value)
+    assert CdfConfig.from_env({**env, "COGSEG_ALLOW_INSECURE_HTTP": "1"}).allow_insecure_http
+    with pytest.raises(ValidationError):
+        CdfConfig.from_env({**env, "COGSEG_ALLOW_INSECURE_HTTP": "0"})

@@ -9,6 +9,14 @@
 
 The token fetch does its own I/O, so the flow overrides ``sync_auth_flow`` and
 ``async_auth_flow`` (as httpx's documentation advises). Tokens and secrets are never logged.
+
+What goes wrong is said plainly: a token endpoint that cannot be reached or answers 5xx is
+:class:`~cogseg_ml.errors.TokenEndpointUnavailable` naming its host; one that refuses the client
+credentials is an :class:`~cogseg_ml.errors.AuthenticationError` naming the client id (never the
+secret); a token provider that raises, or returns something that is not a token, is an
+``AuthenticationError`` carrying its message, before any request is sent. With a
+:class:`~cogseg_ml.api.health.SessionHealth`, an unreachable token endpoint and refused
+credentials are recognized once for the whole session.
 """
 
 from __future__ import annotations
@@ -18,22 +26,47 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
+from typing import Any
 
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
-from cogseg_ml.api.retry_policy import RequestNotSent
+from cogseg_ml.api.health import TOKEN_ENDPOINT, SessionHealth
+from cogseg_ml.api.retry_policy import describe_transport_error
 from cogseg_ml.api.wire_schema import TokenResponse
 from cogseg_ml.config import ClientCredentials, Credentials, StaticToken, TokenProvider
-from cogseg_ml.errors import ApiUnavailableError, AuthenticationError
+from cogseg_ml.errors import AuthenticationError, TokenEndpointUnavailable, status_text
 
-__all__ = ["BearerAuth"]
+__all__ = ["BearerAuth", "TokenEndpointUnavailable", "host_of", "provider_name"]
 
 _log = logging.getLogger("cogseg_ml.api.auth")
 
+#: What a token endpoint's ``error`` code (RFC 6749 section 5.2) says was refused.
+_REFUSED = {
+    "invalid_client": "client id {cid!r} with its client secret",
+    "unauthorized_client": "client id {cid!r} for the client-credentials grant",
+    "invalid_scope": "the scopes {scopes} for client id {cid!r}",
+}
 
-class TokenEndpointUnavailable(ApiUnavailableError, RequestNotSent):
-    """The IdP could not be reached or answered 5xx/429 (the CDF request was not sent)."""
+
+def host_of(url: str | httpx.URL) -> str:
+    """``host:port`` (or just the host on the scheme's default port) of a URL."""
+    u = httpx.URL(url)
+    return f"{u.host}:{u.port}" if u.port else u.host
+
+
+def provider_name(creds: TokenProvider) -> str:
+    """How a token provider is named in messages (its function's name)."""
+    fn = creds.provider
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+def _no_token(creds: TokenProvider, value: Any) -> AuthenticationError:
+    kind = ("None" if value is None else f"a {type(value).__name__}"
+            if not isinstance(value, str) else "a blank string" if value else "an empty string")
+    return AuthenticationError(
+        f"the token provider {provider_name(creds)} returned {kind}, not a token: it must "
+        "return the bearer token as a non-empty string")
 
 
 class BearerAuth(httpx.Auth):
@@ -42,7 +75,9 @@ class BearerAuth(httpx.Auth):
     def __init__(self, credentials: Credentials, *, timeout_s: float = 30.0,
                  verify: bool = True, token_transport: httpx.BaseTransport | None = None,
                  async_token_transport: httpx.AsyncBaseTransport | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 connect_timeout_s: float | None = None,
+                 health: SessionHealth | None = None) -> None:
         """
         Args:
             credentials: what to authenticate with.
@@ -50,9 +85,13 @@ class BearerAuth(httpx.Auth):
             token_transport, async_token_transport: transports for the token endpoint's sync
                 and async clients (default: httpx's network transports), e.g. for tests.
             clock: monotonic seconds, used for token expiry (``time.monotonic``).
+            connect_timeout_s: how long connecting to the token endpoint may take.
+            health: the session's record of outages and refused credentials, if any.
         """
         self.credentials = credentials
-        self._timeout = timeout_s
+        self.health = health
+        self._timeout = httpx.Timeout(timeout_s, connect=min(connect_timeout_s or timeout_s,
+                                                             timeout_s))
         self._verify = verify
         self._token_transport = token_transport
         self._async_token_transport = async_token_transport
@@ -93,27 +132,59 @@ class BearerAuth(httpx.Auth):
             form["audience"] = creds.audience
         return form
 
+    def _token_host(self) -> str:
+        assert isinstance(self.credentials, ClientCredentials)
+        return host_of(self.credentials.token_url)
+
+    def _before_fetch(self) -> None:
+        """Fail at once where the session already knows the answer."""
+        if self.health is not None:
+            self.health.check_credentials()
+            if isinstance(self.credentials, ClientCredentials):
+                self.health.check(TOKEN_ENDPOINT, self._token_host())
+
+    def _not_reached(self, exc: httpx.TransportError) -> TokenEndpointUnavailable:
+        """The error for a token request that got no answer (recorded in the session)."""
+        host = self._token_host()
+        reason = describe_transport_error(exc)
+        unreachable = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+        if unreachable and self.health is not None:
+            self.health.failed_to_connect(TOKEN_ENDPOINT, host, reason)
+        what = f"{'cannot be reached' if unreachable else 'did not answer'} ({reason})"
+        return TokenEndpointUnavailable(f"the token endpoint at {host} {what}", host=host,
+                                        reason=what, unreachable=unreachable)
+
+    def _provided(self, creds: TokenProvider, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise _no_token(creds, value)
+        self._token = value
+        self.fetch_count += 1
+        return value
+
+    def _provider_failed(self, creds: TokenProvider, exc: Exception) -> AuthenticationError:
+        return AuthenticationError(
+            f"the token provider {provider_name(creds)} failed: {type(exc).__name__}: {exc}")
+
     def _accept_token(self, response: httpx.Response) -> str:
+        creds = self.credentials
+        assert isinstance(creds, ClientCredentials)
+        host = self._token_host()
         if response.status_code >= 500 or response.status_code == 429:
-            raise TokenEndpointUnavailable(
-                f"the token endpoint answered HTTP {response.status_code}",
-                status_code=response.status_code)
+            what = f"answered {status_text(response.status_code)}"
+            raise TokenEndpointUnavailable(f"the token endpoint at {host} {what}", host=host,
+                                           reason=what, status_code=response.status_code)
+        if self.health is not None:  # it answers, and not with a failure of its own
+            self.health.answered(TOKEN_ENDPOINT, host)
         if response.status_code != 200:
-            reason = ""
-            try:
-                body = response.json()
-                if isinstance(body, dict) and isinstance(body.get("error"), str):
-                    reason = f": {body['error']}"
-            except ValueError:
-                pass
-            raise AuthenticationError(
-                f"the token endpoint refused the client credentials{reason}; check the client "
-                "id, secret and token URL", status_code=response.status_code)
+            err = self._refusal(creds, host, response)
+            if self.health is not None:
+                self.health.refuse(err)
+            raise err
         try:
             tok = TokenResponse.model_validate_json(response.content)
         except PydanticValidationError:
-            raise AuthenticationError("the token endpoint's answer holds no usable access_token",
-                                      status_code=response.status_code) from None
+            raise AuthenticationError(f"the token endpoint at {host} answered without a usable "
+                                      "access_token", status_code=response.status_code) from None
         self._token = tok.access_token
         self._lifetime = tok.expires_in
         self._expires_at = self._clock() + tok.expires_in
@@ -121,22 +192,47 @@ class BearerAuth(httpx.Auth):
         _log.debug("obtained an access token valid for %.0f s", tok.expires_in)
         return tok.access_token
 
+    @staticmethod
+    def _refusal(creds: ClientCredentials, host: str,
+                 response: httpx.Response) -> AuthenticationError:
+        code, detail = "", ""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            err = body.get("error")
+            code = err if isinstance(err, str) else ""
+            desc = body.get("error_description")
+            if isinstance(desc, str) and desc.strip():
+                flat = " ".join(desc.split())
+                detail = f" ({flat[:200]}{'...' if len(flat) > 200 else ''})"
+        what = _REFUSED.get(code, "the client credentials of client id {cid!r}").format(
+            cid=creds.client_id, scopes=" ".join(creds.scopes) or "(none)")
+        return AuthenticationError(
+            f"the token endpoint at {host} refused {what}{f' ({code})' if code else ''}{detail}; "
+            "check the client id, the client secret (has it expired?), the scopes and the "
+            "token URL", status_code=response.status_code)
+
     def _sync_fetch(self) -> str:
         creds = self.credentials
         if isinstance(creds, StaticToken):
             return creds.token.reveal()
         if isinstance(creds, TokenProvider):
-            self._token = creds.provider()
-            self.fetch_count += 1
-            return self._token
+            try:
+                value = creds.provider()
+            except Exception as exc:
+                raise self._provider_failed(creds, exc) from exc
+            return self._provided(creds, value)
+        self._before_fetch()
         if self._sync_http is None:
             self._sync_http = httpx.Client(timeout=self._timeout, verify=self._verify,
                                            transport=self._token_transport)
         try:
             resp = self._sync_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:
-            raise TokenEndpointUnavailable(
-                f"the token endpoint cannot be reached ({type(exc).__name__})") from None
+            # Not chained: the request it carries holds the client secret in its body.
+            raise self._not_reached(exc) from None
         return self._accept_token(resp)
 
     async def _async_fetch(self) -> str:
@@ -144,17 +240,19 @@ class BearerAuth(httpx.Auth):
         if isinstance(creds, StaticToken):
             return creds.token.reveal()
         if isinstance(creds, TokenProvider):
-            self._token = await asyncio.to_thread(creds.provider)
-            self.fetch_count += 1
-            return self._token
+            try:
+                value = await asyncio.to_thread(creds.provider)
+            except Exception as exc:
+                raise self._provider_failed(creds, exc) from exc
+            return self._provided(creds, value)
+        self._before_fetch()
         if self._async_http is None:
             self._async_http = httpx.AsyncClient(timeout=self._timeout, verify=self._verify,
                                                  transport=self._async_token_transport)
         try:
             resp = await self._async_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:
-            raise TokenEndpointUnavailable(
-                f"the token endpoint cannot be reached ({type(exc).__name__})") from None
+            raise self._not_reached(exc) from None  # the request holds the secret: not chained
         return self._accept_token(resp)
 
     def sync_token(self, stale: str | None = None) -> str:

@@ -22,11 +22,12 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying
 
-from cogseg_ml.api.auth import BearerAuth
+from cogseg_ml.api.auth import BearerAuth, host_of
 from cogseg_ml.api.file_checks import check_segmentable
-from cogseg_ml.api.http_core import Call, ClientCore, LimitedBody, ResponseTooLarge, rebuilt
+from cogseg_ml.api.health import CDF, DOWNLOADS, TOKEN_ENDPOINT, HealthKey, SessionHealth
+from cogseg_ml.api.http_core import Call, ClientCore, LimitedBody, rebuilt
 from cogseg_ml.api.job_pipeline import run_jobs
-from cogseg_ml.api.job_polling import PollSchedule, WaitPlan
+from cogseg_ml.api.job_polling import PollSchedule, WaitPlan, checked_timeout
 from cogseg_ml.api.results import (
     JobOutcome,
     RequestLike,
@@ -35,7 +36,12 @@ from cogseg_ml.api.results import (
     to_prompt,
     to_request,
 )
-from cogseg_ml.api.retry_policy import RetryableStatus, retrying_kwargs
+from cogseg_ml.api.retry_policy import (
+    CONNECT_FAILURES,
+    describe_transport_error,
+    is_connect_failure,
+    retrying_kwargs,
+)
 from cogseg_ml.api.session import SegmentationSession, Transport, as_async_transport, session_for
 from cogseg_ml.api.wire_schema import (
     Annotation,
@@ -45,8 +51,17 @@ from cogseg_ml.api.wire_schema import (
     ItemsResponse,
     SegmentJob,
 )
-from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import FileValidationError, NotFoundError, ValidationError
+from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken
+from cogseg_ml.errors import (
+    CdfUnreachableError,
+    CogsegError,
+    FileValidationError,
+    NotFoundError,
+    ResponseTooLarge,
+    RetryableStatus,
+    TokenEndpointUnavailable,
+    ValidationError,
+)
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 
 __all__ = ["AsyncSegmentationClient", "FileLike", "RequestLike", "SegmentationClient",
@@ -55,6 +70,8 @@ __all__ = ["AsyncSegmentationClient", "FileLike", "RequestLike", "SegmentationCl
 FileLike = FileRef | int | str | Mapping[str, Any]
 
 BYIDS_CHUNK = 1000
+#: Different fresh tokens CDF must refuse in a row before the session stops asking.
+REFUSALS_CONFIRMING = 2
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 ANNOTATION_CHUNK = 1000
 
@@ -97,6 +114,10 @@ class AsyncSegmentationClient(ClientCore):
     Use as an async context manager, or call :meth:`aclose`. Bound to the event loop it is
     first used on.
 
+    An unreachable CDF (or token endpoint) and refused credentials are recognized once per
+    client (:attr:`health`, see :mod:`cogseg_ml.api.health`): from then on its calls fail at
+    once instead of each spending its own retry budget, and :attr:`outage` says since when.
+
     Args:
         config: where and how to connect (:class:`~cogseg_ml.config.CdfConfig`).
         transport: an httpx transport instead of the network (tests, proxies); a sync-only
@@ -107,12 +128,20 @@ class AsyncSegmentationClient(ClientCore):
         super().__init__(config)
         # The user's transport serves the token endpoint too (a proxy, a test double).
         async_transport = as_async_transport(transport)
+        self.health = SessionHealth(config.retry)
         self._auth = BearerAuth(config.credentials, timeout_s=config.timeout_s,
-                                verify=config.verify_tls, async_token_transport=async_transport)
+                                verify=config.verify_tls, async_token_transport=async_transport,
+                                connect_timeout_s=config.connect_timeout_s, health=self.health)
         limits = httpx.Limits(max_connections=config.max_connections,
                               max_keepalive_connections=config.max_connections)
-        self._http = httpx.AsyncClient(timeout=config.timeout_s, limits=limits,
+        self._http = httpx.AsyncClient(timeout=self._timeout(None), limits=limits,
                                        transport=async_transport, verify=config.verify_tls)
+        creds = config.credentials
+        # A static token refused is refused for good; a fresh one may have been revoked.
+        self._confirmations = 1 if isinstance(creds, StaticToken) else REFUSALS_CONFIRMING
+        self._token_key: HealthKey | None = (
+            (TOKEN_ENDPOINT, host_of(creds.token_url))
+            if isinstance(creds, ClientCredentials) else None)
         self.schedule = PollSchedule(config.poll)
         self.requests_sent = 0
         # Requests wait here rather than in httpcore's pool: its queue is rescanned on every
@@ -130,46 +159,104 @@ class AsyncSegmentationClient(ClientCore):
         await self._http.aclose()
         await self._auth.aclose()
 
+    @property
+    def outage(self) -> CdfUnreachableError | None:
+        """The outage this client has recognized and still honours (``None`` when there is
+        none): CDF or its token endpoint could not be reached, since ``outage.since``."""
+        return self.health.outage
+
+    def _timeout(self, seconds: float | None) -> httpx.Timeout:
+        total = seconds or self.config.timeout_s
+        return httpx.Timeout(total, connect=min(self.config.connect_timeout_s, total))
+
+    def _where(self, call: Call) -> HealthKey:
+        host = host_of(call.url)
+        return (CDF if host == self.host else DOWNLOADS, host)
+
     async def _send(self, call: Call) -> httpx.Response:
         call = self.limit(call)
+        retry = self.config.retry
+        if call.attempts is not None:
+            retry = dataclasses.replace(retry, max_attempts=call.attempts)
+        service, host = where = self._where(call)
+        watched = [where] + ([self._token_key] if self._token_key and call.authenticated
+                             else [])
+        health = self.health
         try:
-            retry = self.config.retry
-            if call.attempts is not None:
-                retry = dataclasses.replace(retry, max_attempts=call.attempts)
-            async for attempt in AsyncRetrying(**retrying_kwargs(retry, call.kind,
-                                                                 self.log_retry(call))):
+            async for attempt in AsyncRetrying(**retrying_kwargs(
+                    retry, call.kind, self.log_retry(call),
+                    give_up=lambda: health.is_down(watched))):
                 with attempt:
-                    self.requests_sent += 1
                     if self._gate is None:
                         self._gate = asyncio.Semaphore(self.config.max_connections)
                     async with self._gate:
-                        req = self._http.build_request(
-                            call.method, call.url, json=call.json, params=call.params,
-                            headers=self.headers_for(call),
-                            timeout=call.timeout_s or self.config.timeout_s)
-                        streamed = await self._http.send(
-                            req, auth=self._auth if call.authenticated else None, stream=True)
+                        # What the session already knows fails here, before anything is sent.
+                        health.check(service, host)
+                        if call.authenticated:
+                            health.check_credentials()
+                        self.requests_sent += 1
                         try:
-                            body = LimitedBody(call)
-                            async for chunk in streamed.aiter_bytes():
-                                body.add(chunk)
-                            resp = rebuilt(streamed, bytes(body.buf))
-                        finally:
-                            await streamed.aclose()
+                            resp = await self._exchange(call)
+                        except CONNECT_FAILURES as exc:
+                            health.failed_to_connect(service, host, describe_transport_error(exc))
+                            raise
+                    health.answered(service, host)
+                    if call.authenticated and self.is_api(call):
+                        if resp.status_code in (401, 403):
+                            refused = self.refused(resp, call)
+                            if resp.status_code == 401:  # the token: every call would fail
+                                health.refuse(refused, token=resp.request.headers.get(
+                                    "authorization"), confirmations=self._confirmations)
+                            raise refused
+                        if resp.status_code < 300:
+                            health.accepted()
                     self.raise_for_retry(resp)
-        except (RetryableStatus, httpx.TransportError) as exc:
+        except (RetryableStatus, httpx.TransportError, TokenEndpointUnavailable) as exc:
             # Only what the network or the server did becomes a typed API error; anything
             # else (a bug in a transport or hook) propagates as it is, cause and all.
-            raise self.final_error(exc, call) from (None if call.url in str(exc) else exc)
+            raise self._gave_up(exc, call) from (None if call.url in str(exc) else exc)
         return resp
+
+    async def _exchange(self, call: Call) -> httpx.Response:
+        """One request and its whole (size-limited) body."""
+        req = self._http.build_request(call.method, call.url, json=call.json,
+                                       params=call.params, headers=self.headers_for(call),
+                                       timeout=self._timeout(call.timeout_s))
+        streamed = await self._http.send(req, auth=self._auth if call.authenticated else None,
+                                         stream=True)
+        try:
+            body = LimitedBody(call)
+            async for chunk in streamed.aiter_bytes():
+                body.add(chunk)
+            return rebuilt(streamed, bytes(body.buf))
+        finally:
+            await streamed.aclose()
+
+    def _gave_up(self, exc: BaseException, call: Call) -> CogsegError:
+        """The error of a call whose retries ended: an outage where nothing could be reached
+        (recorded for the whole session), else the typed error of the last failure."""
+        if isinstance(exc, TokenEndpointUnavailable):
+            return self.health.give_up(TOKEN_ENDPOINT, exc.host, exc.reason,
+                                       unreachable=exc.unreachable)
+        if is_connect_failure(exc):
+            assert isinstance(exc, httpx.TransportError)
+            service, host = self._where(call)
+            return self.health.give_up(service, host, describe_transport_error(exc))
+        return self.final_error(exc, call)
 
     async def create_job(self, files: FileLike | Sequence[FileLike],
                          points: Iterable[Point | Sequence[float]] | None = None,
                          box: Box | Sequence[float] | None = None, *,
                          prompt: Prompt | None = None) -> SegmentJob:
         """See :meth:`SegmentationClient.create_job`."""
-        call = self.segment_create_call(_one_file(files), to_prompt(points, box, prompt))
-        return self.parse(await self._send(call), SegmentJob, call)
+        ref = _one_file(files)
+        call = self.segment_create_call(ref, to_prompt(points, box, prompt))
+        try:
+            return self.parse(await self._send(call), SegmentJob, call)
+        except NotFoundError as exc:
+            if not exc.missing:
+                raise
+            raise self._unknown_files(exc) from None
 
     async def retrieve_job(self, job_id: int) -> SegmentJob:
         """See :meth:`SegmentationClient.retrieve_job`."""
@@ -179,7 +266,7 @@ class AsyncSegmentationClient(ClientCore):
     async def wait(self, job: SegmentJob | int, timeout: float | None = None,
                    request: SegmentRequest | None = None) -> SegmentationResult:
         """See :meth:`SegmentationClient.wait`."""
-        plan = WaitPlan(self.schedule, job, timeout)
+        plan = WaitPlan(self.schedule, job, checked_timeout(timeout))
         while (delay := plan.next_delay()) is not None:
             await asyncio.sleep(delay)
             plan.update(await self.retrieve_job(plan.job_id))
@@ -193,6 +280,7 @@ class AsyncSegmentationClient(ClientCore):
         """See :meth:`SegmentationClient.segment`."""
         ref = FileRef.parse(file)
         p = to_prompt(points, box, prompt)
+        timeout = checked_timeout(timeout)
         if check_file:
             check_segmentable((await self.file_metadata([ref]))[0], ref)
         job = await self.create_job(ref, prompt=p)
@@ -202,8 +290,8 @@ class AsyncSegmentationClient(ClientCore):
                      timeout: float | None = None, check_files: bool = True
                      ) -> AsyncIterator[JobOutcome]:
         """See :meth:`SegmentationClient.segment_many` (an async iterator here)."""
-        return run_jobs(self, requests, concurrency=concurrency, timeout=timeout,
-                        check_files=check_files)
+        return run_jobs(self, requests, concurrency=concurrency,
+                        timeout=checked_timeout(timeout), check_files=check_files)
 
     async def file_metadata(self, files: Iterable[FileLike], *, ignore_unknown: bool = False
                             ) -> list[FileMetadata]:
@@ -212,8 +300,15 @@ class AsyncSegmentationClient(ClientCore):
         out: list[FileMetadata] = []
         uniq = _unique(refs)
         for i in range(0, len(uniq), BYIDS_CHUNK):
-            call = self.byids_call(uniq[i:i + BYIDS_CHUNK], ignore_unknown=ignore_unknown)
-            out.extend(self.parse(await self._send(call), ItemsResponse[FileMetadata], call).items)
+            chunk = uniq[i:i + BYIDS_CHUNK]
+            call = self.byids_call(chunk, ignore_unknown=ignore_unknown)
+            try:
+                resp = await self._send(call)
+            except NotFoundError as exc:
+                if not exc.missing:
+                    raise
+                raise self._unknown_files(exc) from None
+            out.extend(self.parse(resp, ItemsResponse[FileMetadata], call).items)
         found = _match_metadata(refs, out)
         return [found[r] for r in refs if r in found]
 
@@ -221,6 +316,21 @@ class AsyncSegmentationClient(ClientCore):
         """Metadata of the known files among ``refs`` (unknown ones are left out)."""
         metas = await self.file_metadata(refs, ignore_unknown=True)
         return _match_metadata(refs, metas)
+
+    def _unknown_files(self, exc: NotFoundError) -> NotFoundError:
+        """The server's "not found" restated with the files it names (its ``missing``)."""
+        named = []
+        for m in exc.missing:
+            try:
+                named.append(FileRef.parse(m).describe())
+            except (CogsegError, TypeError, ValueError):
+                named.append(repr(m))
+        what = f"file {named[0]} does not" if len(named) == 1 else \
+            f"files {', '.join(named)} do not"
+        return NotFoundError(f"{what} exist in project {self.config.project!r} at {self.host} "
+                             f"(server: {exc.message})", status_code=exc.status_code,
+                             request_id=exc.request_id, missing=exc.missing,
+                             duplicated=exc.duplicated)
 
     async def probe(self, file: FileLike, *, timeout_s: float = 5.0) -> None:
         """One ``files/byids`` request, one attempt, a short timeout: is CDF reachable?
@@ -374,6 +484,16 @@ class SegmentationClient:
         return self.session.client.schedule
 
     @property
+    def outage(self) -> CdfUnreachableError | None:
+        """The outage the session has recognized and still honours, else ``None``.
+
+        While it is set, every call of the session fails at once with it (a
+        :class:`~cogseg_ml.errors.CdfUnreachableError`, also an ``ApiUnavailableError``);
+        a run can stop here rather than go on item by item.
+        """
+        return self.session.client.outage
+
+    @property
     def requests_sent(self) -> int:
         """HTTP attempts the session has made (all clients of the session together)."""
         return self.session.client.requests_sent
@@ -409,9 +529,11 @@ class SegmentationClient:
         """Poll until the job is terminal; returns its result.
 
         Raises:
+            ValidationError: ``timeout`` is not ``None`` or a finite number of seconds > 0.
             JobFailedError: the job failed as a whole (per-item failures are in the result).
             JobTimeoutError: not terminal after ``timeout`` seconds.
         """
+        timeout = checked_timeout(timeout)
         return self.session.run(lambda c: c.wait(job, timeout=timeout, request=request))
 
     def segment(self, file: FileLike, points: Iterable[Point | Sequence[float]] | None = None,
@@ -421,8 +543,17 @@ class SegmentationClient:
 
         Use ``result.item.best`` for the top segment; ``result.item`` raises
         :class:`~cogseg_ml.errors.JobFailedError` if the file failed.
+
+        Raises:
+            ValidationError: bad prompts, or a ``timeout`` that is not ``None`` or a finite
+                number of seconds > 0 (before any request is sent).
+            NotFoundError: CDF does not know the file (the message names it).
+            CdfUnreachableError: CDF or its token endpoint cannot be reached (an
+                ``ApiUnavailableError``).
+            AuthenticationError: the credentials were refused (the message says which).
         """
         ref, p = FileRef.parse(file), to_prompt(points, box, prompt)
+        timeout = checked_timeout(timeout)
         return self.session.run(lambda c: c.segment(ref, prompt=p, timeout=timeout,
                                                     check_file=check_file))
 
@@ -437,8 +568,14 @@ class SegmentationClient:
         ends it with that exception. ``requests`` is read lazily, off the session's loop, so
         it may be a generator that does blocking work. Closing the iterator early (``break``)
         stops submitting and polling; jobs already created keep running on the server (the
-        API has no cancel).
+        API has no cancel). Once CDF is found unreachable (or the credentials refused), the
+        remaining requests fail at once, each an outcome with that error.
+
+        Raises:
+            ValidationError: ``timeout`` is not ``None`` or a finite number of seconds > 0
+                (raised here, at the call).
         """
+        timeout = checked_timeout(timeout)
         return self.session.iterate(lambda c: c.segment_many(
             requests, concurrency=concurrency, timeout=timeout, check_files=check_files))
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from tenacity import RetryCallState
 
-from cogseg_ml.api.retry_policy import CallKind, RetryableStatus, parse_retry_after
+from cogseg_ml.api.auth import host_of, provider_name
+from cogseg_ml.api.retry_policy import CallKind, parse_retry_after
 from cogseg_ml.api.wire_schema import (
     FileIdentifier,
     InstanceIdWire,
@@ -29,7 +30,7 @@ from cogseg_ml.api.wire_schema import (
     SegmentJobCreateRequest,
     SegmentPoint,
 )
-from cogseg_ml.config import CdfConfig
+from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken, TokenProvider
 from cogseg_ml.errors import (
     ApiError,
     ApiUnavailableError,
@@ -37,13 +38,16 @@ from cogseg_ml.errors import (
     CogsegError,
     NotFoundError,
     RateLimitedError,
+    ResponseTooLarge,
     ResponseValidationError,
+    RetryableStatus,
     ValidationError,
+    status_text,
 )
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.version import __version__
 
-__all__ = ["Call", "ClientCore"]
+__all__ = ["Call", "ClientCore", "ResponseTooLarge"]
 
 _log = logging.getLogger("cogseg_ml.api")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -103,6 +107,7 @@ class ClientCore:
             "accept": "application/json",
         }
         self._origin = urlsplit(config.base_url)[:2]
+        self.host = host_of(config.base_url)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(project={self.config.project!r}, "
@@ -202,7 +207,7 @@ class ClientCore:
             if errs and errs[0]["type"] == "json_invalid":
                 what = (f"a body that is not JSON ({_snippet(response.text)!r})"
                         if response.content else "an empty body")
-                msg = f"{call.label} answered HTTP {response.status_code} with {what}"
+                msg = f"{call.label} answered {status_text(response.status_code)} with {what}"
             else:
                 parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
                          for e in errs[:3]]
@@ -229,6 +234,43 @@ class ClientCore:
         return ApiUnavailableError(f"{call.label} failed: {type(exc).__name__}",
                                    status_code=None, request_id=None)
 
+    def is_api(self, call: Call) -> bool:
+        """Whether the call goes to the project's API (not to a download link)."""
+        return call.url.startswith(self.config.api_root + "/")
+
+    def credential_label(self) -> str:
+        """Which credential the requests carry, for messages (never the secret)."""
+        creds = self.config.credentials
+        if isinstance(creds, StaticToken):
+            return "the static bearer token (StaticToken, e.g. from COGNITE_TOKEN)"
+        if isinstance(creds, TokenProvider):
+            return f"the token from the token provider {provider_name(creds)}"
+        assert isinstance(creds, ClientCredentials)
+        return (f"the access token issued to client id {creds.client_id!r} by "
+                f"{host_of(creds.token_url)}")
+
+    def refused(self, response: httpx.Response, call: Call) -> AuthenticationError:
+        """The error for CDF answering 401/403 to an API call: which credential, and why."""
+        err = error_from_response(response)
+        server = err.message.removeprefix("not authorized: ")
+        creds = self.config.credentials
+        if response.status_code == 401:
+            if isinstance(creds, StaticToken):
+                again, hint = "", "get a new token"
+            elif isinstance(creds, TokenProvider):
+                again, hint = ", also a fresh one", "check what the token provider returns"
+            else:
+                again = ", also a freshly fetched one"
+                hint = (f"check the scopes or audience (the token must be for "
+                        f"{self.config.base_url}) and the client's access to the project")
+            msg = f"CDF at {self.host} refused {self.credential_label()}{again}: {server}; {hint}"
+        else:
+            msg = (f"CDF at {self.host} denied {self.credential_label()} access to "
+                   f"{call.label} in project {self.config.project!r}: {server}; the identity "
+                   "lacks this capability or access to the project")
+        return AuthenticationError(msg, status_code=response.status_code,
+                                   request_id=response.headers.get("x-request-id"))
+
     @staticmethod
     def log_retry(call: Call) -> Any:
         """A tenacity ``before_sleep`` hook that logs the call's label, never its headers."""
@@ -240,10 +282,6 @@ class ClientCore:
                        exc, state.attempt_number, wait)
 
         return hook
-
-
-class ResponseTooLarge(ResponseValidationError):
-    """The answer outgrew the call's byte limit while streaming in."""
 
 
 class LimitedBody:

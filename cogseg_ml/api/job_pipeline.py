@@ -12,7 +12,11 @@ Flow for ``segment_many``:
    consumer slows submission instead of piling up results in memory.
 
 Every failure of a job (a :class:`~cogseg_ml.errors.CogsegError`, malformed answers included)
-is an outcome. Anything else raised by a background task is a bug, not a job's fate: it ends the
+is an outcome. Once the client has recognized CDF as unreachable (or the credentials as
+refused), every job still queued or in flight fails at once with that error, so a stream of
+thousands ends in moments instead of each job spending its own retry budget.
+
+Anything else raised by a background task is a bug, not a job's fate: it ends the
 stream at once, raised to the consumer with its traceback, rather than leaving it waiting.
 Requests that are not a list or tuple are read in a worker thread, so a generator may block
 (download, read files, call a sync client) without stalling the loop. When reading them fails
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cogseg_ml.api.file_checks import check_segmentable
+from cogseg_ml.api.job_polling import checked_timeout
 from cogseg_ml.api.results import (
     JobOutcome,
     RequestLike,
@@ -40,6 +45,7 @@ from cogseg_ml.api.results import (
 from cogseg_ml.api.wire_schema import SegmentJob
 from cogseg_ml.errors import (
     ApiUnavailableError,
+    CdfUnreachableError,
     CogsegError,
     JobTimeoutError,
     NotFoundError,
@@ -87,6 +93,7 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
     """Async generator behind ``segment_many`` (see the module docstring)."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValidationError(f"concurrency must be a positive integer, got {concurrency!r}")
+    timeout = checked_timeout(timeout)
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(concurrency)
     results: asyncio.Queue[tuple[JobOutcome, bool] | _FeedDone | _Crashed] = asyncio.Queue()
@@ -99,6 +106,9 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
         t = asyncio.create_task(guarded(coro))
         tasks.add(t)
         t.add_done_callback(tasks.discard)
+        # A task cancelled before its first step never starts ``coro``: close it, or Python
+        # warns that it was never awaited (closing a finished coroutine does nothing).
+        t.add_done_callback(lambda _: coro.close())
 
     async def guarded(coro: Any) -> None:
         try:
@@ -137,7 +147,9 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             job = await client.retrieve_job(t.job_id)
         except CogsegError as exc:
             t.errors += 1
-            if t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError):
+            # A recognized outage is not a hiccup to poll through: the job's outcome is due now.
+            if (t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError)
+                    or isinstance(exc, CdfUnreachableError)):
                 finish(JobOutcome(t.request, error=exc, job_id=t.job_id))
                 return
             reschedule(t)
@@ -171,10 +183,13 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
                 continue
             wait_s = heap[0].due - loop.time()
             if wait_s > 0:
+                # Not asyncio.wait_for: on Python 3.10/3.11 a cancellation that meets its timeout
+                # is swallowed, and this loop would then wait forever on a closed pipeline.
+                waiter = asyncio.ensure_future(wake.wait())
                 try:
-                    await asyncio.wait_for(wake.wait(), wait_s)
-                except asyncio.TimeoutError:
-                    pass
+                    await asyncio.wait({waiter}, timeout=wait_s)
+                finally:
+                    waiter.cancel()
                 wake.clear()
                 continue
             now = loop.time()

@@ -9,18 +9,35 @@ Durations include queueing, so the schedule follows the server's load.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cogseg_ml.config import PollConfig
-from cogseg_ml.errors import JobTimeoutError
+from cogseg_ml.errors import JobTimeoutError, ValidationError
 
 if TYPE_CHECKING:
     from cogseg_ml.api.results import SegmentationResult, SegmentRequest
     from cogseg_ml.api.wire_schema import SegmentJob
 
-__all__ = ["PollSchedule", "WaitPlan"]
+__all__ = ["PollSchedule", "WaitPlan", "checked_timeout"]
+
+
+def checked_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """``timeout`` as seconds, or ``None`` (wait as long as it takes).
+
+    Raises:
+        ValidationError: anything but ``None`` or a finite number > 0 (``0`` would create a
+            job only to give up on it; NaN would never time out).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValidationError(f"{name} must be None (no limit) or a finite number of seconds "
+                              f"> 0, got {timeout!r}")
+    return float(timeout)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentationResult, SegmentRequest
+from cogseg_ml.api.session import Transport
 from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CogsegError, JobFailedError
@@ -35,22 +36,32 @@ class ApiBackend:
     """CDF's ``context/vision/segment`` through this process's segmentation session.
 
     Args:
-        config: the CDF connection (or a :class:`SegmentationClient`, whose config is used).
+        config: the CDF connection, or a :class:`SegmentationClient` (its config and its
+            transport are used).
         concurrency: jobs in flight.
 
-    Pickles as its config: each process uses its own session.
+    Pickles as its config: each process uses its own session (a transport, bound to the
+    process that made it, is left behind).
+
+    Once the session has found CDF unreachable, the remaining jobs of a run fail at once with
+    :class:`~cogseg_ml.errors.CdfUnreachableError`, so a fallback takes them over without
+    waiting for each job's retries.
     """
 
     name = API_BACKEND
 
     def __init__(self, config: CdfConfig | SegmentationClient, *, concurrency: int = 32) -> None:
-        self.config = config.config if isinstance(config, SegmentationClient) else config
+        if isinstance(config, SegmentationClient):
+            self.config: CdfConfig = config.config
+            self.transport: Transport | None = config.transport
+        else:
+            self.config, self.transport = config, None
         self.concurrency = concurrency
         self.model_version = f"vision-segment/{self.config.cdf_version}"
         self._client: SegmentationClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "transport": None}
 
     def __repr__(self) -> str:
         return f"ApiBackend(project={self.config.project!r}, concurrency={self.concurrency})"
@@ -59,7 +70,7 @@ class ApiBackend:
     def client(self) -> SegmentationClient:
         """A client on this process's session (after ``fork``, the child's own)."""
         if self._client is None:
-            self._client = SegmentationClient(self.config)
+            self._client = SegmentationClient(self.config, transport=self.transport)
         return self._client
 
     def close(self) -> None:

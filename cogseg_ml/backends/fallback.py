@@ -7,6 +7,10 @@ passed. Before the first chunk, and whenever the breaker is half-open, one short
 single attempt with a short timeout, the primary's ``probe``) asks whether the API answers at
 all: a refused connection or a timeout opens the breaker at once, instead of after a whole
 chunk's retry budget (minutes with the default :class:`~cogseg_ml.config.RetryConfig`).
+An outage that starts in the middle of a chunk costs the connect budget once, not a retry
+budget per job: the API client's session recognizes the unreachable host and fails the rest of
+the chunk at once (:class:`~cogseg_ml.errors.CdfUnreachableError`), and the fallback takes
+those jobs over.
 Results keep their provenance (the backend's name and model version are in their cache keys),
 so a later API run replaces local masks rather than being answered by them.
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
+import numpy as np
 import pytest
 
+from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.api_backend import ApiBackend
+from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.backends.fallback import CircuitBreaker, FallbackBackend
 from cogseg_ml.backends.local_sam import LocalSamBackend, build_tiny_sam
 from cogseg_ml.config import RetryConfig
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.labeler import SegmentationLabeler
-from cogseg_ml.prompts import FileRef, Prompt
+from cogseg_ml.mask_codec import encode
+from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
 
 
@@ -79,3 +85,62 @@ def test_modes_validate() -> None:
     with pytest.raises(ValidationError):
         FallbackBackend(LocalSamBackend(model=build_tiny_sam(), device="cpu"), None,
                         mode="sometimes")  # type: ignore[arg-type]
+
+
+class BoxBackend:
+    """A stand-in local model: the prompt's box as the mask (counts the jobs it was given)."""
+
+    name = "box-model"
+    model_version = "boxes-1"
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def identities(self) -> list[tuple[str, str]]:
+        return [(self.name, self.model_version)]
+
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        for job in jobs:
+            self.jobs += 1
+            m = np.zeros((job.height, job.width), bool)
+            b = job.request.prompt.box
+            assert b is not None
+            m[int(b.y_min * job.height):int(b.y_max * job.height),
+              int(b.x_min * job.width):int(b.x_max * job.width)] = True
+            yield BackendOutcome(job, result=MaskResult(
+                segments=(ScoredMask(1.0, encode(m)[0]),), height=job.height, width=job.width,
+                backend=self.name, model_version=self.model_version))
+
+
+def test_an_outage_mid_chunk_hands_the_rest_of_the_chunk_to_the_fallback_at_once(
+        make_emulator, images) -> None:
+    emu = make_emulator(concurrency=8)
+    # A generous budget for answers (ten attempts each): it must not be spent per job once
+    # the connection is refused.
+    cfg = emu.config.with_options(retry=RetryConfig(max_attempts=10, backoff_base_s=0.01,
+                                                    max_backoff_s=0.05))
+    api = ApiBackend(cfg, concurrency=4)
+    local = BoxBackend()
+    fb = FallbackBackend(api, local, chunk_size=30,
+                         breaker=CircuitBreaker(cooldown_s=60, clock=Clock()))
+    jobs = [BackendJob(SegmentRequest(FileRef(external_id=images[n % len(images)].name),
+                                      Prompt(box=Box(0.1, 0.1, 0.4 + 0.01 * n, 0.6)), tag=n),
+                       images[0].height, images[0].width, f"digest-{n}", lambda: b"")
+            for n in range(30)]
+    outs: list[BackendOutcome] = []
+    sent_at_stop = 0
+    for out in fb.run(jobs):  # one chunk of 30: the outage starts in its middle
+        outs.append(out)
+        if len(outs) == 3:
+            emu.stop()
+            sent_at_stop = api.client.requests_sent
+    assert sorted(o.job.request.tag for o in outs) == list(range(30))
+    assert all(o.result is not None for o in outs)
+    from_api = sum(1 for o in outs if o.result and o.result.backend == "cdf-api")
+    assert from_api + local.jobs == 30
+    assert local.jobs >= 30 - 3 - api.concurrency  # only jobs already in flight could finish
+    # The rest of the chunk cost the connection budget once, not a retry budget per job.
+    sent_after = api.client.requests_sent - sent_at_stop
+    assert sent_after <= 3 + api.concurrency, sent_after  # 3: RetryConfig.connect_attempts
+    assert fb.breaker.state == "open"
+    api.close()
