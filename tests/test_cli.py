@@ -59,3 +59,26 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report["mean_iou_synthetic"] > 0.99 and report["coco_segm_AP"] > 0.99
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3 + report["photo_included"]
     assert (tmp_path / "coco.json").exists() and (tmp_path / "report.md").exists()
+
+
+def test_progress_bar_shows_the_total_and_an_eta_once_the_total_is_known(monkeypatch) -> None:
+    import io
+
+    from cogseg_ml import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    buf = io.StringIO()
+    with progress.progress_bar(10, "images", file=buf, mininterval=0) as bar:
+        bar.update(4)
+    text = buf.getvalue()
+    assert "4/10" in text and "<" in text  # [elapsed<remaining]
+    buf = io.StringIO()
+    with progress.progress_bar(None, "prompts", file=buf, mininterval=0) as bar:
+        progress.add_total(bar, 6)  # e.g. a chunk's prompts, counted as it is read
+        bar.update(3)
+        progress.add_total(bar, 2)
+        bar.update(1)
+    assert bar.total == 8 and "4/8" in buf.getvalue()
+    with progress.progress_bar(None, "off", progress=False) as off:
+        progress.add_total(off, 5)  # a disabled bar takes it too
+    assert off.total == 5

@@ -1,25 +1,42 @@
 """Image bytes beside the mask cache, so training epochs do not download an image again.
 
 Blobs are content-addressed (``images/ab/<sha256>``), written to a per-process temporary file
-and moved into place with ``os.replace`` (readers never see a partial file), owner-only. The
+and moved into place with ``os.replace`` (readers never see a partial file), owner-only (the
+folders 0700, the files 0600). The
 index (file identity and version → hash, size, last access) lives in the mask cache's SQLite
 file, table ``images``; the store has its own size budget with least-recently-used eviction.
 Reads never take the write lock: their accesses are batched by the mask cache (see
 :mod:`cogseg_ml.cache.mask_cache`), so the LRU order is approximate in the same way.
-File names are hashes, so no file id can reach outside the store's folder.
+File names are hashes, so no file id can reach outside the store's folder. A blob whose bytes
+no longer match their hash is dropped when read (the next put writes it again). Caches merged
+with :meth:`~cogseg_ml.cache.mask_cache.MaskCache.merge` bring their images along
+(:meth:`ImageStore.merge_from`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cogseg_ml.cache.mask_cache import MaskCache
 
-__all__ = ["ImageStore"]
+__all__ = ["ImageStore", "ImagesRemoved"]
+
+_log = logging.getLogger("cogseg_ml.cache")
+
+
+@dataclass(frozen=True)
+class ImagesRemoved:
+    """What :meth:`ImageStore.clear` removed: index entries and their stored bytes."""
+
+    images: int
+    bytes: int
 
 
 class ImageStore:
@@ -35,6 +52,7 @@ class ImageStore:
         self.root = cache.path.parent / "images"
         self.max_bytes = max_bytes
         self._puts_since_check = 0
+        self._root_ready = False
 
     def __repr__(self) -> str:
         return f"ImageStore(root={str(self.root)!r})"
@@ -54,11 +72,14 @@ class ImageStore:
         ).fetchone())
         if row is None:
             return None
+        blob = self._blob(row[0])
         try:
-            data = self._blob(row[0]).read_bytes()
+            data = blob.read_bytes()
         except FileNotFoundError:
             return None
-        if hashlib.sha256(data).hexdigest() != row[0]:  # corrupted on disk: treat as a miss
+        if hashlib.sha256(data).hexdigest() != row[0]:  # corrupted on disk: a miss, rewritten
+            _log.warning("image blob %s does not match its hash; dropped", blob.name)
+            blob.unlink(missing_ok=True)
             return None
         now = time.time()
         if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping: written later, batched
@@ -70,19 +91,7 @@ class ImageStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self._blob(sha)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # A name unique to this write (threads of one process may store the same bytes at
-            # once); mkstemp creates it owner-only.
-            fd, name = tempfile.mkstemp(prefix=f".{sha}.", suffix=".incomplete",
-                                        dir=path.parent)
-            tmp = Path(name)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            finally:
-                if tmp.exists():
-                    tmp.unlink()
+            self._write_blob(path, data)
         now = time.time()
         self.cache._write(lambda c: c.execute(
             "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", (file_key, sha, len(data), now)))
@@ -92,6 +101,111 @@ class ImageStore:
                 self._puts_since_check = 0
                 self.evict()
         return sha
+
+    def _ensure_root(self) -> None:
+        """Create the store's folder owner-only (and tighten one an older version made)."""
+        if self._root_ready:
+            return
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = self.root.stat()
+        if st.st_mode & 0o077 and st.st_uid == getattr(os, "getuid", lambda: -1)():
+            os.chmod(self.root, 0o700)
+        self._root_ready = True
+
+    def _write_blob(self, path: Path, data: bytes) -> None:
+        """Write one blob under a temporary name and move it into place."""
+        tmp: Path | None = None
+        try:
+            self._ensure_root()
+            path.parent.mkdir(exist_ok=True, mode=0o700)
+            # A name unique to this write (threads of one process may store the same bytes at
+            # once); mkstemp creates it owner-only.
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".incomplete",
+                                        dir=path.parent)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            err = self.cache._storage_error(exc, self.root)
+            if err is None:
+                raise
+            raise err from exc
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink()
+
+    def _indexed(self, file_keys: Sequence[str]) -> set[str]:
+        """Which of ``file_keys`` this store's index holds."""
+        have: set[str] = set()
+
+        def read() -> None:
+            conn = self.cache._conn()
+            for i in range(0, len(file_keys), 500):
+                chunk = file_keys[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                have.update(r[0] for r in conn.execute(
+                    f"SELECT file_key FROM images WHERE file_key IN ({marks})", chunk))
+
+        self.cache._retry(read)
+        return have
+
+    def merge_from(self, other: ImageStore) -> int:
+        """Copy the images of another store that this one lacks; returns how many.
+
+        Bytes are verified against their hash on the way; an entry whose bytes are missing or
+        damaged in ``other`` is skipped (it is downloaded again when needed).
+        """
+        rows: list[tuple[str, str, int, float]] = other.cache._retry(
+            lambda: other.cache._conn().execute(
+                "SELECT file_key, sha256, nbytes, last_access FROM images ORDER BY last_access"
+            ).fetchall())
+        have = self._indexed([r[0] for r in rows])
+        todo = []
+        for row in rows:
+            if row[0] in have:
+                continue
+            sha = row[1]
+            if not self._blob(sha).exists():
+                try:
+                    data = other._blob(sha).read_bytes()
+                except FileNotFoundError:
+                    continue
+                if hashlib.sha256(data).hexdigest() != sha:
+                    continue
+                self._write_blob(self._blob(sha), data)
+            todo.append(row)
+        if not todo:
+            return 0
+        added = self.cache._write(lambda c: c.executemany(
+            "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", todo).rowcount)
+        if self.max_bytes is not None:
+            self.evict()
+        return int(added)
+
+    def clear(self) -> ImagesRemoved:
+        """Remove every image from the index and its bytes from the folder."""
+        def run(c: object) -> list[tuple[str, int]]:
+            conn = self.cache._conn()
+            rows = conn.execute("SELECT sha256, nbytes FROM images").fetchall()
+            conn.execute("DELETE FROM images")
+            return [(str(s), int(n)) for s, n in rows]
+
+        rows = self.cache._write(run)
+        self._drop_blobs({s for s, _ in rows})
+        return ImagesRemoved(images=len(rows), bytes=sum(n for _, n in rows))
+
+    def _drop_blobs(self, shas: set[str]) -> None:
+        """Unlink blobs no index entry names any more (another writer may have added one)."""
+        live = {s for (s,) in self.cache._retry(lambda: self.cache._conn().execute(
+            "SELECT sha256 FROM images").fetchall())}
+        for sha in shas - live:
+            blob = self._blob(sha)
+            blob.unlink(missing_ok=True)
+            try:
+                blob.parent.rmdir()  # only when empty
+            except OSError:
+                pass
 
     def evict(self) -> int:
         """Drop least-recently-used images beyond ``max_bytes``; returns how many."""

@@ -30,13 +30,16 @@ child starts with no connection and no pending touches (the parent's are the par
 
 Every operation's waits for other processes' locks, SQLite's busy timeout and the retry
 together, end by one deadline ``busy_timeout_s`` after it starts; past it the operation raises
-:class:`~cogseg_ml.errors.CacheError`. The WAL is capped by ``journal_size_limit`` and
-checkpointed (without waiting) after large writes, so the ``-wal`` file does not keep its peak
-size.
+:class:`~cogseg_ml.errors.CacheError`. A location that cannot be written (read-only, not the
+user's), a full disk and a damaged file are :class:`~cogseg_ml.errors.CacheError` too, each
+saying what to do; a write that fails leaves the last committed state. The WAL is capped by
+``journal_size_limit`` and checkpointed (without waiting) after large writes, so the ``-wal``
+file does not keep its peak size.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -57,7 +60,8 @@ from cogseg_ml.mask_codec import Rle, decode_to_tensor
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "default_cache_dir"]
+__all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "MergeReport",
+           "cache_file", "default_cache_dir"]
 
 SCHEMA_VERSION = 1
 JOURNAL_SIZE_LIMIT = 64 * 1024**2
@@ -106,6 +110,13 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("cogseg_ml", appauthor=False))
 
 
+def cache_file(path: str | Path | None = None) -> Path:
+    """The SQLite file a cache path names: the path itself when it ends in ``.sqlite``,
+    ``.sqlite3`` or ``.db``, else ``masks.sqlite`` inside it (default: the user cache dir)."""
+    p = Path(path) if path is not None else default_cache_dir()
+    return p if p.suffix in (".sqlite", ".db", ".sqlite3") else p / "masks.sqlite"
+
+
 @dataclass(frozen=True)
 class CachedSegment:
     """One segment: score and COCO RLE."""
@@ -149,11 +160,38 @@ class CacheStats:
     path: str
 
 
+@dataclass(frozen=True)
+class MergeReport:
+    """What :meth:`MaskCache.merge` copied from ``source``."""
+
+    entries: int
+    images: int
+    source: str
+
+
 def _is_busy(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
+
+
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    return isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc).lower()
+
+
+def _is_read_only(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _READ_ONLY_ERRNOS
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "readonly" in msg or "read-only" in msg or "unable to open" in msg)
 
 
 _TOUCH_SQL = {
@@ -184,6 +222,8 @@ class MaskCache:
     Args:
         path: the SQLite file, or a directory to hold ``masks.sqlite``; default: the user
             cache directory.
+        create: create the cache when there is none; with ``False`` a missing cache is a
+            :class:`~cogseg_ml.errors.CacheError` and nothing is created (for inspection).
         max_bytes: evict least-recently-used entries when their stored size exceeds this.
         max_entries: likewise for the number of entries.
         busy_timeout_s: the longest one operation may wait for other processes' locks (all its
@@ -198,11 +238,10 @@ class MaskCache:
     """
 
     def __init__(self, path: str | Path | None = None, *, max_bytes: int | None = None,
-                 max_entries: int | None = None, busy_timeout_s: float = 30.0) -> None:
-        p = Path(path) if path is not None else default_cache_dir()
-        if p.suffix not in (".sqlite", ".db", ".sqlite3"):
-            p = p / "masks.sqlite"
-        self.path = p
+                 max_entries: int | None = None, busy_timeout_s: float = 30.0,
+                 create: bool = True) -> None:
+        self.path = cache_file(path)
+        self.create = create
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.busy_timeout_s = busy_timeout_s
@@ -219,11 +258,12 @@ class MaskCache:
     # --- connections -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "max_bytes": self.max_bytes, "max_entries": self.max_entries,
-                "busy_timeout_s": self.busy_timeout_s}
+                "busy_timeout_s": self.busy_timeout_s, "create": self.create}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], max_bytes=state["max_bytes"],  # type: ignore[misc]
-                      max_entries=state["max_entries"], busy_timeout_s=state["busy_timeout_s"])
+                      max_entries=state["max_entries"], busy_timeout_s=state["busy_timeout_s"],
+                      create=state.get("create", True))
 
     def __repr__(self) -> str:
         return f"MaskCache(path={str(self.path)!r})"
@@ -246,19 +286,28 @@ class MaskCache:
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.path.exists():
-            # Create owner-only before SQLite touches it (its -wal/-shm files copy the mode).
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
+            if not self.create:
+                raise CacheError(f"there is no mask cache at {self.path}: check the path "
+                                 "(nothing was created)", path=str(self.path))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # Create owner-only before SQLite touches it (its -wal/-shm files copy the mode).
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.close(fd)
+            except OSError as exc:
+                raise CacheError(
+                    f"cannot create the mask cache {self.path}: {exc.strerror or exc} "
+                    f"({exc.filename or self.path.parent}); choose a writable cache path "
+                    "(cogseg label --cache, or COGSEG_CACHE_DIR)", path=str(self.path)) from None
         conn = sqlite3.connect(self.path, timeout=self._time_left_s(), isolation_level=None,
                                check_same_thread=False)
         try:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                raise  # busy, read-only or full: _retry says which
             except sqlite3.DatabaseError as exc:
-                if _is_busy(exc):
-                    raise
                 raise CacheError(f"{self.path} is not a cogseg mask cache ({exc}); remove it or "
                                  "choose another path") from None
             if mode.lower() != "wal":
@@ -312,8 +361,36 @@ class MaskCache:
                 if not _is_busy(exc):
                     raise
             return self._retry_until_deadline(fn)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            err = self._storage_error(exc)
+            if err is None:
+                raise
+            raise err from exc
         finally:
             local.deadline = None
+
+    def _storage_error(self, exc: BaseException, where: Path | None = None
+                       ) -> CacheError | None:
+        """The :class:`CacheError` for a full disk, a read-only location or a damaged file
+        (``None`` for anything else). ``where``: the file or folder that failed, if not the
+        SQLite file."""
+        place = where or self.path
+        if _is_full(exc):
+            return CacheError(
+                f"disk is full: {place} could not be written ({exc}). Nothing of this write "
+                "was stored and the cache is intact (its last committed state): free some space "
+                "or move the cache (cogseg label --cache, or COGSEG_CACHE_DIR), then run again.",
+                path=str(self.path), disk_full=True)
+        if _is_read_only(exc):
+            return CacheError(
+                f"the mask cache at {place} cannot be written ({exc}): the location is "
+                "read-only or not yours; choose a writable cache path (cogseg label --cache, or "
+                "COGSEG_CACHE_DIR)", path=str(self.path))
+        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc).lower():
+            return CacheError(f"the mask cache {self.path} is damaged ({exc}); move it away or "
+                              "remove it, and run again (results are segmented anew)",
+                              path=str(self.path))
+        return None
 
     def _retry_until_deadline(self, fn: Callable[[], T]) -> T:
         backoff = wait_random_exponential(multiplier=0.01, max=1.0)
@@ -348,7 +425,10 @@ class MaskCache:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # SQLite may have rolled back itself (disk full)
+                    _log.debug("rollback of %s: %s", self.path, exc)
             self._keep_touches(touches)
             raise
         self._last_flush = time.monotonic()
@@ -616,12 +696,44 @@ class MaskCache:
         return bool(row and row[0] == "ok")
 
     def merge_from(self, other: str | Path | MaskCache) -> int:
-        """Copy entries of another cache file that this one lacks; returns how many."""
-        src = other.path if isinstance(other, MaskCache) else Path(other)
-        if src.is_dir():
-            src = src / "masks.sqlite"
-        MaskCache(src).close()  # validates the other file's schema version
+        """Like :meth:`merge`; returns the number of entries copied."""
+        return self.merge(other).entries
 
+    def merge(self, other: str | Path | MaskCache) -> MergeReport:
+        """Copy the entries and images of another cache that this one lacks.
+
+        ``other`` is a cache, its SQLite file or its folder. The image index travels with its
+        bytes (verified by hash; entries whose bytes are missing or damaged are skipped), so a
+        run over the merged cache downloads nothing the source held.
+
+        Raises:
+            CacheError: there is no cache at ``other`` (nothing is created), or it cannot be
+                read.
+            ValidationError: ``other`` is this very cache.
+        """
+        from cogseg_ml.cache.image_store import ImageStore
+
+        src = other.path if isinstance(other, MaskCache) else cache_file(other)
+        if self._same_file(src):
+            raise ValidationError(f"cannot merge the cache {src} into itself: give another "
+                                  "cache (e.g. a shard's) as the source")
+        source = MaskCache(src, create=False, busy_timeout_s=self.busy_timeout_s)
+        try:
+            entries = self._merge_entries(source.path)
+            images = ImageStore(self).merge_from(ImageStore(source))
+        finally:
+            source.close()
+        return MergeReport(entries=entries, images=images, source=str(source.path))
+
+    def _same_file(self, other: Path) -> bool:
+        try:
+            if os.path.samefile(self.path, other):
+                return True
+        except OSError:  # one of them does not exist (yet)
+            pass
+        return self.path.resolve() == other.resolve()
+
+    def _merge_entries(self, src: Path) -> int:
         def run(c: sqlite3.Connection) -> int:
             before = c.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
             c.execute("INSERT OR IGNORE INTO entries SELECT * FROM other.entries")

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
 
-__all__ = ["Fault", "FaultInjector", "FaultKind", "REQUEST_FAULT_KINDS"]
+__all__ = ["FAULT_KINDS", "Fault", "FaultInjector", "FaultKind", "REQUEST_FAULT_KINDS"]
 
 FaultKind = Literal["status", "drop", "delay", "job_fail", "item_fail", "token_expiry", "body"]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 REQUEST_FAULT_KINDS: frozenset[str] = frozenset({"status", "drop", "delay", "body"})
 
 
@@ -61,11 +62,13 @@ class Fault:
     content_type: str = "application/json"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("status", "drop", "delay", "job_fail", "item_fail", "token_expiry",
-                             "body"):
-            raise ValueError(f"unknown fault kind {self.kind!r}")
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError("Fault.probability must be in [0, 1]")
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; the kinds are "
+                             f"{', '.join(FAULT_KINDS)}")
+        if not (isinstance(self.probability, (int, float))
+                and 0.0 <= self.probability <= 1.0):
+            raise ValueError(f"Fault.probability must be a number in [0, 1], got "
+                             f"{self.probability!r}")
         if self.methods is not None:
             object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
 
@@ -76,12 +79,29 @@ class Fault:
         return self.path_contains is None or self.path_contains in path
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Fault:
-        """Build from JSON (``methods`` as a list)."""
+    def from_dict(cls, data: object) -> Fault:
+        """Build from JSON (``methods`` as a list).
+
+        Raises:
+            ValueError: not an object, no or an unknown ``kind``, an unknown field, or a bad
+                value; the message names it and what is allowed.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a fault rule must be a JSON object, got {type(data).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown fault field(s) {', '.join(map(repr, unknown))}; the "
+                             f"fields are {', '.join(known)}")
+        if "kind" not in data:
+            raise ValueError(f"a fault rule needs a 'kind' (one of {', '.join(FAULT_KINDS)})")
         d = dict(data)
-        if d.get("methods") is not None:
-            d["methods"] = frozenset(str(m) for m in d["methods"])  # type: ignore[attr-defined]
-        return cls(**d)  # type: ignore[arg-type]
+        methods = d.get("methods")
+        if methods is not None:
+            if not isinstance(methods, (list, tuple)):
+                raise ValueError(f"'methods' must be a list of HTTP methods, got {methods!r}")
+            d["methods"] = frozenset(str(m) for m in methods)
+        return cls(**d)
 
 
 @dataclass

@@ -106,7 +106,11 @@ class Emulator:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Emulator:
-        """Start serving; returns when the server accepts connections."""
+        """Start serving; returns when the server accepts connections.
+
+        Raises:
+            OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is in use).
+        """
         import uvicorn
 
         if self._thread is not None:
@@ -115,7 +119,12 @@ class Emulator:
         # says TCP, and without it every response waits ~40 ms for a delayed ACK.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._port))
+        try:
+            sock.bind((self.host, self._port))
+        except OSError as exc:  # e.g. the port is in use: say where, and free the socket
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{self._port}: "
+                                     f"{exc.strerror or exc}") from exc
         self._socket = sock
         config = uvicorn.Config(self._app, log_level="warning", access_log=False,
                                 lifespan="on", timeout_keep_alive=30, backlog=2048)
@@ -216,9 +225,18 @@ class Emulator:
                               ground_truth=[(o.category, o.mask) for o in image.objects])
 
     def add_folder(self, folder: str | Path) -> list[FileRecord]:
-        """Register every ``.png``/``.jpg``/``.jpeg`` file of a folder (external id = name)."""
+        """Register every ``.png``/``.jpg``/``.jpeg`` file of a folder (external id = name).
+
+        Raises:
+            FileNotFoundError, NotADirectoryError: ``folder`` is missing or not a folder.
+        """
+        root = Path(folder)
+        if not root.is_dir():
+            cls = NotADirectoryError if root.exists() else FileNotFoundError
+            raise cls(f"{root} is not a folder of images" if root.exists()
+                      else f"no such folder: {root}")
         out = []
-        for path in sorted(Path(folder).iterdir()):
+        for path in sorted(root.iterdir()):
             if path.suffix.lower() in (".png", ".jpg", ".jpeg") and path.is_file():
                 out.append(self.add_image(path.read_bytes(), path.name, external_id=path.name))
         return out
