@@ -192,7 +192,14 @@ class AuthenticationError(ApiError):
 
     The message says which credential (the static token, the token provider, or the client
     id and its secret); never the secret itself.
+
+    Attributes:
+        session_wide: ``True`` once the session stopped trying these credentials (each of its
+            requests fails with this error for the cool-down): a run should stop and say so,
+            not report every item.
     """
+
+    session_wide: bool = False
 
 
 class NotFoundError(ApiError):

@@ -39,9 +39,16 @@ from cogseg_ml.cache.cache_keys import file_identity
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import CogsegError, RunInterrupted, ValidationError
+from cogseg_ml.errors import (
+    AuthenticationError,
+    CdfUnreachableError,
+    CogsegError,
+    RunInterrupted,
+    ValidationError,
+)
+from cogseg_ml.image_decode import check_declared_size
 from cogseg_ml.mask_codec import area, decode, mask_to_polygons
-from cogseg_ml.progress import progress_bar
+from cogseg_ml.progress import add_total, progress_bar
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Category, CategoryTable, Sample, image_ids
 from cogseg_ml.store import ImageRecord, SegmentStore
@@ -111,6 +118,14 @@ class WriteBackReport:
     created: int = 0
     already_present: int = 0
     skipped: int = 0
+
+
+def _run_ending(error: object) -> bool:
+    """Whether an item's error means no item can succeed: CDF (or its token endpoint) is
+    unreachable, or the session stopped trying refused credentials. A run stops on it (the
+    finished work is stored) instead of reporting every item; a re-run resumes."""
+    return isinstance(error, CdfUnreachableError) or (
+        isinstance(error, AuthenticationError) and error.session_wide)
 
 
 def _reason(exc: BaseException) -> str:
@@ -204,8 +219,12 @@ class SegmentationLabeler:
                 yield s
 
         for s, image_id in image_ids(checked()):
-            if self.shard is None or shard_of(self._file_key(s), self.shard[1]) == self.shard[0]:
+            if self._in_shard(s):
                 yield s, image_id
+
+    def _in_shard(self, sample: Sample) -> bool:
+        return self.shard is None or \
+            shard_of(self._file_key(sample), self.shard[1]) == self.shard[0]
 
     def label(self, samples: Iterable[Sample]) -> LabelingReport:
         """Label every sample (of this shard); returns the report (also ``self.report``).
@@ -219,8 +238,12 @@ class SegmentationLabeler:
         rep = self.report = LabelingReport(shard=self.shard)
         self._category_examples: dict[tuple[str | None, int | None], Sample] = {}
         flow = _Flow()
+        # A list's size is known up front (ETA from the start); a stream's grows chunk by chunk.
+        known = isinstance(samples, Sequence)
+        total = sum(len(s.instances) for s in samples
+                    if isinstance(s, Sample) and self._in_shard(s)) if known else None
         with open(self.manifest, "w", encoding="utf-8") as manifest, \
-                progress_bar(None, "labelling", progress=self.progress, unit="prompt") as bar:
+                progress_bar(total, "labelling", progress=self.progress, unit="prompt") as bar:
 
             def write_ready() -> None:
                 chunks = flow.ready()
@@ -231,9 +254,14 @@ class SegmentationLabeler:
                         manifest.write(json.dumps(line, separators=(",", ":")) + "\n")
                     manifest.flush()
 
-            stream = self.store.segment(self._jobs(self._mine(samples), flow, bar))
+            stream = self.store.segment(self._jobs(self._mine(samples), flow, bar,
+                                                          grow=not known))
             try:
                 for (cn, j, k), _, result, error in stream:
+                    if _run_ending(error):  # CDF unreachable or the credentials refused
+                        stream.close()  # stores every answer that arrived
+                        assert error is not None
+                        raise error
                     bar.update(1)
                     if result is None:
                         flow.done(cn, (j, k), _reason(error or CogsegError("no result")))
@@ -258,8 +286,8 @@ class SegmentationLabeler:
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def _jobs(self, samples: Iterator[tuple[Sample, int]], flow: _Flow, bar: Any
-              ) -> Iterator[tuple[ImageRecord, Prompt, tuple[int, int, int]]]:
+    def _jobs(self, samples: Iterator[tuple[Sample, int]], flow: _Flow, bar: Any,
+              grow: bool = False) -> Iterator[tuple[ImageRecord, Prompt, tuple[int, int, int]]]:
         """The jobs of every chunk not already cached (runs on the backend's feeding side)."""
         rep = self.report
         for cn in range(1 << 62):
@@ -270,8 +298,14 @@ class SegmentationLabeler:
             todo: list[tuple[ImageRecord, Prompt, tuple[int, int, int]]] = []
             cached = 0
             for j, ((s, _), rec) in enumerate(zip(chunk, recs, strict=True)):
+                if _run_ending(rec):  # no image can be had: stop at once, not per item
+                    assert isinstance(rec, CogsegError)
+                    raise rec
                 if isinstance(rec, CogsegError):
                     continue
+                if "height" in s.meta and "width" in s.meta:  # e.g. read from a COCO file
+                    check_declared_size(s.file, (s.meta["height"], s.meta["width"]),
+                                        (rec.height, rec.width))
                 prompts = [inst.prompt for inst in s.instances]
                 for k, hit in enumerate(self.store.present(rec, prompts,
                                                            preferred_only=True)):
@@ -283,6 +317,8 @@ class SegmentationLabeler:
                 rep.samples += len(chunk)
                 rep.instances += sum(len(s.instances) for s, _ in chunk)
                 rep.from_cache += cached
+            if grow:
+                add_total(bar, sum(len(s.instances) for s, _ in chunk))
             bar.update(cached)
             flow.add(cn, _Chunk(chunk, recs), len(todo))
             yield from todo
@@ -341,7 +377,8 @@ class SegmentationLabeler:
         rep.failed += 1
         # Group by the reason's shape: ids and counts vary, the cause does not.
         shape = re.sub(r"request id [0-9a-zA-Z-]+", "request id ...", reason)
-        rep.failure_reasons[re.sub(r"\d+", "N", shape)[:160]] += 1
+        # HTTP statuses ("503 Service Unavailable") are the cause too: they stay.
+        rep.failure_reasons[re.sub(r"\b\d+\b(?! [A-Z][a-z])", "N", shape)[:160]] += 1
         if len(rep.failures) < MAX_FAILURES_KEPT:
             rep.failures.append({"file": sample.file.describe(), "instance": k,
                                  "reason": reason})

@@ -40,6 +40,7 @@ from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import (
     ApiUnavailableError,
+    CacheError,
     CogsegError,
     FileValidationError,
     NotFoundError,
@@ -273,7 +274,12 @@ class SegmentStore:
 
     def records(self, refs: Sequence[FileRef]) -> list[ImageRecord | CogsegError]:
         """:meth:`image` for many files at once (one metadata call per 1000, downloads on
-        ``download_workers`` threads shared by all calls); records in input order."""
+        ``download_workers`` threads shared by all calls); records in input order.
+
+        Raises:
+            CacheError: the image store cannot be written (e.g. the disk is full): no file
+                could be stored, so this is not one file's failure.
+        """
         self.resolve(refs)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.download_workers,
@@ -283,6 +289,8 @@ class SegmentStore:
         for r in refs:
             try:
                 out.append(futures[r].result()[1])
+            except CacheError:
+                raise
             except CogsegError as exc:
                 out.append(exc)
         return out

@@ -145,3 +145,15 @@ def test_progress_bar_knows_its_total(shared_emulator, images, tmp_path, capsys,
     lab.label(samples if as_list else iter(samples))
     err = capsys.readouterr().err
     assert f"{n}/{n}" in err  # done/total, so tqdm can show the time left
+
+
+def test_coco_sizes_that_disagree_with_the_image_are_warned(shared_emulator, images, tmp_path,
+                                                            caplog) -> None:
+    given = _input_coco(images[:1], tmp_path / "boxes.json")
+    im = given["images"][0]
+    im["width"], im["height"] = im["height"], im["width"]  # as an EXIF-aware tool writes it
+    (tmp_path / "boxes.json").write_text(json.dumps(given))
+    lab = _labeler(shared_emulator, tmp_path)
+    with caplog.at_level("WARNING"):
+        lab.label(samples_from_coco(tmp_path / "boxes.json", on_bad_prompt="clip"))
+    assert any("swapped" in r.getMessage() and "EXIF" in r.getMessage() for r in caplog.records)

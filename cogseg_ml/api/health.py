@@ -183,7 +183,9 @@ class SessionHealth:
             self._refused_tokens.add(hash(token) if token is not None
                                      else len(self._refused_tokens))
             if len(self._refused_tokens) >= confirmations:
-                self._refused = (self.clock(), copy.copy(error))
+                remembered = copy.copy(error)
+                remembered.session_wide = error.session_wide = True
+                self._refused = (self.clock(), remembered)
 
     def accepted(self) -> None:
         """An authenticated request was accepted: the refusals so far were flukes."""

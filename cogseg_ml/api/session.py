@@ -206,12 +206,19 @@ class SegmentationSession:
             holder["it"] = fn(client)
 
         async def step(_: AsyncSegmentationClient) -> tuple[bool, Any]:
+            holder["step"] = asyncio.current_task()
             try:
                 return True, await holder["it"].__anext__()
             except StopAsyncIteration:
                 return False, None
 
         async def stop(_: AsyncSegmentationClient) -> None:
+            # A signal in the caller's thread cancels the step in flight without waiting for
+            # it: let that cancellation land first, or aclose() finds the generator running.
+            pending = holder.get("step")
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.wait({pending})  # its outcome is not ours; our own cancel is
             aclose = getattr(holder["it"], "aclose", None)
             if aclose is not None:
                 await aclose()
