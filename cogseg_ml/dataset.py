@@ -404,19 +404,23 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                 bar.update(len(block))
         report.images_downloaded = self.store.downloads - before
 
-        def items() -> Any:
-            for i, rec in enumerate(records):
-                if isinstance(rec, CogsegError):
-                    report.failures.append((i, None, str(rec)))
-                    continue
-                prompts = [inst.prompt for inst in self.samples[i].instances]
-                for k, hit in enumerate(self.store.present(rec, prompts)):
-                    if hit:
-                        report.already_cached += 1
-                    else:
-                        yield rec, prompts[k], (i, k)
+        prompts = sum(len(self.samples[i].instances) for i, rec in enumerate(records)
+                      if not isinstance(rec, CogsegError))
+        with progress_bar(prompts, "masks", progress=progress, tqdm_class=tqdm_class) as bar:
 
-        with progress_bar(None, "masks", progress=progress, tqdm_class=tqdm_class) as bar:
+            def items() -> Any:
+                for i, rec in enumerate(records):
+                    if isinstance(rec, CogsegError):
+                        report.failures.append((i, None, str(rec)))
+                        continue
+                    prompts = [inst.prompt for inst in self.samples[i].instances]
+                    for k, hit in enumerate(self.store.present(rec, prompts)):
+                        if hit:
+                            report.already_cached += 1
+                            bar.update(1)
+                        else:
+                            yield rec, prompts[k], (i, k)
+
             for (i, k), _, result, error in self.store.segment(items()):
                 bar.update(1)
                 if result is None:

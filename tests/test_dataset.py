@@ -224,3 +224,20 @@ def test_dataset_with_a_local_backend(ds_factory, images) -> None:
     assert ds.cache.stats().by_backend == {"local-sam": len(images[0].objects)}
     cached = ds_factory(backend=local, on_miss="raise")
     assert torch.equal(cached[0][1]["masks"], target["masks"])
+
+
+def test_prefetch_progress_counts_every_prompt(ds_factory, images) -> None:
+    import io
+
+    from tqdm import tqdm
+
+    n = sum(len(im.objects) for im in images)
+    for _ in range(2):  # a cold cache (jobs run), then a warm one (all found cached)
+        ds = ds_factory()
+        buf = io.StringIO()
+
+        def bar(*a, _buf=buf, **kw):
+            return tqdm(*a, file=_buf, mininterval=0, **kw)
+
+        ds.prefetch(progress=True, tqdm_class=bar)
+        assert f"{n}/{n}" in buf.getvalue()
