@@ -126,3 +126,30 @@ def test_from_env_needs_the_explicit_opt_in_for_plain_http() -> None:
     assert CdfConfig.from_env({**env, "COGSEG_ALLOW_INSECURE_HTTP": "1"}).allow_insecure_http
     with pytest.raises(ValidationError):
         CdfConfig.from_env({**env, "COGSEG_ALLOW_INSECURE_HTTP": "0"})
+
+
+def test_the_emulator_on_a_lan_address_opts_in_to_plain_http(images) -> None:
+    """Off loopback, plain HTTP needs the opt-in: the emulator's own configs carry it."""
+    import socket
+
+    import pytest
+
+    from cogseg_ml.config import CdfConfig, StaticToken
+    from cogseg_ml.emulator.server import Emulator
+    from cogseg_ml.errors import ValidationError
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("10.254.254.254", 1))  # no packet is sent: this only picks an interface
+        ip = s.getsockname()[0]
+    except OSError:
+        pytest.skip("no non-loopback interface")
+    finally:
+        s.close()
+    if ip.startswith("127.") or ip == "0.0.0.0":
+        pytest.skip("no non-loopback interface")
+    with pytest.raises(ValidationError):
+        CdfConfig(project="p", base_url=f"http://{ip}:1", credentials=StaticToken("t"))
+    with Emulator(images=images[:1], host=ip) as emu:
+        assert emu.config.base_url.startswith(f"http://{ip}:")
+        assert emu.static_config().allow_insecure_http

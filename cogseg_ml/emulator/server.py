@@ -193,13 +193,15 @@ class Emulator:
         creds = ClientCredentials(token_url=self.token_url, client_id=self.state.client_id,
                                   client_secret=self.client_secret,
                                   scopes=(f"{self.base_url}/.default",))
-        return CdfConfig(project=self.project, base_url=self.base_url, credentials=creds)
+        # Plain HTTP by design, with throwaway credentials: allowed on any interface it binds.
+        return CdfConfig(project=self.project, base_url=self.base_url, credentials=creds,
+                         allow_insecure_http=True)
 
     def static_config(self, ttl_s: float | None = None) -> CdfConfig:
         """A client config with a freshly issued static token."""
         token, _ = self.state.issue_token(ttl_s)
         return CdfConfig(project=self.project, base_url=self.base_url,
-                         credentials=StaticToken(token))
+                         credentials=StaticToken(token), allow_insecure_http=True)
 
     def issue_token(self, ttl_s: float | None = None) -> str:
         """A valid bearer token (for raw-HTTP tests)."""
