@@ -12,11 +12,15 @@ import torch
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.base import BackendJob
 from cogseg_ml.backends.local_sam import (
+    CropOptions,
     LocalSamBackend,
+    SamCheckpointError,
     build_sam,
     build_tiny_sam,
     to_model_frame,
+    weights_digest,
 )
+from cogseg_ml.backends.prompt_geometry import crop_window
 from cogseg_ml.emulator.synthetic_images import encode_image, make_image
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.mask_codec import decode, iou_matrix
@@ -123,3 +127,47 @@ def test_real_architecture_builds_with_random_weights() -> None:
     model = build_sam("vit_b", None)
     n = sum(p.numel() for p in model.parameters())
     assert 90e6 < n < 95e6  # the real ViT-B SAM
+
+
+def test_a_folder_is_pointed_to_from_pretrained(tmp_path: Path) -> None:
+    with pytest.raises(SamCheckpointError) as info:
+        build_sam("vit_b", tmp_path)
+    assert str(tmp_path) in str(info.value) and "from_pretrained" in str(info.value)
+    assert isinstance(info.value, ValidationError)
+
+
+def test_random_models_of_one_config_get_different_versions() -> None:
+    a = LocalSamBackend(model=build_tiny_sam(seed=5), device="cpu")
+    b = LocalSamBackend(model=build_tiny_sam(seed=6), device="cpu")
+    c = LocalSamBackend(model=build_tiny_sam(seed=5), device="cpu")
+    assert a.model_version != b.model_version and a.model_version == c.model_version
+    assert weights_digest(a.model) != weights_digest(a.model, extra="other preprocessing")
+
+
+def test_several_images_per_encoder_call_equal_one_by_one() -> None:
+    imgs = [make_image(30 + i, 80, 120).pixels for i in range(3)]
+    batched = LocalSamBackend(model=build_tiny_sam(seed=3), device="cpu", encoder_batch_size=3)
+    single = LocalSamBackend(model=build_tiny_sam(seed=3), device="cpu")
+    together = batched.embed_many(imgs)
+    alone = [single.embed(px) for px in imgs]
+    assert batched.encoder_batches == 1 and single.encoder_batches == 3
+    for a, b in zip(together, alone, strict=True):
+        assert a.shape == b.shape == (1, 64, 16, 16)
+        assert torch.allclose(a, b, atol=1e-4)
+    assert batched.embed_many(imgs) is not None and batched.encoder_calls == 3  # cached
+
+
+def test_crop_mode_keeps_a_small_prompt_inside_its_window() -> None:
+    options = CropOptions(margin=0.5, min_side=32)
+    be = LocalSamBackend(model=build_tiny_sam(seed=4), device="cpu", crop=options)
+    h, w = 400, 600
+    pixels = make_image(33, h, w).pixels
+    prompt = Prompt(box=Box.from_pixels(300, 200, 320, 216, w, h))
+    (res,) = be.segment_image(pixels, [prompt])
+    assert (res.height, res.width) == (h, w) and be.encoder_calls == 1
+    win = crop_window(prompt, h, w, options)
+    assert win is not None and (win.width, win.height) == (40, 40)  # twice the box's 20 px
+    m = decode([res.segments[0].rle])[0]
+    inside = np.zeros_like(m)
+    inside[win.y0:win.y1, win.x0:win.x1] = True
+    assert m.any() and not (m & ~inside).any()
