@@ -138,17 +138,20 @@ class SegmentStore:
         self._warned_offline = False
         self._outage: tuple[float, ApiUnavailableError] | None = None
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._unsaved: list[tuple[CacheKey, CachedResult]] = []
         self.downloads = 0  # images this store downloaded (in this process)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _pool=None, _keys={}, _lock=None, _unsaved=[], _outage=None)
+        state.update(_client=None, _pool=None, _keys={}, _lock=None, _flush_lock=None,
+                     _unsaved=[], _outage=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
 
     @property
     def client(self) -> SegmentationClient:
@@ -415,18 +418,21 @@ class SegmentStore:
     def flush(self) -> None:
         """Write the results :meth:`segment` has not stored yet (it batches its writes).
 
-        A failed write keeps them for the next flush, so nothing finished is dropped.
+        A failed write keeps them for the next flush, so nothing finished is dropped. When it
+        returns, every answer stored before the call is readable: a flush in progress on
+        another thread (the timed one) is waited for, not skipped.
         """
-        with self._lock:
-            batch, self._unsaved = self._unsaved, []
-        if not batch:
-            return
-        try:
-            self.cache.put_many(batch)
-        except BaseException:
+        with self._flush_lock:
             with self._lock:
-                self._unsaved[:0] = batch
-            raise
+                batch, self._unsaved = self._unsaved, []
+            if not batch:
+                return
+            try:
+                self.cache.put_many(batch)
+            except BaseException:
+                with self._lock:
+                    self._unsaved[:0] = batch
+                raise
 
     def _answer_key(self, rec: ImageRecord, prompt: Prompt, res: CachedResult) -> CacheKey:
         return CacheKey(self.config.project, rec.file, prompt, res.backend,

@@ -132,3 +132,53 @@ def test_ctrl_c_stores_what_finished_and_says_how_to_resume(shared_emulator, ima
     assert "7 jobs finished" in str(info.value) and "run it again" in str(info.value)
     assert "7 jobs run" in info.value.summary
     assert MaskCache(tmp_path / "cache.sqlite").stats().entries == 7
+
+
+def test_flush_waits_for_a_flush_in_progress(shared_emulator, tmp_path) -> None:
+    """After flush() returns, what was unsaved is readable, even if the timed flusher had
+    taken it and was still writing (the labeler reads results right after flushing)."""
+    import threading
+
+    from cogseg_ml.backends.api_backend import ApiBackend
+    from cogseg_ml.store import SegmentStore
+
+    writing, release = threading.Event(), threading.Event()
+
+    class SlowCache(MaskCache):
+        def put_many(self, items):
+            items = list(items)
+            if items:
+                writing.set()
+                release.wait(30)
+            return super().put_many(items)
+
+    cache = SlowCache(tmp_path / "cache.sqlite")
+    store = SegmentStore(shared_emulator.config, cache, ApiBackend(shared_emulator.config))
+    key_res = _one_entry()
+    store._unsaved.append(key_res)
+    timed = threading.Thread(target=store.flush)  # stands for the timed flusher
+    timed.start()
+    assert writing.wait(30)
+    returned = threading.Event()
+    second = threading.Thread(target=lambda: (store.flush(), returned.set()))
+    second.start()
+    assert not returned.wait(0.2)  # it waits for the write in progress...
+    release.set()
+    timed.join(30)
+    second.join(30)
+    assert returned.is_set()  # ...and returns once it is stored
+    assert cache.stats().entries == 1
+
+
+def _one_entry():
+    import numpy as np
+
+    from cogseg_ml.cache.cache_keys import CacheKey
+    from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment
+    from cogseg_ml.mask_codec import encode
+    from cogseg_ml.prompts import FileRef, Point, Prompt
+
+    m = np.zeros((1, 8, 8), bool)
+    m[0, 1:4, 1:5] = True
+    return (CacheKey("p", FileRef(id=1), Prompt(points=(Point(0.5, 0.5),)), "cdf-api"),
+            CachedResult((CachedSegment(0.9, encode(m)[0]),), 8, 8, "cdf-api"))
