@@ -48,24 +48,19 @@ def _scalar(value: object) -> object:
     return value
 
 
-def _number(name: str, value: object) -> float:
+def _number(name: str, value: object, what: str = "number") -> float:
     """A finite real number as a plain float (numpy and 0-d tensors too; never bool or str)."""
     v = _scalar(value)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise PromptValidationError(f"{name} must be a number, got {value!r}")
+        raise PromptValidationError(f"{name} must be a {what}, got {value!r}")
     out = float(v)
     if math.isnan(out) or math.isinf(out):
-        raise PromptValidationError(f"{name} must be a finite number, got {out}")
+        raise PromptValidationError(f"{name} must be a finite {what}, got {out}")
     return out
 
 
 def _check_unit(name: str, value: object) -> float:
-    v = _scalar(value)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise PromptValidationError(f"{name} must be a number in [0, 1], got {value!r}")
-    out = float(v)
-    if math.isnan(out) or math.isinf(out):
-        raise PromptValidationError(f"{name} must be a finite number in [0, 1], got {out}")
+    out = _number(name, value, "number in [0, 1]")
     if not 0.0 <= out <= 1.0:
         raise PromptValidationError(
             f"{name}={out} is outside [0, 1]: coordinates are normalized by the image size "

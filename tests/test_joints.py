@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,15 @@ from pycocotools import mask as coco_mask
 
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.api_backend import ApiBackend
-from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
+from cogseg_ml.backends.base import BackendJob
 from cogseg_ml.backends.fallback import FallbackBackend
 from cogseg_ml.config import CdfConfig, StaticToken
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, make_dataset
 from cogseg_ml.labeler import SegmentationLabeler
-from cogseg_ml.mask_codec import encode
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.box_backend import BoxBackend
 
 
 def sample(im: SyntheticImage, objects: Sequence[int] | None = None) -> Sample:
@@ -91,32 +91,6 @@ def test_same_project_on_two_clusters_never_shares_images_or_masks(tmp_path) -> 
     assert coco["images"][0]["sha256"] == fresh["images"][0]["sha256"]
     assert [a["segmentation"] for a in coco["annotations"]] == \
         [a["segmentation"] for a in fresh["annotations"]]
-
-
-class BoxBackend:
-    """A stand-in local model: the prompt's box as the mask (no weights can be loaded here)."""
-
-    name = "box-model"
-    model_version = "boxes-1"
-
-    def __init__(self) -> None:
-        self.jobs = 0
-
-    def identities(self) -> list[tuple[str, str]]:
-        return [(self.name, self.model_version)]
-
-    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
-        for job in jobs:
-            self.jobs += 1
-            m = np.zeros((job.height, job.width), bool)
-            b = job.request.prompt.box
-            assert b is not None
-            m[int(b.y_min * job.height):int(b.y_max * job.height),
-              int(b.x_min * job.width):int(b.x_max * job.width)] = True
-            res = MaskResult(segments=(ScoredMask(1.0, encode(m)[0]),), height=job.height,
-                             width=job.width, backend=self.name,
-                             model_version=self.model_version)
-            yield BackendOutcome(job, result=res)
 
 
 def test_fallback_with_default_settings_switches_to_local_fast_when_connections_are_refused(

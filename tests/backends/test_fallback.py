@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
-import numpy as np
 import pytest
 
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.api_backend import ApiBackend
-from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
+from cogseg_ml.backends.base import BackendJob, BackendOutcome
 from cogseg_ml.backends.fallback import CircuitBreaker, FallbackBackend
 from cogseg_ml.backends.local_sam import LocalSamBackend, build_tiny_sam
 from cogseg_ml.config import RetryConfig
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.labeler import SegmentationLabeler
-from cogseg_ml.mask_codec import encode
 from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.box_backend import BoxBackend
 
 
 class Clock:
@@ -85,31 +82,6 @@ def test_modes_validate() -> None:
     with pytest.raises(ValidationError):
         FallbackBackend(LocalSamBackend(model=build_tiny_sam(), device="cpu"), None,
                         mode="sometimes")  # type: ignore[arg-type]
-
-
-class BoxBackend:
-    """A stand-in local model: the prompt's box as the mask (counts the jobs it was given)."""
-
-    name = "box-model"
-    model_version = "boxes-1"
-
-    def __init__(self) -> None:
-        self.jobs = 0
-
-    def identities(self) -> list[tuple[str, str]]:
-        return [(self.name, self.model_version)]
-
-    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
-        for job in jobs:
-            self.jobs += 1
-            m = np.zeros((job.height, job.width), bool)
-            b = job.request.prompt.box
-            assert b is not None
-            m[int(b.y_min * job.height):int(b.y_max * job.height),
-              int(b.x_min * job.width):int(b.x_max * job.width)] = True
-            yield BackendOutcome(job, result=MaskResult(
-                segments=(ScoredMask(1.0, encode(m)[0]),), height=job.height, width=job.width,
-                backend=self.name, model_version=self.model_version))
 
 
 def test_an_outage_mid_chunk_hands_the_rest_of_the_chunk_to_the_fallback_at_once(
