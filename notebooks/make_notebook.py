@@ -11,9 +11,11 @@ CELLS = [
     ("md", """# Benchmarking masks
 
 Compares segmentation masks from the CDF API (here: the local emulator, so the notebook runs
-offline) with ground truth, and with a local Segment-Anything model when a checkpoint is given.
-Set `COGSEG_NB_IMAGES` for more images and `COGSEG_SAM_CHECKPOINT` (plus
-`COGSEG_SAM_MODEL_TYPE`) to include the local model."""),
+offline) with ground truth, and with a local Segment-Anything model on the same prompts.
+Set `COGSEG_NB_IMAGES` for more images, `COGSEG_SAM2_DIR` to a SAM 2.1 (or SAM 1) checkpoint
+folder in transformers' format for the "API vs local model" section (unset: a tiny model with
+random weights, which shows the mechanics only), and `COGSEG_SAM_CHECKPOINT` (plus
+`COGSEG_SAM_MODEL_TYPE`) to compare an original SAM 1 `.pth` checkpoint too."""),
     ("code", """import json
 import os
 import tempfile
@@ -32,6 +34,8 @@ from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
 
 N_IMAGES = int(os.environ.get("COGSEG_NB_IMAGES", "8"))
+SAM2_DIR = os.environ.get("COGSEG_SAM2_DIR")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
 SAM_CHECKPOINT = os.environ.get("COGSEG_SAM_CHECKPOINT")
 workdir = Path(tempfile.mkdtemp(prefix="cogseg-nb-"))"""),
     ("md", "## Label the images through the API (emulated) with box prompts"),
@@ -88,14 +92,87 @@ ax.set_ylabel("IoU against ground truth")
 ax.set_ylim(0, 1.05)
 ax.legend()
 plt.show()"""),
-    ("md", "## Local Segment-Anything (optional)"),
-    ("code", """if not SAM_CHECKPOINT:
-    print("local model skipped: set COGSEG_SAM_CHECKPOINT (and COGSEG_SAM_MODEL_TYPE) to a "
-          "Segment-Anything checkpoint to compare it here")
-else:
-    from cogseg_ml.backends.local_sam import LocalSamBackend
-    from cogseg_ml.metrics import agreement
+    ("md", """## API vs local model
 
+The same box prompts, labelled a second time by a local Segment-Anything model
+(`LocalSamBackend.from_pretrained`), the images still read from CDF files (here: the emulator's).
+For every prompt the API's mask and the local model's mask are compared (IoU and boundary F; a
+prompt that one side left without a mask counts 0), then averaged per image.
+
+The model comes from `COGSEG_SAM2_DIR`: a checkpoint folder in transformers' format, e.g.
+`hf download facebook/sam2.1-hiera-tiny --include "*.json" "*.safetensors" --local-dir DIR`.
+Without it, a tiny SAM 2.1-architecture model with **random weights** is built in a temporary
+folder: its masks are meaningless, and the figures below then only show the mechanics."""),
+    ("code", """from cogseg_ml.backends.local_sam import LocalSamBackend
+from cogseg_ml.backends.sam2 import save_random_checkpoint
+from cogseg_ml.metrics import agreement
+
+if SAM2_DIR:
+    model_dir = Path(SAM2_DIR)
+    print(f"local model: {model_dir}")
+else:
+    model_dir = save_random_checkpoint(workdir / "random-sam2", seed=0)
+    print("local model: a tiny SAM 2.1-architecture model with RANDOM weights (COGSEG_SAM2_DIR "
+          "is unset): its masks are meaningless and only show the mechanics")
+local_sam = LocalSamBackend.from_pretrained(model_dir)
+with Emulator(images=images) as emu:  # images still come from CDF files; no segment calls
+    local_labeler = SegmentationLabeler(local_sam, config=emu.config, cache=workdir / "cache",
+                                        workdir=workdir / "w-local", progress=False)
+    local_report = local_labeler.label(samples)
+    local_labeler.to_coco(workdir / "local.json")
+local_sam.close()
+print(f"{local_sam.model_version} on {local_sam.device}")
+print(local_report.summary())"""),
+    ("code", """def masks_by_prompt(coco_file):
+    names = {img["id"]: img["cdf_file"]["externalId"] for img in coco_file["images"]}
+    return {(names[a["image_id"]], a["prompt_index"]): a["segmentation"]
+            for a in coco_file["annotations"]}
+
+
+api_masks = masks_by_prompt(coco)
+local_masks = masks_by_prompt(json.loads((workdir / "local.json").read_text()))
+keys = [(im.name, k) for im in images for k in range(len(im.objects))]
+agree = agreement([api_masks.get(k) for k in keys], [local_masks.get(k) for k in keys])
+pair_iou = dict(zip(keys, agree.per_item, strict=True))
+pair_bf, local_vs_truth = {}, []
+for im in images:
+    for k, obj in enumerate(im.objects):
+        a, b = api_masks.get((im.name, k)), local_masks.get((im.name, k))
+        pair_bf[im.name, k] = (0.0 if a is None or b is None
+                               else boundary_f(decode([b])[0], decode([a])[0]))
+        local_vs_truth.append(0.0 if b is None else mask_iou(decode([b])[0], obj.mask))
+per_image = [{"image": im.name, "prompts": len(im.objects),
+              "local": sum((im.name, k) in local_masks for k in range(len(im.objects))),
+              "iou": float(np.mean([pair_iou[im.name, k] for k in range(len(im.objects))])),
+              "boundary_f": float(np.mean([pair_bf[im.name, k]
+                                           for k in range(len(im.objects))]))}
+             for im in images]
+print(f"{'image':<24}{'prompts':>8}{'local masks':>12}{'IoU':>7}{'boundary F':>12}")
+for r in per_image:
+    print(f"{r['image']:<24}{r['prompts']:>8}{r['local']:>12}{r['iou']:>7.3f}"
+          f"{r['boundary_f']:>12.3f}")
+print(f"against ground truth: API mean IoU {np.mean([r['iou'] for r in rows]):.3f}, "
+      f"local mean IoU {np.mean(local_vs_truth):.3f}")
+print("API vs local model:", agree.summary())
+if not SAM2_DIR:
+    print("(random weights: these figures show the mechanics, not the model's quality)")
+assert len(agree.per_item) == len(rows)"""),
+    ("code", """fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(per_image)), 3.5))
+x = np.arange(len(per_image))
+ax.bar(x - 0.2, [r["iou"] for r in per_image], width=0.4, label="IoU")
+ax.bar(x + 0.2, [r["boundary_f"] for r in per_image], width=0.4, label="boundary F")
+ax.set_xticks(x, [r["image"] for r in per_image], rotation=30, ha="right", fontsize=8)
+ax.set_ylim(0, 1.05)
+ax.set_ylabel("API vs local model (mean per image)")
+ax.set_title("API vs local model" + ("" if SAM2_DIR else " (random weights: mechanics only)"))
+ax.legend()
+plt.tight_layout()
+plt.show()"""),
+    ("md", "## Original SAM 1 checkpoint (optional)"),
+    ("code", """if not SAM_CHECKPOINT:
+    print("SAM 1 .pth local model skipped: set COGSEG_SAM_CHECKPOINT (and "
+          "COGSEG_SAM_MODEL_TYPE) to an original Segment-Anything checkpoint to compare it here")
+else:
     sam = LocalSamBackend(checkpoint=SAM_CHECKPOINT,
                           model_type=os.environ.get("COGSEG_SAM_MODEL_TYPE", "vit_b"))
     local, api = [], []
