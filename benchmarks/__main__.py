@@ -12,7 +12,7 @@ import sys
 
 from benchmarks.common import RESULTS, machine, table
 
-ALL = ["emulator", "client_throughput", "cache", "dataset", "labeler", "sam"]
+ALL = ["emulator", "client_throughput", "cache", "dataset", "masks_at_size", "labeler", "sam"]
 
 
 def main(argv: list[str]) -> int:

@@ -7,11 +7,20 @@ the same masks as RLE, wrapped with ``wrap_dataset_for_transforms_v2`` (plus ``T
 sides return tensors). Each side at num_workers 0 and 2; the ratio compares the best of each.
 Also: where our time goes (image decode, mask lookup + decode, the rest), and peak RSS per
 worker process.
+
+High-resolution case (``run_highres``, alone with ``python -m benchmarks.dataset --highres``):
+4000x3000 JPEGs with 30 instances each, trained at ``size=800, max_size=1333`` (1066x800).
+Ours: ``CdfSegmentationDataset(size=800, max_size=1333)`` with ``mask_format="rle"`` (and
+``"dense"``); baseline: ``CocoDetection`` + ``wrap_dataset_for_transforms_v2`` +
+``v2.Resize(800, max_size=1333)`` over the same files and masks. A handful of images: samples/s
+and peak worker PSS at num_workers 0 and 2, and the bytes a worker hands the main process per
+sample (tensors travel as shared-memory storages: their bytes; anything else: its pickle).
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +37,21 @@ from cogseg_ml.config import CdfConfig, StaticToken
 from cogseg_ml.dataset import CdfSegmentationDataset, collate_fn
 from cogseg_ml.emulator.synthetic_images import encode_image, make_image
 from cogseg_ml.image_decode import decode_image
-from cogseg_ml.mask_codec import bbox_of, encode
-from cogseg_ml.prompts import FileRef, Prompt
+from cogseg_ml.mask_codec import Rle, bbox_of, encode
+from cogseg_ml.masks_at_size import CompactMasks
+from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
 from cogseg_ml.store import FileInfo, ImageRecord
 
 
-def _stored(ds: CdfSegmentationDataset, s: Sample, data: bytes) -> list[CacheKey]:
+def _stored(ds: CdfSegmentationDataset, s: Sample, data: bytes, height: int = 480,
+            width: int = 640) -> list[CacheKey]:
     """Put an image in the dataset's store as if downloaded at version "bench"; its keys."""
     info = FileInfo("bench", s.file.external_id)
     ds.store._info[s.file] = info
     key = ds.store.file_key(s.file, info)
     digest = ds.store.images_store.put(key, data)
-    rec = ImageRecord(s.file, key, digest, 480, 640, info.name)
+    rec = ImageRecord(s.file, key, digest, height, width, info.name)
     return ds.store.mask_keys(rec, [inst.prompt for inst in s.instances])
 
 
@@ -183,8 +194,187 @@ def run(n: int = 1000, unique: int = 100) -> Report:
     return rep
 
 
+# --- high resolution -----------------------------------------------------------------------------
+
+HR_H, HR_W, HR_N = 3000, 4000, 30
+
+
+def _highres_image(seed: int) -> tuple[np.ndarray, list[Rle], list[str]]:
+    """A 4000x3000 image with 30 flat shapes on a 6x5 grid: pixels, RLEs, categories."""
+    rng = np.random.default_rng(seed)
+    pixels = np.empty((HR_H, HR_W, 3), dtype=np.uint8)
+    pixels[:] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    ch, cw = HR_H // 5, HR_W // 6
+    rles: list[Rle] = []
+    cats: list[str] = []
+    for k in range(HR_N):
+        r, c = divmod(k, 6)
+        y0, x0 = r * ch + int(rng.integers(5, ch // 4)), c * cw + int(rng.integers(5, cw // 4))
+        y1, x1 = (r + 1) * ch - int(rng.integers(5, ch // 4)), \
+            (c + 1) * cw - int(rng.integers(5, cw // 4))
+        mask = np.zeros((HR_H, HR_W), dtype=bool)
+        kind = ("rectangle", "ellipse")[k % 2]
+        if kind == "rectangle":
+            mask[y0:y1, x0:x1] = True
+        else:
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            a, b = (x1 - x0) / 2, (y1 - y0) / 2
+            mask[y0:y1, x0:x1] = ((xx + 0.5 - (x0 + x1) / 2) / a) ** 2 + \
+                ((yy + 0.5 - (y0 + y1) / 2) / b) ** 2 <= 1
+        pixels[mask] = rng.integers(0, 256, size=3, dtype=np.uint8)
+        rles.append(encode(mask[None])[0])
+        cats.append(kind)
+    return pixels, rles, cats
+
+
+def _build_highres(root: Path, n: int, unique: int, **ds_kw: Any
+                   ) -> tuple[list[CdfSegmentationDataset], Path]:
+    """Our datasets (one per option set in ``ds_kw["variants"]``, sharing one cache and image
+    store) and the COCO twin."""
+    cfg = CdfConfig(project="bench", base_url="http://127.0.0.1:9",
+                    credentials=StaticToken("unused"))
+    made = [_highres_image(9000 + i) for i in range(unique)]
+    jpegs = [encode_image(px, "jpeg", quality=90) for px, _, _ in made]
+    samples = [Sample(FileRef(external_id=f"hr_{i:05d}.jpg"),
+                      tuple(Instance(Prompt(box=Box.from_pixels(*_xyxy(rle), HR_W, HR_H)), cat)
+                            for rle, cat in zip(made[i % unique][1], made[i % unique][2],
+                                                strict=True)))
+               for i in range(n)]
+    cache = MaskCache(root / "cache")
+    variants = [CdfSegmentationDataset(samples, client=cfg, cache=cache, on_miss="raise",
+                                       **kw) for kw in ds_kw["variants"]]
+    ds = variants[0]
+    images_dir = root / "images"
+    images_dir.mkdir()
+    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [
+        {"id": k + 1, "name": c} for k, c in enumerate(ds.categories)]}
+    entries = []
+    for i, s in enumerate(samples):
+        u = i % unique
+        keys = _stored(ds, s, jpegs[u], HR_H, HR_W)
+        for other in variants[1:]:
+            other.store._info[s.file] = ds.store._info[s.file]
+        (images_dir / s.file.external_id).write_bytes(jpegs[u])  # type: ignore[operator]
+        for k, (key, rle) in enumerate(zip(keys, made[u][1], strict=True)):
+            entries.append((key, CachedResult((CachedSegment(0.95, rle),), HR_H, HR_W,
+                                              "cdf-api")))
+            box = bbox_of([rle])[0].tolist()
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                "category_id": ds.categories.index(str(s.instances[k].category)) + 1,
+                "segmentation": rle, "area": float(box[2] * box[3]), "bbox": box,
+                "iscrowd": 0})
+        coco["images"].append({"id": i + 1, "file_name": s.file.external_id,
+                               "height": HR_H, "width": HR_W})
+    cache.put_many(entries)
+    ann = root / "coco.json"
+    ann.write_text(json.dumps(coco))
+    return variants, ann
+
+
+def _xyxy(rle: Rle) -> tuple[float, float, float, float]:
+    x, y, w, h = bbox_of([rle])[0].tolist()
+    return x, y, x + w, y + h
+
+
+def _moved_bytes(obj: Any) -> int:
+    """Bytes a worker hands the main process for ``obj``: tensor storages (shared memory) plus
+    the pickle of everything else."""
+    if isinstance(obj, torch.Tensor):
+        return int(obj.untyped_storage().nbytes())
+    if isinstance(obj, CompactMasks):
+        return len(pickle.dumps(obj))
+    if isinstance(obj, dict):
+        return sum(_moved_bytes(v) for v in obj.values())
+    if isinstance(obj, (tuple, list)):
+        return sum(_moved_bytes(v) for v in obj)
+    return len(pickle.dumps(obj))
+
+
+def _rate_small(dataset: Any, workers: int, batch: int = 2) -> tuple[float, int]:
+    """Samples/s over one pass after one warm-up batch, and the largest worker PSS (KiB) seen
+    after each batch."""
+    loader = DataLoader(dataset, batch_size=batch, num_workers=workers, collate_fn=collate_fn,
+                        multiprocessing_context="fork" if workers else None)
+    it = iter(loader)
+    next(it)
+    n, pss = 0, 0
+    t0 = time.perf_counter()
+    for imgs, _targets in it:
+        n += len(imgs)
+        if workers:
+            pss = max([pss] + [_pss_kib(w.pid) for w in it._workers])  # type: ignore[attr-defined]
+    rate = n / (time.perf_counter() - t0)
+    del it, loader
+    return rate, pss
+
+
+def run_highres(n: int = 10, unique: int = 2) -> Report:
+    """The 4000x3000 case (see the module docstring)."""
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+    from torchvision.transforms import v2
+
+    rep = Report("dataset_highres", params={
+        "samples": n, "unique_images": unique, "size": f"{HR_W}x{HR_H} JPEG",
+        "masks_per_sample": HR_N, "train_size": "size=800, max_size=1333", "batch_size": 2})
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (rle_ds, dense_ds), ann = _build_highres(root, n, unique, variants=[
+            {"size": 800, "max_size": 1333, "mask_format": "rle"},
+            {"size": 800, "max_size": 1333, "mask_format": "dense"}])
+        tv = wrap_dataset_for_transforms_v2(
+            CocoDetection(str(root / "images"), str(ann),
+                          transforms=v2.Compose([v2.ToImage(), v2.Resize(800, max_size=1333)])),
+            target_keys=("boxes", "labels", "masks", "image_id"))
+        tv0, dense0, rle0 = tv[0], dense_ds[0], rle_ds[0]
+        assert tuple(dense0[0].shape[-2:]) == tuple(tv0[0].shape[-2:]) == (800, 1066)
+        assert torch.equal(dense0[1]["masks"], tv0[1]["masks"].bool())  # the same masks
+        moved = {"rle": _moved_bytes(rle0), "dense": _moved_bytes(dense0),
+                 "tv": _moved_bytes(tv0)}
+        mask_moved = {"rle": _moved_bytes(rle0[1]["masks"]),
+                      "dense": _moved_bytes(dense0[1]["masks"]),
+                      "tv": _moved_bytes(tv0[1]["masks"])}
+        rates = {("rle", w): _rate_small(rle_ds, w) for w in (0, 2)}
+        rates.update({("dense", w): _rate_small(dense_ds, w) for w in (0, 2)})
+        rates.update({("tv", w): _rate_small(tv, w) for w in (0, 2)})
+
+    def best(side: str) -> tuple[float, int]:
+        return max((rates[(side, w)] for w in (0, 2)), key=lambda r: r[0])
+
+    rep.add(
+        Figure("4000x3000x30 samples/s, mask_format='rle', best num_workers", best("rle")[0],
+               "samples/s", "torchvision CocoDetection+wrapper+Resize, best num_workers",
+               best("tv")[0], goal=">= 10x"),
+        Figure("4000x3000x30 samples/s, mask_format='dense', best num_workers",
+               best("dense")[0], "samples/s", "torchvision, best num_workers", best("tv")[0]),
+        *[Figure(f"4000x3000x30 samples/s, '{side}', num_workers={w}", rates[(side, w)][0],
+                 "samples/s", f"torchvision, num_workers={w}", rates[("tv", w)][0])
+          for side in ("rle", "dense") for w in (0, 2)],
+        Figure("4000x3000x30 worker peak PSS, 'rle', num_workers=2", rates[("rle", 2)][1] / 1024,
+               "MiB", "torchvision worker peak PSS", rates[("tv", 2)][1] / 1024,
+               higher_is_better=False, goal="<= 1/20",
+               notes="PSS after each batch; includes the share of pages shared with the parent"),
+        Figure("masks bytes moved per sample, 'rle'", mask_moved["rle"], "bytes",
+               "torchvision masks (uint8 at 1066x800)", mask_moved["tv"],
+               higher_is_better=False, goal="<= 1/50"),
+        Figure("masks bytes moved per sample, 'dense'", mask_moved["dense"], "bytes",
+               "torchvision masks", mask_moved["tv"], higher_is_better=False),
+        Figure("whole sample bytes moved, 'rle'", moved["rle"], "bytes",
+               "torchvision whole sample", moved["tv"], higher_is_better=False,
+               notes="the 1066x800 RGB image (2.6 MB) dominates once masks are compact"),
+    )
+    return rep
+
+
 def main(argv: list[str] | None = None) -> Report:
-    return run()
+    if argv and "--highres" in argv:
+        return run_highres()
+    rep = run()
+    high = run_highres()
+    rep.figures.extend(high.figures)
+    rep.params["highres"] = high.params
+    return rep
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ _LAZY = {
     "CdfSegmentationDataset": "cogseg_ml.dataset",
     "collate_fn": "cogseg_ml.dataset",
     "LocalSamBackend": "cogseg_ml.backends.local_sam",
+    "CompactMasks": "cogseg_ml.masks_at_size",
+    "MaskBudgetError": "cogseg_ml.masks_at_size",
+    "decode_masks": "cogseg_ml.masks_at_size",
+    "target_size": "cogseg_ml.masks_at_size",
 }
 
 
@@ -85,6 +89,7 @@ __all__ = [
     "CdfSegmentationDataset",
     "ClientCredentials",
     "CogsegError",
+    "CompactMasks",
     "FallbackBackend",
     "FileRef",
     "FileValidationError",
@@ -98,6 +103,7 @@ __all__ = [
     "JobTimeoutError",
     "LabelingReport",
     "LocalSamBackend",
+    "MaskBudgetError",
     "MaskCache",
     "NotFoundError",
     "Point",
@@ -120,7 +126,9 @@ __all__ = [
     "ValidationError",
     "__version__",
     "collate_fn",
+    "decode_masks",
     "samples_from_annotations",
     "samples_from_coco",
     "samples_from_records",
+    "target_size",
 ]

@@ -36,6 +36,22 @@ cache file. File versions the parent resolved travel with it, so workers ask CDF
 
 Instances whose best segment is empty are left out of the target (a zero-area box breaks
 detection losses); ``target["num_dropped"]`` counts them.
+
+**High-resolution images** (``size=``, ``max_size=``, ``mask_format=``): the sample is built
+straight at ``v2.Resize(size, max_size=max_size)``'s output size (:func:`~cogseg_ml.
+masks_at_size.target_size`), never at full frame. The image is decoded reduced (a JPEG in the
+DCT domain, see :func:`~cogseg_ml.image_decode.decode_image_at_size`) and resized exactly
+(bilinear, antialiased, as ``v2.Resize``); masks are rasterised at that size from the cached RLE
+(:func:`~cogseg_ml.masks_at_size.rle_at_size`) by torchvision's nearest rule: output pixel
+``(i, j)`` takes source pixel ``(min(floor(i * H / h), H - 1), min(floor(j * W / w), W - 1))``
+(float32 arithmetic, see :func:`~cogseg_ml.masks_at_size.source_indices`), so they equal a
+full-resolution decode followed by ``v2.Resize`` pixel for pixel. Boxes are tight around the
+resized masks, ``canvas_size`` and ``area`` are at the returned size, and instances whose mask
+vanishes at that size are dropped (counted in ``num_dropped``). ``mask_format="rle"`` returns
+``target["masks"]`` as :class:`~cogseg_ml.masks_at_size.CompactMasks` (a few hundred bytes per
+mask between processes); :func:`~cogseg_ml.masks_at_size.decode_masks` makes them dense in the
+main process, on any device. Dense masks are checked against ``mask_budget_bytes`` before they
+are built (:class:`~cogseg_ml.masks_at_size.MaskBudgetError`).
 """
 
 from __future__ import annotations
@@ -58,8 +74,20 @@ from cogseg_ml.backends.resolve import resolve_backend
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import CacheMissError, CogsegError, SampleError, ValidationError
-from cogseg_ml.image_decode import DEFAULT_MAX_PIXELS, check_declared_size, decode_image
+from cogseg_ml.image_decode import (
+    DEFAULT_MAX_PIXELS,
+    check_declared_size,
+    decode_image,
+    decode_image_at_size,
+)
 from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
+from cogseg_ml.masks_at_size import (
+    CompactMasks,
+    check_mask_budget,
+    compact_at_size,
+    rle_at_size,
+    target_size,
+)
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.samples import Category, CategoryTable, Sample, image_ids
 from cogseg_ml.store import ImageRecord, SegmentStore
@@ -69,6 +97,9 @@ __all__ = ["INSTANCE_FIELDS", "CacheMissError", "CdfSegmentationDataset", "Prefe
 
 _log = logging.getLogger("cogseg_ml.dataset")
 OnMiss = Literal["fetch", "raise", "skip"]
+MaskFormat = Literal["dense", "rle"]
+#: Default ``mask_budget_bytes``: the most one sample's dense bool masks may take (1 GiB).
+DEFAULT_MASK_BUDGET = 2**30
 RESOLVE_BLOCK = 1000  # samples whose file versions one files/byids call resolves
 #: The target's per-instance fields besides ``masks`` and ``boxes`` (one entry per instance).
 INSTANCE_FIELDS = ("labels", "scores", "area", "iscrowd", "instances")
@@ -149,6 +180,25 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             end with ``ToDtype(torch.float, scale=True)`` and fill with 0..255 colours), for
             models that normalize 0..255 pixels themselves (Segment Anything), and to save
             memory.
+        size: build samples at ``torchvision.transforms.v2.Resize(size, max_size=max_size)``'s
+            output size: an int is the short side (the long side keeps the aspect ratio,
+            rounded down), a pair is ``(h, w)``; ``None`` (default) keeps the stored size
+            unless ``max_size`` is given. The image is decoded reduced and the masks are
+            rasterised at that size from the cached RLE, never at full frame (the sampling
+            rule is in the module docstring and :mod:`cogseg_ml.masks_at_size`); ``transforms``
+            run after, on the resized sample. The labeler and the mask cache are unaffected
+            (masks stay cached at full resolution).
+        max_size: the most the long side may be (with an int ``size`` or ``size=None``).
+        mask_format: ``"dense"`` (default): ``target["masks"]`` is a bool
+            ``tv_tensors.Mask``; ``"rle"``: a :class:`~cogseg_ml.masks_at_size.CompactMasks`
+            (run lengths, cheap to send from DataLoader workers), made dense in the main
+            process by :func:`cogseg_ml.decode_masks` (on the CPU or the model's device). Not
+            with ``transforms`` (they cannot move compact masks): apply them after
+            ``decode_masks``.
+        mask_budget_bytes: refuse a sample whose dense masks (``N * H * W`` bytes at the
+            returned size) would exceed this, with
+            :class:`~cogseg_ml.masks_at_size.MaskBudgetError` naming the sample; ``None``
+            checks nothing. Default 1 GiB. Not checked for ``mask_format="rle"``.
 
     Attributes:
         category_table: the :class:`~cogseg_ml.samples.CategoryTable` labels come from.
@@ -162,13 +212,31 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                  categories: Sequence[str | Category | Mapping[str, Any]] | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS,
                  backend: SegmentationBackend | None = None,
-                 image_dtype: torch.dtype = torch.uint8) -> None:
+                 image_dtype: torch.dtype = torch.uint8,
+                 size: int | Sequence[int] | None = None, max_size: int | None = None,
+                 mask_format: MaskFormat = "dense",
+                 mask_budget_bytes: int | None = DEFAULT_MASK_BUDGET) -> None:
         if on_miss not in ("fetch", "raise", "skip"):
             raise ValidationError(f"on_miss must be 'fetch', 'raise' or 'skip', got {on_miss!r}")
         if not isinstance(image_dtype, torch.dtype) or not (
                 image_dtype == torch.uint8 or image_dtype.is_floating_point):
             raise ValidationError(f"image_dtype must be torch.uint8 or a floating dtype such as "
                                   f"torch.float32, got {image_dtype!r}")
+        if size is not None or max_size is not None:
+            target_size(4096, 4096, size, max_size)  # the combination's errors, before any I/O
+        if mask_format not in ("dense", "rle"):
+            raise ValidationError(f"mask_format must be 'dense' or 'rle', got {mask_format!r}")
+        if mask_format == "rle" and transforms is not None:
+            raise ValidationError(
+                'mask_format="rle" returns CompactMasks, which transforms.v2 cannot move: '
+                "leave transforms out of the dataset and apply them after "
+                "cogseg_ml.decode_masks(targets) in the main process, or use "
+                'mask_format="dense"')
+        if mask_budget_bytes is not None and (
+                isinstance(mask_budget_bytes, bool) or not isinstance(mask_budget_bytes, int)
+                or mask_budget_bytes < 0):
+            raise ValidationError(f"mask_budget_bytes must be a non-negative int (bytes) or "
+                                  f"None, got {mask_budget_bytes!r}")
         self.samples = list(samples)
         for i, s in enumerate(self.samples):
             if not isinstance(s, Sample):
@@ -185,6 +253,10 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         self.on_miss: OnMiss = on_miss
         self.max_pixels = max_pixels
         self.image_dtype = image_dtype
+        self.size = size if size is None or isinstance(size, int) else tuple(size)
+        self.max_size = max_size
+        self.mask_format: MaskFormat = mask_format
+        self.mask_budget_bytes = mask_budget_bytes
         self._image_ids = [iid for _, iid in image_ids(self.samples)]
         self._sizes: dict[int, tuple[int, int]] = {}  # (height, width) of samples seen
         self._warned_unaligned = False
@@ -213,7 +285,8 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
     def __repr__(self) -> str:
         return (f"CdfSegmentationDataset(samples={len(self.samples)}, "
                 f"project={self.config.project!r}, on_miss={self.on_miss!r}, "
-                f"cache={self.cache.path})")
+                f"size={self.size!r}, max_size={self.max_size!r}, "
+                f"mask_format={self.mask_format!r}, cache={self.cache.path})")
 
     def _index(self, index: int) -> int:
         if not -len(self.samples) <= index < len(self.samples):
@@ -265,13 +338,24 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         start = index - index % RESOLVE_BLOCK
         self.store.resolve(s.file for s in self.samples[start:start + RESOLVE_BLOCK])
 
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` a ``height x width`` image is returned at (before ``transforms``)."""
+        if self.size is None and self.max_size is None:
+            return height, width
+        return target_size(height, width, self.size, self.max_size)
+
     def _load_image(self, index: int) -> tuple[ImageRecord, tv_tensors.Image]:
         sample = self.samples[index]
         try:
             self._resolve_around(index)
             data, rec = self.store.image(sample.file)
             self._remember_size(index, rec)
-            return rec, tv_tensors.Image(decode_image(data, sample.file, self.max_pixels))
+            out_h, out_w = self.output_size(rec.height, rec.width)
+            if (out_h, out_w) == (rec.height, rec.width):
+                pixels = decode_image(data, sample.file, self.max_pixels)
+            else:
+                pixels = decode_image_at_size(data, out_h, out_w, sample.file, self.max_pixels)
+            return rec, tv_tensors.Image(pixels)
         except CogsegError as exc:
             raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
 
@@ -305,18 +389,24 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                  if res is not None and res.best is not None]
         areas = area([b.rle for _, b in found if b is not None])
         kept = [(k, b, float(a)) for (k, b), a in zip(found, areas, strict=True) if a > 0 and b]
-        dropped = sum(1 for r in results if r is not None) - len(kept)
-        rles = [b.rle for _, b, _ in kept]
         where = f"sample {index} ({sample.file.describe()})"
+        out_h, out_w = self.output_size(height, width)
+        masks, xyxy, sizes = self._masks_at(kept, height, width, out_h, out_w, where)
+        if sizes is not None:  # resized: masks that vanished at the returned size are dropped
+            keep = sizes > 0
+            if not keep.all():
+                kept = [kba for kba, k in zip(kept, keep.tolist(), strict=True) if k]
+                masks = masks[torch.from_numpy(keep)] if isinstance(masks, torch.Tensor) \
+                    else _select(masks, keep)
+                xyxy, sizes = xyxy[keep], sizes[keep]
+            kept = [(k, b, float(a)) for (k, b, _), a in zip(kept, sizes, strict=True)]
+        dropped = sum(1 for r in results if r is not None) - len(kept)
         labels = [self.category_table.id_of(sample.instances[k].category, where)
                   for k, _, _ in kept]
-        masks = decode_to_tensor(rles, height, width)
-        xywh = bbox_of(rles)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         return {
-            "masks": tv_tensors.Mask(masks),
+            "masks": tv_tensors.Mask(masks) if isinstance(masks, torch.Tensor) else masks,
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(xyxy.astype(np.float32)),
-                                              format="XYXY", canvas_size=(height, width)),
+                                              format="XYXY", canvas_size=(out_h, out_w)),
             "labels": torch.tensor(labels, dtype=torch.int64),
             "scores": torch.tensor([b.score for _, b, _ in kept], dtype=torch.float32),
             "area": torch.tensor([a for _, _, a in kept], dtype=torch.float32),
@@ -328,10 +418,32 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             "num_missing": sum(r is None for r in results),
         }
 
+    def _masks_at(self, kept: Sequence[tuple[int, Any, float]], height: int, width: int,
+                  out_h: int, out_w: int, where: str
+                  ) -> tuple[torch.Tensor | CompactMasks, np.ndarray, np.ndarray | None]:
+        """The kept instances' masks (dense or compact), XYXY boxes, and, when resized, each
+        mask's pixel count at the returned size (``None`` at full size: the cached areas)."""
+        rles = [b.rle for _, b, _ in kept]
+        resized = (out_h, out_w) != (height, width)
+        if self.mask_format == "rle":
+            if not resized:
+                compact = CompactMasks.from_rles(rles, height, width)
+                return compact, _xyxy_of_rles(rles), None
+            compact = compact_at_size(rles, height, width, out_h, out_w)
+            xyxy, sizes = _boxes_and_areas_of_compact(compact)
+            return compact, xyxy, sizes
+        check_mask_budget(len(rles), out_h, out_w, self.mask_budget_bytes, where)
+        if not resized:
+            return decode_to_tensor(rles, height, width), _xyxy_of_rles(rles), None
+        dense = rle_at_size(rles, height, width, out_h, out_w)
+        xyxy, sizes = _boxes_and_areas_of_dense(dense)
+        return dense, xyxy, sizes
+
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         index = self._index(index)
         rec, image = self._load_image(index)
-        if (int(image.shape[-2]), int(image.shape[-1])) != (rec.height, rec.width):
+        if (int(image.shape[-2]), int(image.shape[-1])) != self.output_size(rec.height,
+                                                                             rec.width):
             raise SampleError(f"sample {index}: decoded size differs from the header's")
         target = self._load_target(index, rec)
         if self.image_dtype != torch.uint8:
@@ -429,3 +541,77 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                     report.jobs_run += 1
         report.failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
         return report
+
+
+# --- boxes and areas of masks at the returned size ---------------------------------------------
+
+def _xyxy_of_rles(rles: Sequence[Any]) -> np.ndarray:
+    """Tight XYXY boxes of full-size RLEs (pycocotools' ``toBbox``)."""
+    xywh = bbox_of(rles)
+    out: np.ndarray = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    return out
+
+
+def _boxes_and_areas_of_dense(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Tight XYXY boxes (``x1 = last column + 1``) and pixel counts of ``(N, H, W)`` masks;
+    an empty mask gets a zero box and area 0."""
+    n, h, w = masks.shape
+    rows, cols = masks.any(2).numpy(), masks.any(1).numpy()
+    sizes = masks.flatten(1).sum(1).numpy().astype(np.int64)
+    xyxy = np.zeros((n, 4), dtype=np.float64)
+    has = sizes > 0
+    xyxy[has, 0] = cols[has].argmax(1)
+    xyxy[has, 1] = rows[has].argmax(1)
+    xyxy[has, 2] = w - cols[has, ::-1].argmax(1)
+    xyxy[has, 3] = h - rows[has, ::-1].argmax(1)
+    return xyxy, sizes
+
+
+def _boxes_and_areas_of_compact(masks: CompactMasks) -> tuple[np.ndarray, np.ndarray]:
+    """Tight XYXY boxes and pixel counts of compact masks, from their runs (no dense array).
+
+    A foreground run ``[s, e)`` in column-major positions (``H`` rows) covers columns
+    ``s // H`` to ``(e - 1) // H``; within one column the rows ``s % H`` to ``(e - 1) % H``,
+    across a column end every row.
+    """
+    n, h = len(masks), masks.height
+    counts = masks.counts.numpy().astype(np.int64)
+    offsets = masks.offsets.numpy()
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(n), lengths)
+    ends = np.cumsum(counts)
+    mask_start = np.zeros(n, dtype=np.int64)
+    if counts.size:
+        firsts = offsets[:-1][lengths > 0]
+        mask_start[lengths > 0] = ends[firsts] - counts[firsts]
+    local = np.arange(counts.size) - offsets[:-1][owner]
+    fg = ((local & 1) == 1) & (counts > 0)
+    who = owner[fg]
+    e = ends[fg] - mask_start[who]
+    s = e - counts[fg]
+    sizes = np.bincount(who, weights=counts[fg], minlength=n).astype(np.int64)
+    c0, c1 = s // h, (e - 1) // h
+    across = c1 > c0
+    r0 = np.where(across, 0, s % h)
+    r1 = np.where(across, h - 1, (e - 1) % h)
+    big = np.iinfo(np.int64).max
+    xyxy = np.zeros((n, 4), dtype=np.float64)
+    has = sizes > 0
+    for col, values, fill, op in ((0, c0, big, np.minimum), (1, r0, big, np.minimum),
+                                  (2, c1 + 1, -1, np.maximum), (3, r1 + 1, -1, np.maximum)):
+        acc = np.full(n, fill, dtype=np.int64)
+        op.at(acc, who, values)
+        xyxy[has, col] = acc[has]
+    return xyxy, sizes
+
+
+def _select(masks: CompactMasks, keep: np.ndarray) -> CompactMasks:
+    """The masks of ``masks`` where ``keep`` is true, in order."""
+    offsets = masks.offsets.numpy()
+    picked = [masks.counts[int(offsets[k]):int(offsets[k + 1])]
+              for k in np.flatnonzero(keep)]
+    sizes = [int(p.numel()) for p in picked]
+    new_offsets = np.zeros(len(picked) + 1, dtype=np.int64)
+    new_offsets[1:] = np.cumsum(sizes)
+    counts = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.int32)
+    return CompactMasks(counts, new_offsets, masks.height, masks.width)
