@@ -29,6 +29,7 @@ from cogseg_ml.config import (
 )
 from cogseg_ml.errors import (
     ApiError,
+    ApiRetiredError,
     ApiUnavailableError,
     AuthenticationError,
     CacheError,
@@ -41,6 +42,8 @@ from cogseg_ml.errors import (
     PromptValidationError,
     RateLimitedError,
     ResponseValidationError,
+    RunInterrupted,
+    SamCheckpointError,
     ValidationError,
 )
 from cogseg_ml.labeler import LabelingReport, SegmentationLabeler
@@ -76,6 +79,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ApiBackend",
     "ApiError",
+    "ApiRetiredError",
     "ApiUnavailableError",
     "AsyncSegmentationClient",
     "AuthenticationError",
@@ -113,7 +117,9 @@ __all__ = [
     "RateLimitedError",
     "ResponseValidationError",
     "RetryConfig",
+    "RunInterrupted",
     "Sample",
+    "SamCheckpointError",
     "Secret",
     "Segment",
     "SegmentRequest",

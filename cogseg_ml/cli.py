@@ -4,9 +4,15 @@ Subcommands: ``label`` (prompts in, a COCO file out), ``emulator`` (serve the lo
 emulator), ``demo`` (README's main job), ``cache`` (inspect and maintain the mask cache).
 
 Exit codes: 0 all done; 1 the work ran but some items failed (summarized); 2 bad usage or
-input, a path that cannot be used, a cache that cannot be written (full disk, read-only): one
-line saying what to fix; 3 CDF unreachable; 4 credentials refused; 130/143 stopped by
+input, a path that cannot be used, a cache that cannot be written (full disk, read-only), a
+local model folder that cannot be used: one line saying what to fix; 3 CDF unreachable, or its
+Vision API retired (``--backend api``); 4 credentials refused; 130/143 stopped by
 SIGINT/SIGTERM (finished work is kept: run the same command again to resume).
+
+Where masks come from (``cogseg label --backend``): ``api`` (default) the CDF Vision API;
+``local`` a local SAM 2.1 (or SAM) model from ``--model DIR``, images still read from CDF files;
+``fallback`` the API, and the local model when the API is unavailable (for good once it is
+retired).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ UNREACHABLE_HINT = "check COGNITE_BASE_URL (or COGNITE_CLUSTER), the network and
 AUTH_HINT = ("check COGNITE_TOKEN, or COGNITE_CLIENT_ID, COGNITE_CLIENT_SECRET, "
              "COGNITE_TOKEN_URL and COGNITE_TOKEN_SCOPES")
 RESUME_HINT = "run the same command again to resume; finished items are cached"
+MODEL_HELP = ("a SAM 2.1 (or SAM) checkpoint folder in transformers' format, e.g. from "
+              "`hf download facebook/sam2.1-hiera-tiny --local-dir DIR`")
+RETIRED_HINT = (f"label with a local model instead: --backend local --model DIR ({MODEL_HELP}), "
+                "or --backend fallback --model DIR; images are still read from CDF files")
 _PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
                 errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
                 errno.EADDRINUSE, errno.EADDRNOTAVAIL}
@@ -141,6 +151,55 @@ def _port(text: str) -> int:
     return port
 
 
+def _device(text: str) -> str:
+    """``--device``: ``auto`` or a torch device (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--device takes auto, cpu, cuda or cuda:N, got "
+                                         f"{text!r}") from None
+    return text
+
+
+def _local_model(folder: str | None, device: str, need: str) -> Any:
+    """The local model of ``--model DIR`` (loaded, so a bad folder stops before any request).
+
+    Raises:
+        ValidationError: no ``--model`` (``need`` says for what), no usable device, or the
+            ``sam2`` extra is missing; :class:`~cogseg_ml.errors.SamCheckpointError` (also a
+            ValidationError) for a folder that is not a SAM checkpoint.
+    """
+    if not folder:
+        raise ValidationError(f"{need} needs --model DIR: {MODEL_HELP}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValidationError(f"--device {device}: no CUDA device is available here; use "
+                                  "--device cpu (or auto)")
+    try:
+        from cogseg_ml.backends.local_sam import LocalSamBackend
+
+        return LocalSamBackend.from_pretrained(folder, device=device)
+    except ImportError as exc:  # the optional extra is not installed
+        raise ValidationError(f"--model {folder}: {exc}") from None
+
+
+def _retired_line(error: Any) -> str:
+    """One line for a retired Vision API, in the command line's terms."""
+    from cogseg_ml.errors import VISION_RETIREMENT_DATE
+
+    reason = getattr(error, "reason", None) or "its segment endpoint answered 404"
+    host = getattr(error, "host", None)
+    at = f" at {host}" if host else ""
+    return (f"CDF's Vision API{at} appears retired ({reason}; Cognite's SDKs give "
+            f"{VISION_RETIREMENT_DATE} as its retirement date): {RETIRED_HINT}")
+
+
 # --- emulator ----------------------------------------------------------------------------------
 
 def _faults(path: str) -> list[Any]:
@@ -165,7 +224,31 @@ def _faults(path: str) -> list[Any]:
     return faults
 
 
-def _emulator(args: argparse.Namespace) -> int:
+def _engine(args: argparse.Namespace) -> Any:
+    """The emulator's segmentation engine (``None``: the default region growing)."""
+    if args.model and args.engine != "sam2":
+        raise ValidationError(f"--model goes with --engine sam2 (got --engine {args.engine})")
+    if args.checkpoint and args.engine != "sam":
+        raise ValidationError("--checkpoint (a SAM 1 .pth file) goes with --engine sam; for "
+                              "--engine sam2 give --model DIR")
+    if args.engine == "region-growing":
+        return None
+    from cogseg_ml.emulator.segmentation_engines import SamEngine
+
+    if args.engine == "sam2":
+        return SamEngine(_local_model(args.model, args.device, "--engine sam2"))
+    from cogseg_ml.backends.local_sam import LocalSamBackend
+
+    if not args.checkpoint:
+        raise ValidationError("--engine sam needs --checkpoint PATH (a SAM .pth file)")
+    _input_file(args.checkpoint, "--checkpoint")
+    return SamEngine(LocalSamBackend(args.checkpoint, model_type=args.model_type,
+                                     device=args.device))
+
+
+def emulator_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~cogseg_ml.emulator.server.Emulator` ``cogseg emulator`` serves (not
+    started); every argument checked (exit 2 material: a ValidationError)."""
     from cogseg_ml.emulator.server import Emulator
     from cogseg_ml.emulator.synthetic_images import make_dataset
 
@@ -173,21 +256,19 @@ def _emulator(args: argparse.Namespace) -> int:
     faults = _faults(args.faults) if args.faults else []
     if args.synthetic < 0:
         raise ValidationError(f"--synthetic takes a count >= 0, got {args.synthetic}")
+    engine = _engine(args)
     images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
-    engine = None
-    if args.engine == "sam":
-        from cogseg_ml.backends.local_sam import LocalSamBackend
-        from cogseg_ml.emulator.segmentation_engines import SamEngine
-
-        if not args.checkpoint:
-            raise ValidationError("--engine sam needs --checkpoint PATH (a SAM .pth file)")
-        _input_file(args.checkpoint, "--checkpoint")
-        engine = SamEngine(LocalSamBackend(args.checkpoint, model_type=args.model_type))
     emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
                    concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
-                   seed=args.seed, host=args.host, port=args.port, engine=engine)
+                   seed=args.seed, host=args.host, port=args.port, engine=engine,
+                   retired=args.retired)
     if folder is not None:
         emu.add_folder(folder)
+    return emu
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    emu = emulator_from_args(args)
     try:
         emu.start()
     except OSError as exc:
@@ -199,7 +280,8 @@ def _emulator(args: argparse.Namespace) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         info = {"base_url": emu.base_url, "project": emu.project, "token_url": emu.token_url,
-                "client_id": emu.state.client_id, "files": len(emu.state.files)}
+                "client_id": emu.state.client_id, "files": len(emu.state.files),
+                "engine": emu.jobs.engine.name, "vision_retired": emu.retired}
         # The secret is printed only when asked for: it is what a local client needs.
         if args.print_secret:
             info["client_secret"] = emu.client_secret.reveal()
@@ -331,14 +413,22 @@ def _stopped(summary: str | None, name: str) -> int:
     return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
 
 
-def _cdf_unusable(report: LabelingReport) -> int | None:
+def _failure_kinds(report: LabelingReport) -> set[str]:
+    return {reason.split(":", 1)[0] for reason in report.failure_reasons}
+
+
+def _cdf_unusable(report: LabelingReport, retired: Any = None) -> int | None:
     """When nothing was labelled and every failure says CDF could not be reached (or refused
-    the credentials), the run as a whole failed: say so once (exit 3 or 4), write nothing."""
+    the credentials, or its Vision API is retired: ``retired``, the error if known), the run
+    as a whole failed: say so once (exit 3 or 4), write nothing."""
     if report.labelled or not report.failed or not report.failures:
         return None
-    kinds = {reason.split(":", 1)[0] for reason in report.failure_reasons}
+    kinds = _failure_kinds(report)
     unreachable = {"ApiUnavailableError", "CdfUnreachableError", "TokenEndpointUnavailable"}
     reason = str(report.failures[0]["reason"]).split(": ", 1)[-1]
+    if kinds == {"ApiRetiredError"}:
+        _say(_retired_line(retired))
+        return EXIT_UNAVAILABLE
     if kinds == {"AuthenticationError"}:
         _say("credentials refused: " + _hinted(reason, AUTH_HINT))
         return EXIT_AUTH
@@ -346,6 +436,25 @@ def _cdf_unusable(report: LabelingReport) -> int | None:
         _say("CDF unreachable: " + _hinted(reason, UNREACHABLE_HINT))
         return EXIT_UNAVAILABLE
     return None
+
+
+def _label_backend(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """``(backend, api)`` for ``--backend``: what the labeler runs, and the API backend in it
+    (``None`` for ``local``). The local model is loaded here, before any request."""
+    from cogseg_ml.backends.api_backend import ApiBackend
+    from cogseg_ml.backends.fallback import FallbackBackend
+
+    if args.backend == "api":
+        if args.model:
+            raise ValidationError("--model goes with --backend local or --backend fallback "
+                                  "(--backend api segments through CDF's Vision API)")
+        api = ApiBackend(config, concurrency=args.concurrency)
+        return api, api
+    local = _local_model(args.model, args.device, f"--backend {args.backend}")
+    if args.backend == "local":
+        return local, None
+    api = ApiBackend(config, concurrency=args.concurrency)
+    return FallbackBackend(api, local), api
 
 
 def _label(args: argparse.Namespace) -> int:
@@ -367,6 +476,8 @@ def _label(args: argparse.Namespace) -> int:
     out = _output_file(args.out, "--out")
     report_path = _output_file(args.report, "--report") if args.report else None
     config = CdfConfig.from_env()
+    backend, api = _label_backend(args, config)
+    retired = None
     t0 = time.perf_counter()
     labeler: SegmentationLabeler | None = None
     with _signals_stop_the_run() as received:
@@ -382,12 +493,14 @@ def _label(args: argparse.Namespace) -> int:
                     samples = samples_from_annotations(client, ids,
                                                        status=args.annotation_status,
                                                        on_bad_prompt=args.on_bad_prompt)
-            labeler = SegmentationLabeler(config, cache=args.cache, min_score=args.min_score,
-                                          min_area=args.min_area, keep=args.keep,
-                                          concurrency=args.concurrency, shard=args.shard,
-                                          progress=not args.no_progress)
+            labeler = SegmentationLabeler(backend, config=config, cache=args.cache,
+                                          min_score=args.min_score, min_area=args.min_area,
+                                          keep=args.keep, concurrency=args.concurrency,
+                                          shard=args.shard, progress=not args.no_progress)
             report = labeler.label(samples)
-            failed_run = _cdf_unusable(report)
+            retired = api.retired if api is not None and \
+                "ApiRetiredError" in _failure_kinds(report) else None
+            failed_run = _cdf_unusable(report, retired)
             if failed_run is not None:
                 return failed_run  # --out is left as it was
             labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
@@ -408,6 +521,8 @@ def _label(args: argparse.Namespace) -> int:
         _write_atomically(report_path, json.dumps(report.as_dict(), indent=2))
     print(report.summary(), file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
+    if retired is not None:  # some items failed on it, others were labelled (e.g. cached)
+        _say(_retired_line(retired))
     return EXIT_OK if report.failed == 0 else EXIT_PARTIAL
 
 
@@ -433,23 +548,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--rate-limit", type=float, default=None, help="requests/s before 429")
     e.add_argument("--faults", help="JSON file with a list of fault rules")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--engine", choices=["region-growing", "sam"], default="region-growing",
-                   help="segmentation engine (sam: a local Segment-Anything checkpoint)")
+    e.add_argument("--engine", choices=["region-growing", "sam", "sam2"],
+                   default="region-growing",
+                   help="segmentation engine (sam: Meta's SAM 1 .pth file from --checkpoint; "
+                        "sam2: a SAM 2.1 folder in transformers' format from --model)")
     e.add_argument("--checkpoint", help="with --engine sam: the SAM checkpoint file")
     e.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    e.add_argument("--model", metavar="DIR", help=f"with --engine sam2: {MODEL_HELP}")
+    e.add_argument("--device", type=_device, default="auto",
+                   help="where a SAM engine runs: auto (CUDA when available), cpu, cuda, cuda:N")
+    e.add_argument("--retired", action="store_true",
+                   help="serve a retired Vision API: the segment routes answer 404 (files, "
+                        "tokens and annotations keep working)")
     e.add_argument("--print-secret", action="store_true",
                    help="include the client secret in the ready line")
     e.set_defaults(func=_emulator)
 
     lab = sub.add_parser(
         "label", help="label images from prompts into a COCO file",
-        description="Segment every prompt through the CDF API (credentials from COGNITE_* "
-                    "variables), keep results in the mask cache (a re-run resumes), and write "
-                    "a COCO instance-segmentation file (written only when the run ends, "
-                    "atomically). Exit 0: all labelled; 1: some prompts failed (see the "
-                    "summary); 2: bad input or a path that cannot be used; 3: CDF "
-                    "unreachable; 4: credentials refused; 130/143: stopped by SIGINT/SIGTERM "
-                    "(run the same command again to resume).")
+        description="Segment every prompt through the CDF API, or a local model (--backend "
+                    "local --model DIR; images are still read from CDF files), keep results in "
+                    "the mask cache (a re-run resumes), and write a COCO instance-segmentation "
+                    "file (written only when the run ends, atomically). Credentials come from "
+                    "COGNITE_* variables. Exit 0: all labelled; 1: some prompts failed (see the "
+                    "summary); 2: bad input, a path or model folder that cannot be used; 3: CDF "
+                    "unreachable, or its Vision API retired (with --backend api); 4: "
+                    "credentials refused; 130/143: stopped by SIGINT/SIGTERM (run the same "
+                    "command again to resume).")
     src = lab.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", help="JSON list or JSONL of {file, points, box, category}")
     src.add_argument("--coco-boxes", help="COCO detection file: its boxes become prompts")
@@ -462,6 +587,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="COCO image field naming the CDF file (file_name = external id)")
     lab.add_argument("--annotation-status", default="approved",
                      help="with --from-annotations: only annotations of this status")
+    lab.add_argument("--backend", choices=["api", "local", "fallback"], default="api",
+                     help="where masks come from: api (CDF's Vision API, default), local (the "
+                          "model of --model only), fallback (the API, the local model when the "
+                          "API is unavailable, for good once it is retired)")
+    lab.add_argument("--model", metavar="DIR",
+                     help=f"with --backend local or fallback: {MODEL_HELP}")
+    lab.add_argument("--device", type=_device, default="auto",
+                     help="where the local model runs: auto (CUDA when available), cpu, cuda, "
+                          "cuda:N")
     lab.add_argument("--out", required=True, help="the COCO JSON file to write")
     lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
     lab.add_argument("--concurrency", type=int, default=32, help="jobs in flight")
@@ -510,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``cogseg``; returns the exit code (see the module docstring)."""
     from cogseg_ml.errors import (
+        ApiRetiredError,
         ApiUnavailableError,
         AuthenticationError,
         CacheError,
@@ -527,6 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuthenticationError as exc:  # an ApiError: before the generic handlers
         _say("credentials refused: " + _hinted(str(exc), AUTH_HINT))
         return EXIT_AUTH
+    except ApiRetiredError as exc:  # an ApiUnavailableError: before it
+        _say(_retired_line(exc))
+        return EXIT_UNAVAILABLE
     except ApiUnavailableError as exc:
         _say("CDF unreachable: " + _hinted(str(exc), UNREACHABLE_HINT))
         return EXIT_UNAVAILABLE

@@ -46,8 +46,9 @@ DCT domain, see :func:`~cogseg_ml.image_decode.decode_image_at_size`) and resize
 ``(i, j)`` takes source pixel ``(min(floor(i * H / h), H - 1), min(floor(j * W / w), W - 1))``
 (float32 arithmetic, see :func:`~cogseg_ml.masks_at_size.source_indices`), so they equal a
 full-resolution decode followed by ``v2.Resize`` pixel for pixel. Boxes are tight around the
-resized masks, ``canvas_size`` and ``area`` are at the returned size, and instances whose mask
-vanishes at that size are dropped (counted in ``num_dropped``). ``mask_format="rle"`` returns
+resized masks, ``canvas_size`` and ``area`` are at the returned size (both read off the resized
+runs, so dense masks are painted once and never scanned), and instances whose mask vanishes at
+that size are dropped (counted in ``num_dropped``). ``mask_format="rle"`` returns
 ``target["masks"]`` as :class:`~cogseg_ml.masks_at_size.CompactMasks` (a few hundred bytes per
 mask between processes); :func:`~cogseg_ml.masks_at_size.decode_masks` makes them dense in the
 main process, on any device. Dense masks are checked against ``mask_budget_bytes`` before they
@@ -85,7 +86,6 @@ from cogseg_ml.masks_at_size import (
     CompactMasks,
     check_mask_budget,
     compact_at_size,
-    rle_at_size,
     target_size,
 )
 from cogseg_ml.progress import progress_bar
@@ -435,9 +435,11 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         check_mask_budget(len(rles), out_h, out_w, self.mask_budget_bytes, where)
         if not resized:
             return decode_to_tensor(rles, height, width), _xyxy_of_rles(rles), None
-        dense = rle_at_size(rles, height, width, out_h, out_w)
-        xyxy, sizes = _boxes_and_areas_of_dense(dense)
-        return dense, xyxy, sizes
+        # Boxes and pixel counts from the resized runs (a few thousand numbers), then the
+        # dense masks painted from the same runs: never a scan of N * out_h * out_w bools.
+        compact = compact_at_size(rles, height, width, out_h, out_w)
+        xyxy, sizes = _boxes_and_areas_of_compact(compact)
+        return compact.to_dense(), xyxy, sizes
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         index = self._index(index)
@@ -550,21 +552,6 @@ def _xyxy_of_rles(rles: Sequence[Any]) -> np.ndarray:
     xywh = bbox_of(rles)
     out: np.ndarray = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     return out
-
-
-def _boxes_and_areas_of_dense(masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Tight XYXY boxes (``x1 = last column + 1``) and pixel counts of ``(N, H, W)`` masks;
-    an empty mask gets a zero box and area 0."""
-    n, h, w = masks.shape
-    rows, cols = masks.any(2).numpy(), masks.any(1).numpy()
-    sizes = masks.flatten(1).sum(1).numpy().astype(np.int64)
-    xyxy = np.zeros((n, 4), dtype=np.float64)
-    has = sizes > 0
-    xyxy[has, 0] = cols[has].argmax(1)
-    xyxy[has, 1] = rows[has].argmax(1)
-    xyxy[has, 2] = w - cols[has, ::-1].argmax(1)
-    xyxy[has, 3] = h - rows[has, ::-1].argmax(1)
-    return xyxy, sizes
 
 
 def _boxes_and_areas_of_compact(masks: CompactMasks) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,8 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     CogsegError
     ├── ValidationError (also ValueError)      bad input, caught before any request is sent
     │   ├── PromptValidationError               a point, box or prompt set is malformed
-    │   └── FileValidationError                 a file cannot be segmented (extension, mimeType)
+    │   ├── FileValidationError                 a file cannot be segmented (extension, mimeType)
+    │   └── SamCheckpointError                  a local SAM checkpoint cannot be used
     ├── ResponseValidationError                 the server answered with a body we cannot trust
     │   └── ResponseTooLarge                    the answer outgrew the byte limit
     ├── ApiError                                the API answered with an error status
@@ -15,6 +16,8 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     ├── ApiUnavailableError                     cannot be reached, or keeps failing (5xx)
     │   ├── CdfUnreachableError                 nothing answers at all (or the token endpoint
     │   │                                       keeps failing); detected once per session
+    │   ├── ApiRetiredError                     CDF answers, but its segment endpoint is gone
+    │   │                                       (the Vision API retired); remembered per session
     │   └── TokenEndpointUnavailable            the IdP cannot be reached or answers 5xx/429
     ├── JobFailedError                          a segmentation job ended ``Failed``
     ├── JobTimeoutError                         a job did not finish within the caller's timeout
@@ -40,7 +43,10 @@ if TYPE_CHECKING:
     import httpx
 
 __all__ = [
+    "LOCAL_ONLY_HINT",
+    "VISION_RETIREMENT_DATE",
     "ApiError",
+    "ApiRetiredError",
     "ApiUnavailableError",
     "AuthenticationError",
     "CacheError",
@@ -59,6 +65,7 @@ __all__ = [
     "ResponseValidationError",
     "RetryableStatus",
     "RunInterrupted",
+    "SamCheckpointError",
     "SampleError",
     "TokenEndpointUnavailable",
     "ValidationError",
@@ -126,6 +133,19 @@ class PromptValidationError(ValidationError):
 
 class FileValidationError(ValidationError):
     """A file cannot be segmented: wrong extension or mimeType, not uploaded, undecodable."""
+
+
+class SamCheckpointError(ValidationError):
+    """A SAM checkpoint cannot be used: missing, not a SAM model, unreadable or incomplete.
+
+    Attributes:
+        path: the folder, file or hub id given.
+    """
+
+    path: str
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message, path=path)
 
 
 class ResponseValidationError(CogsegError):
@@ -238,6 +258,48 @@ class CdfUnreachableError(ApiUnavailableError):
                  **context: Any) -> None:
         super().__init__(message, host=host, service=service, since=since, reason=reason,
                          **context)
+
+
+#: The date Cognite's SDKs give for the Vision API's retirement (it holds the segment endpoint).
+VISION_RETIREMENT_DATE = "2027-02-17"
+#: How to get masks without the Vision API (said wherever its retirement is reported).
+LOCAL_ONLY_HINT = ("masks now come from a local model only: `cogseg label ... --backend local "
+                   "--model DIR`, or LocalSamBackend.from_pretrained(DIR) as the backend in "
+                   "Python (DIR: a SAM 2.1 checkpoint folder in transformers' format, e.g. from "
+                   "`hf download facebook/sam2.1-hiera-tiny --local-dir DIR`; the 'sam2' extra); "
+                   "images are still read from CDF files")
+
+
+class ApiRetiredError(ApiUnavailableError):
+    """CDF answers, but its segment endpoint is gone: the Vision API appears retired.
+
+    Raised when ``POST /context/vision/segment`` (or ``GET .../segment/{jobId}``, once
+    confirmed) answers 404 or 410 for the route itself, not CDF's error about unknown files or
+    jobs (that one lists them in ``missing``). Cognite's SDKs mark the Vision API deprecated,
+    with retirement date :data:`VISION_RETIREMENT_DATE`. A session recognizes it once; from
+    then on its segmentation calls fail at once with it, without being sent (files and
+    annotations keep working). :class:`~cogseg_ml.backends.fallback.FallbackBackend` switches
+    to its local model for good on it. The message says how to run local-only.
+
+    Attributes:
+        host: ``host:port`` of CDF.
+        reason: what was answered (e.g. ``"POST /context/vision/segment answered 404 Not
+            Found"``).
+        since: when the session recognized it (seconds since the epoch).
+        status_code: 404 or 410.
+        request_id: the ``x-request-id`` of that answer, if any.
+    """
+
+    host: str
+    reason: str
+    since: float
+    status_code: int
+    request_id: str | None
+
+    def __init__(self, message: str, *, host: str, reason: str, since: float, status_code: int,
+                 request_id: str | None = None, **context: Any) -> None:
+        super().__init__(message, host=host, reason=reason, since=since,
+                         status_code=status_code, request_id=request_id, **context)
 
 
 class TokenEndpointUnavailable(ApiUnavailableError, RequestNotSent):

@@ -40,6 +40,7 @@ from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import (
+    ApiRetiredError,
     AuthenticationError,
     CdfUnreachableError,
     CogsegError,
@@ -122,9 +123,10 @@ class WriteBackReport:
 
 def _run_ending(error: object) -> bool:
     """Whether an item's error means no item can succeed: CDF (or its token endpoint) is
-    unreachable, or the session stopped trying refused credentials. A run stops on it (the
-    finished work is stored) instead of reporting every item; a re-run resumes."""
-    return isinstance(error, CdfUnreachableError) or (
+    unreachable, the Vision API is retired, or the session stopped trying refused
+    credentials. A run stops on it (the finished work is stored) instead of reporting every
+    item; a re-run resumes."""
+    return isinstance(error, (CdfUnreachableError, ApiRetiredError)) or (
         isinstance(error, AuthenticationError) and error.session_wide)
 
 

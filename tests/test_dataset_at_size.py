@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import JpegImagePlugin
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -206,3 +207,38 @@ def test_mask_budget_names_the_sample_and_the_knobs(ds_factory, images) -> None:
     assert len(ds_factory(size=(10, 10), mask_budget_bytes=n * 100)[1][1]["masks"]) == n
     assert len(ds_factory(mask_format="rle", mask_budget_bytes=1000)[1][1]["masks"]) == n
     assert len(ds_factory(mask_budget_bytes=None)[1][1]["masks"]) == n
+
+
+class _ReductionsOver(TorchDispatchMode):
+    """Records the reductions (sum, any, argmax, ...) run on tensors of ``shape``."""
+
+    REDUCTIONS = ("sum", "any", "all", "argmax", "argmin", "amax", "amin", "max", "min",
+                  "nonzero", "count_nonzero")
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape, self.seen = shape, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        name = func.__name__.split(".")[0]
+        if name in self.REDUCTIONS and any(
+                isinstance(a, torch.Tensor) and tuple(a.shape) == self.shape for a in args):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("size", [100, (90, 130), 480])
+def test_dense_boxes_and_areas_come_from_the_runs_not_a_scan(ds_factory, size) -> None:
+    """At training size the dense masks are painted once: boxes and areas are read off the
+    resized runs, never by reducing N x H x W bools (the cost that dominated high-res samples),
+    and they are exactly the masks' tight boxes and pixel counts (upscaling included)."""
+    dense = ds_factory(size=size)
+    _, ref = dense[1]
+    masks = ref["masks"].as_subclass(torch.Tensor)
+    assert torch.equal(ref["boxes"].as_subclass(torch.Tensor), tight_xyxy(masks))
+    assert torch.equal(ref["area"], masks.flatten(1).sum(1).float())
+    with _ReductionsOver(tuple(masks.shape)) as spy:
+        _, again = dense[1]
+    assert spy.seen == []
+    assert torch.equal(again["masks"], ref["masks"]) and torch.equal(again["boxes"],
+                                                                     ref["boxes"])

@@ -57,13 +57,14 @@ def test_refused_client_secret_ends_the_run_once(make_emulator, images, tmp_path
 
 
 def test_summary_keeps_http_statuses(make_emulator, images, tmp_path) -> None:
-    emu = make_emulator(faults=[Fault("status", status=404, path_contains="/context/vision/"
+    # 422, not 404: a segment route answering 404 without "missing" means the API is retired
+    emu = make_emulator(faults=[Fault("status", status=422, path_contains="/context/vision/"
                                       "segment", methods=frozenset({"POST"}))])
     im = images[0]
     lab = SegmentationLabeler(emu.config, cache=tmp_path / "cache", progress=False)
     lab.label([Sample(FileRef(external_id=im.name), (Instance(Prompt(box=im.objects[0].box())),))])
     assert lab.report.failed == 1
-    assert "404 Not Found" in lab.report.summary()
+    assert "422 Unprocessable" in lab.report.summary()
 
 
 def test_a_full_disk_for_images_ends_the_run(shared_emulator, images, tmp_path,

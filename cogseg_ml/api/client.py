@@ -53,6 +53,8 @@ from cogseg_ml.api.wire_schema import (
 )
 from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken
 from cogseg_ml.errors import (
+    ApiError,
+    ApiRetiredError,
     CdfUnreachableError,
     CogsegError,
     FileValidationError,
@@ -117,6 +119,9 @@ class AsyncSegmentationClient(ClientCore):
     An unreachable CDF (or token endpoint) and refused credentials are recognized once per
     client (:attr:`health`, see :mod:`cogseg_ml.api.health`): from then on its calls fail at
     once instead of each spending its own retry budget, and :attr:`outage` says since when.
+    So is a retired Vision API (:attr:`retired`): once the segment endpoint answered 404/410
+    for the route, every segmentation call fails at once with
+    :class:`~cogseg_ml.errors.ApiRetiredError`, never sent again.
 
     Args:
         config: where and how to connect (:class:`~cogseg_ml.config.CdfConfig`).
@@ -165,6 +170,12 @@ class AsyncSegmentationClient(ClientCore):
         none): CDF or its token endpoint could not be reached, since ``outage.since``."""
         return self.health.outage
 
+    @property
+    def retired(self) -> ApiRetiredError | None:
+        """The retired Vision API this client recognized (kept for its lifetime), else
+        ``None``."""
+        return self.health.retired
+
     def _timeout(self, seconds: float | None) -> httpx.Timeout:
         total = seconds or self.config.timeout_s
         return httpx.Timeout(total, connect=min(self.config.connect_timeout_s, total))
@@ -194,6 +205,8 @@ class AsyncSegmentationClient(ClientCore):
                         health.check(service, host)
                         if call.authenticated:
                             health.check_credentials()
+                        if call.segment_route:
+                            health.check_retired()
                         self.requests_sent += 1
                         try:
                             resp = await self._exchange(call)
@@ -216,6 +229,30 @@ class AsyncSegmentationClient(ClientCore):
             # else (a bug in a transport or hook) propagates as it is, cause and all.
             raise self._gave_up(exc, call) from (None if call.url in str(exc) else exc)
         return resp
+
+    async def _send_segment(self, call: Call) -> httpx.Response:
+        """:meth:`_send` for the segment endpoint, recognizing a retired route (404 or 410 for
+        the route itself, see :meth:`ClientCore.route_gone`): the session remembers it."""
+        try:
+            return await self._send(call)
+        except ApiError as exc:
+            gone = self.route_gone(exc, call)
+            if gone is None:  # a GET's 404: an unknown job, or no route? Ask the route.
+                gone = await self._segment_route_gone()
+            if not gone:
+                raise
+            raise self.health.retire(self.retired_error(exc, call)) from None
+
+    async def _segment_route_gone(self) -> bool:
+        """Whether the segment route is gone: a malformed POST a live route refuses (400)."""
+        check = self.segment_route_check_call()
+        try:
+            await self._send(check)
+        except ApiError as exc:
+            return self.route_gone(exc, check) is True
+        except CogsegError:  # nothing to learn from (unavailable, ...): not retired
+            return False
+        return False
 
     async def _exchange(self, call: Call) -> httpx.Response:
         """One request and its whole (size-limited) body."""
@@ -252,7 +289,7 @@ class AsyncSegmentationClient(ClientCore):
         ref = _one_file(files)
         call = self.segment_create_call(ref, to_prompt(points, box, prompt))
         try:
-            return self.parse(await self._send(call), SegmentJob, call)
+            return self.parse(await self._send_segment(call), SegmentJob, call)
         except NotFoundError as exc:
             if not exc.missing:
                 raise
@@ -261,7 +298,7 @@ class AsyncSegmentationClient(ClientCore):
     async def retrieve_job(self, job_id: int) -> SegmentJob:
         """See :meth:`SegmentationClient.retrieve_job`."""
         call = self.segment_retrieve_call(job_id)
-        return self.parse(await self._send(call), SegmentJob, call)
+        return self.parse(await self._send_segment(call), SegmentJob, call)
 
     async def wait(self, job: SegmentJob | int, timeout: float | None = None,
                    request: SegmentRequest | None = None) -> SegmentationResult:
@@ -494,6 +531,16 @@ class SegmentationClient:
         return self.session.client.outage
 
     @property
+    def retired(self) -> ApiRetiredError | None:
+        """The retired Vision API the session recognized, else ``None``.
+
+        Once set (for the session's lifetime), every segmentation call fails at once with it
+        (:class:`~cogseg_ml.errors.ApiRetiredError`, an ``ApiUnavailableError``), without a
+        request; files and annotations keep working. Its message says how to run local-only.
+        """
+        return self.session.client.retired
+
+    @property
     def requests_sent(self) -> int:
         """HTTP attempts the session has made (all clients of the session together)."""
         return self.session.client.requests_sent
@@ -515,6 +562,7 @@ class SegmentationClient:
 
         Raises:
             PromptValidationError: bad prompts, before any request is sent.
+            ApiRetiredError: the segment endpoint is gone (the Vision API retired).
             ApiError, ApiUnavailableError: the API refused or could not be reached.
         """
         ref, p = _one_file(files), to_prompt(points, box, prompt)
@@ -551,6 +599,8 @@ class SegmentationClient:
             CdfUnreachableError: CDF or its token endpoint cannot be reached (an
                 ``ApiUnavailableError``).
             AuthenticationError: the credentials were refused (the message says which).
+            ApiRetiredError: the segment endpoint is gone (the Vision API retired; the
+                message says how to run local-only).
         """
         ref, p = FileRef.parse(file), to_prompt(points, box, prompt)
         timeout = checked_timeout(timeout)

@@ -1,4 +1,5 @@
-"""What a session has learned about CDF being usable at all: outages and refused credentials.
+"""What a session has learned about CDF being usable at all: outages, refused credentials and
+a retired Vision API.
 
 One :class:`SessionHealth` belongs to each async client, so to each
 :class:`~cogseg_ml.api.session.SegmentationSession`: every call of every user of the session
@@ -20,6 +21,13 @@ remembered :class:`AuthenticationError`) without being sent, for
 ``RetryConfig.unreachable_cooldown_s``; then requests are tried again, and any answer from the
 host ends the outage. One WARNING on the ``cogseg_ml.api`` logger says so per outage, not one
 per request. The clock is injectable (``clock``), so tests need no sleeps.
+
+A retired Vision API (:class:`~cogseg_ml.errors.ApiRetiredError`: the segment endpoint answered
+404 or 410 for the route) is remembered for the session's lifetime, with no cool-down: an
+endpoint that is gone does not come back, so it is never asked again; every segmentation call
+of the session fails at once with it (files and annotations are not affected). It is logged at
+INFO only: whoever handles the error says what happens next (the fallback backend warns once,
+the command line says it once).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cogseg_ml.config import RetryConfig
-from cogseg_ml.errors import AuthenticationError, CdfUnreachableError
+from cogseg_ml.errors import ApiRetiredError, AuthenticationError, CdfUnreachableError
 
 __all__ = ["CDF", "DOWNLOADS", "TOKEN_ENDPOINT", "HealthKey", "Service", "SessionHealth"]
 
@@ -81,11 +89,38 @@ class SessionHealth:
         self._watch: dict[HealthKey, _Watch] = {}
         self._refused: tuple[float, AuthenticationError] | None = None
         self._refused_tokens: set[int] = set()  # hashes of tokens refused since an accept
+        self._retired: ApiRetiredError | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         down = [f"{s} at {h}" for (s, h), w in self._watch.items() if w.outage is not None]
-        return f"SessionHealth(down={down}, credentials_refused={self._refused is not None})"
+        return (f"SessionHealth(down={down}, credentials_refused={self._refused is not None}, "
+                f"vision_api_retired={self._retired is not None})")
+
+    # --- a retired Vision API ------------------------------------------------------------------
+    @property
+    def retired(self) -> ApiRetiredError | None:
+        """The retirement this session recognized (for its lifetime), else ``None``."""
+        return self._retired
+
+    def retire(self, error: ApiRetiredError) -> ApiRetiredError:
+        """The segment endpoint is gone: remember it (the first one seen is kept) and return
+        the error to raise."""
+        with self._lock:
+            first = self._retired is None
+            if first:
+                self._retired = error
+            kept = self._retired
+        assert kept is not None
+        if first:
+            _log.info("%s", kept)
+        return copy.copy(kept)
+
+    def check_retired(self) -> None:
+        """Raise the remembered :class:`ApiRetiredError` (a segmentation call is not sent)."""
+        retired = self._retired
+        if retired is not None:
+            raise copy.copy(retired)
 
     # --- questions -----------------------------------------------------------------------------
     def _active(self, key: HealthKey) -> CdfUnreachableError | None:

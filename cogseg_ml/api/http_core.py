@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +33,10 @@ from cogseg_ml.api.wire_schema import (
 )
 from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken, TokenProvider
 from cogseg_ml.errors import (
+    LOCAL_ONLY_HINT,
+    VISION_RETIREMENT_DATE,
     ApiError,
+    ApiRetiredError,
     ApiUnavailableError,
     AuthenticationError,
     CogsegError,
@@ -52,6 +56,16 @@ __all__ = ["Call", "ClientCore", "ResponseTooLarge"]
 _log = logging.getLogger("cogseg_ml.api")
 ModelT = TypeVar("ModelT", bound=BaseModel)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# How a retired endpoint answers is not in the API reference: it documents no retirement
+# response, only the error body of section 4 ({"error": {"code", "message", "missing"?}}) and
+# that unknown ids are listed in ``missing`` (400/404/422). Nor does it say how an unknown or
+# expired jobId is answered ("400 or 404" is all it expects). So: 404 or 410 *without*
+# ``missing`` from the segment route means the route is gone. For POST (no id in the path,
+# unknown files come back in ``missing``) and for 410 (Gone) that is taken as it is. A GET of
+# one job answered 404 without ``missing`` might be a job CDF no longer knows, so it is
+# confirmed first with a POST the live route must refuse as malformed (no items: no job can be
+# created); only a 404/410 to that one means retired.
+ROUTE_GONE_STATUSES = frozenset({404, 410})
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     max_bytes: int | None = None  # refused past this while streaming; None: the config's
     attempts: int | None = None  # None: the config's retry budget; 1: a single try (probes)
+    segment_route: bool = False  # a call to the Vision API's segment endpoint
 
 
 def _snippet(text: str, limit: int = 160) -> str:
@@ -129,14 +144,22 @@ class ClientCore:
         wire = body.to_wire()
         wire.setdefault("points", [])  # required by the schema: always sent, maybe empty
         return Call("POST", self._url("/context/vision/segment"), "create",
-                    "POST /context/vision/segment", json=wire, beta=True)
+                    "POST /context/vision/segment", json=wire, beta=True, segment_route=True)
+
+    def segment_route_check_call(self) -> Call:
+        """A ``POST /context/vision/segment`` that a live route refuses as malformed (no items,
+        so no job is created): asks whether the route exists at all (one attempt)."""
+        return Call("POST", self._url("/context/vision/segment"), "read",
+                    "POST /context/vision/segment (route check, no items)",
+                    json={"items": [], "points": []}, beta=True, attempts=1,
+                    segment_route=True)
 
     def segment_retrieve_call(self, job_id: int) -> Call:
         """``GET /context/vision/segment/{jobId}``."""
         if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
             raise ValidationError(f"job_id must be a non-negative integer, got {job_id!r}")
         return Call("GET", self._url(f"/context/vision/segment/{job_id}"), "read",
-                    f"GET /context/vision/segment/{job_id}", beta=True)
+                    f"GET /context/vision/segment/{job_id}", beta=True, segment_route=True)
 
     def byids_call(self, refs: Iterable[FileRef], *, ignore_unknown: bool) -> Call:
         """``POST /files/byids``."""
@@ -233,6 +256,34 @@ class ClientCore:
                 status_code=None, request_id=None)
         return ApiUnavailableError(f"{call.label} failed: {type(exc).__name__}",
                                    status_code=None, request_id=None)
+
+    @staticmethod
+    def route_gone(error: CogsegError, call: Call) -> bool | None:
+        """Whether an error of a segment-route call says the route itself is gone.
+
+        ``True``: gone (POST, or 410); ``None``: a GET answered 404 without ``missing``, which
+        needs the route check (:meth:`segment_route_check_call`); ``False``: anything else,
+        e.g. CDF's 4xx about unknown files or jobs (it lists them in ``missing``).
+        """
+        if (not call.segment_route or not isinstance(error, ApiError)
+                or error.status_code not in ROUTE_GONE_STATUSES or error.missing):
+            return False
+        if call.method == "GET" and error.status_code == 404:
+            return None
+        return True
+
+    def retired_error(self, error: ApiError, call: Call) -> ApiRetiredError:
+        """The :class:`ApiRetiredError` for a segment call answered 404/410 for the route."""
+        reason = f"{call.label} answered {status_text(error.status_code)}"
+        server = error.message.removeprefix("not found: ")
+        if server and server != (http_phrase(error.status_code) or ""):
+            reason += f" ({_snippet(server, 100)})"
+        return ApiRetiredError(
+            f"{reason}: CDF at {self.host} answers, but its Vision API (context/vision, which "
+            f"holds the segment endpoint; deprecated, retirement date {VISION_RETIREMENT_DATE} "
+            f"per Cognite's SDKs) appears retired; {LOCAL_ONLY_HINT}",
+            host=self.host, reason=reason, since=time.time(),
+            status_code=int(error.status_code or 0), request_id=error.request_id)
 
     def is_api(self, call: Call) -> bool:
         """Whether the call goes to the project's API (not to a download link)."""
@@ -348,6 +399,12 @@ class _RedactUrls(logging.Filter):
 
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).addFilter(_RedactUrls())
+
+
+def http_phrase(code: int | None) -> str | None:
+    """The standard phrase of a status (``"Not Found"``), ``None`` for an unknown one."""
+    text = status_text(code)
+    return text.split(" ", 1)[1] if " " in text else None
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -13,7 +13,8 @@ Flow for ``segment_many``:
 
 Every failure of a job (a :class:`~cogseg_ml.errors.CogsegError`, malformed answers included)
 is an outcome. Once the client has recognized CDF as unreachable (or the credentials as
-refused), every job still queued or in flight fails at once with that error, so a stream of
+refused, or the Vision API as retired), every job still queued or in flight fails at once
+with that error, so a stream of
 thousands ends in moments instead of each job spending its own retry budget.
 
 Anything else raised by a background task is a bug, not a job's fate: it ends the
@@ -44,6 +45,7 @@ from cogseg_ml.api.results import (
 )
 from cogseg_ml.api.wire_schema import SegmentJob
 from cogseg_ml.errors import (
+    ApiRetiredError,
     ApiUnavailableError,
     CdfUnreachableError,
     CogsegError,
@@ -147,9 +149,10 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             job = await client.retrieve_job(t.job_id)
         except CogsegError as exc:
             t.errors += 1
-            # A recognized outage is not a hiccup to poll through: the job's outcome is due now.
+            # A recognized outage (or a retired API) is not a hiccup to poll through: the
+            # job's outcome is due now.
             if (t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError)
-                    or isinstance(exc, CdfUnreachableError)):
+                    or isinstance(exc, (CdfUnreachableError, ApiRetiredError))):
                 finish(JobOutcome(t.request, error=exc, job_id=t.job_id))
                 return
             reschedule(t)

@@ -11,7 +11,7 @@ from cogseg_ml.api.results import SegmentationResult, SegmentRequest
 from cogseg_ml.api.session import Transport
 from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import CogsegError, JobFailedError
+from cogseg_ml.errors import ApiRetiredError, CogsegError, JobFailedError
 
 __all__ = ["API_BACKEND", "ApiBackend", "mask_result"]
 
@@ -45,7 +45,9 @@ class ApiBackend:
 
     Once the session has found CDF unreachable, the remaining jobs of a run fail at once with
     :class:`~cogseg_ml.errors.CdfUnreachableError`, so a fallback takes them over without
-    waiting for each job's retries.
+    waiting for each job's retries. Likewise once the segment endpoint is gone (the Vision API
+    retired): every job fails at once with :class:`~cogseg_ml.errors.ApiRetiredError`, for
+    good (see :attr:`retired`).
     """
 
     name = API_BACKEND
@@ -78,6 +80,11 @@ class ApiBackend:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    @property
+    def retired(self) -> ApiRetiredError | None:
+        """The retired Vision API the session recognized, else ``None``."""
+        return self.client.retired
 
     def identities(self) -> list[tuple[str, str]]:
         """See :class:`~cogseg_ml.backends.base.SegmentationBackend`."""

@@ -14,6 +14,12 @@ those jobs over.
 Results keep their provenance (the backend's name and model version are in their cache keys),
 so a later API run replaces local masks rather than being answered by them.
 
+A retired Vision API (:class:`~cogseg_ml.errors.ApiRetiredError`: the segment endpoint itself
+is gone) is not an outage to wait out: the backend switches to the fallback for good, says so
+in one WARNING (what happened and how to run local-only), and never probes or tries the
+primary again (:attr:`FallbackBackend.retired`). The jobs that met the retirement are done by
+the fallback, as is every job after them.
+
 Modes: ``"prefer-api"`` (the above), ``"prefer-local"`` (local first, the API only for what the
 local model cannot do), ``"api-only"`` (no fallback; outages are errors).
 """
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cogseg_ml.backends.base import BackendJob, BackendOutcome, SegmentationBackend
-from cogseg_ml.errors import ApiUnavailableError, ValidationError
+from cogseg_ml.errors import ApiRetiredError, ApiUnavailableError, ValidationError
 
 __all__ = ["CircuitBreaker", "FallbackBackend"]
 
@@ -80,6 +86,10 @@ class FallbackBackend:
         mode: ``"prefer-api"``, ``"prefer-local"`` or ``"api-only"``.
         cooldown_s: how long to stay on the fallback before probing the primary again.
         chunk_size: jobs sent to the primary at once (the breaker is consulted per chunk).
+
+    Attributes:
+        retired: the :class:`~cogseg_ml.errors.ApiRetiredError` that switched this backend to
+            the fallback for good (``None`` while the primary is in use).
     """
 
     def __init__(self, primary: SegmentationBackend, fallback: SegmentationBackend | None, *,
@@ -100,10 +110,12 @@ class FallbackBackend:
         self.model_version = first.model_version
         self.probe_timeout_s = 5.0
         self._verified = False  # the primary answered a probe or a job since the last trip
+        self.retired: ApiRetiredError | None = None
 
     def __repr__(self) -> str:
+        state = "retired" if self.retired is not None else self.breaker.state
         return (f"FallbackBackend(primary={self.primary!r}, fallback={self.fallback!r}, "
-                f"mode={self.mode!r}, breaker={self.breaker.state!r})")
+                f"mode={self.mode!r}, breaker={state!r})")
 
     def identities(self) -> list[tuple[str, str]]:
         """The preferred backend first (its keys decide what is already done)."""
@@ -116,25 +128,46 @@ class FallbackBackend:
     def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
         """See :class:`~cogseg_ml.backends.base.SegmentationBackend` (read in chunks)."""
         if self.mode == "prefer-local":
-            assert self.fallback is not None
-            retry = []
-            for out in self.fallback.run(jobs):
-                if out.error is None:
-                    yield out
-                else:
-                    retry.append(out.job)
-            if retry:
-                yield from self.primary.run(retry)
+            yield from self._prefer_local(jobs)
             return
         it = iter(jobs)
         while chunk := list(itertools.islice(it, self.chunk_size)):
             if self.mode == "api-only":
                 yield from self.primary.run(chunk)
-            elif self.breaker.allow() and self._reachable(chunk):
+            elif self.retired is None and self.breaker.allow() and self._reachable(chunk):
                 yield from self._primary_chunk(chunk)
             else:
                 assert self.fallback is not None
                 yield from self.fallback.run(chunk)
+
+    def _prefer_local(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """The fallback first; what it cannot do goes to the primary (unless retired)."""
+        assert self.fallback is not None
+        retry = []
+        for out in self.fallback.run(jobs):
+            if out.error is None or self.retired is not None:
+                yield out
+            else:
+                retry.append(out)
+        if not retry:
+            return
+        if self.retired is not None:  # recognized while the fallback ran: its answers stand
+            yield from retry
+            return
+        for out in self.primary.run([o.job for o in retry]):
+            if isinstance(out.error, ApiRetiredError):
+                self._retire(out.error)
+            yield out
+
+    def _retire(self, error: ApiRetiredError) -> None:
+        """The primary's endpoint is gone: the fallback for good, said once."""
+        if self.retired is not None:
+            return
+        self.retired = error
+        fb = self.fallback
+        assert fb is not None  # only the modes with a fallback listen for it
+        _log.warning("%s. Switching to the local model (%s %s) for good: the API is not tried "
+                     "or probed again", error, fb.name, fb.model_version)
 
     def _reachable(self, chunk: Sequence[BackendJob]) -> bool:
         """Probe the primary when its state is unknown (first use, half-open)."""
@@ -153,14 +186,20 @@ class FallbackBackend:
     def _primary_chunk(self, chunk: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
         unavailable: list[BackendJob] = []
         for out in self.primary.run(chunk):
+            if isinstance(out.error, ApiRetiredError):
+                self._retire(out.error)
             if isinstance(out.error, ApiUnavailableError):
                 unavailable.append(out.job)
             else:
                 yield out
+        assert self.fallback is not None
+        if self.retired is not None:
+            if unavailable:
+                yield from self.fallback.run(unavailable)
+            return
         if unavailable:
             self._verified = False
             self.breaker.failure(f"{len(unavailable)} jobs could not reach it")
-            assert self.fallback is not None
             yield from self.fallback.run(unavailable)
         else:
             self.breaker.success()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cogseg_ml.backends.prompt_geometry import ModelFrame, longest_side_frame, square_frame
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import SamCheckpointError, ValidationError
 
 __all__ = ["MODEL_TYPES", "SamCheckpointError", "TransformersSamAdapter", "load_pretrained",
            "processor_settings", "save_random_checkpoint", "tiny_config"]
@@ -38,19 +38,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 DOWNLOAD_HINT = ("fetch one once, e.g. `hf download facebook/sam2.1-hiera-tiny --local-dir DIR`, "
                  "then pass DIR")
-
-
-class SamCheckpointError(ValidationError):
-    """A SAM checkpoint cannot be used: missing, not a SAM model, unreadable or incomplete.
-
-    Attributes:
-        path: the folder, file or hub id given.
-    """
-
-    path: str
-
-    def __init__(self, message: str, *, path: str) -> None:
-        super().__init__(message, path=path)
 
 
 def _require() -> Any:

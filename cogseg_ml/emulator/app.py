@@ -25,6 +25,11 @@ Where the reference is silent the emulator makes a choice and says so here:
   ids; the reference leaves the status open);
 * a project other than the emulator's gets 403; ``POST /annotations`` answers 201;
 * download URLs need no bearer token (they carry their own short-lived secret);
+* a retired Vision API (``Emulator(retired=True)``, ``cogseg emulator --retired``) answers both
+  segment routes 404 with CDF's error body and no ``missing``, before any check of the token
+  or the body: ``{"error": {"code": 404, "message": "Not Found"}}``, exactly what any unknown
+  route gets here. How CDF will answer once the endpoint is retired is not documented; an
+  unknown route is the plainest reading. Files, tokens and annotations keep working;
 * replacing a file's content (``PUT /_emulator/files?overwrite=true``) stands in for CDF's upload
   with overwrite, whose protocol the reference does not describe: only its documented effect is
   emulated (same id, new bytes, ``lastUpdatedTime`` and ``uploadedTime`` bumped, strictly).
@@ -43,6 +48,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -69,12 +75,13 @@ from cogseg_ml.emulator.job_engine import JobEngine
 from cogseg_ml.emulator.state import EmulatorState, RequestLogEntry
 from cogseg_ml.prompts import Box, Point
 
-__all__ = ["ApiProblem", "ConnectionDropped", "build_app"]
+__all__ = ["ApiProblem", "Availability", "ConnectionDropped", "build_app"]
 
 BETA_VERSION = re.compile(r"^(beta|\d{8}-beta)$")
 ALLOWED_EXTENSIONS = (".jpeg", ".jpg", ".png")
 ALLOWED_MIME = ("image/png", "image/jpeg")
 ModelT = TypeVar("ModelT", bound=BaseModel)
+UNKNOWN_ROUTE = "Not Found"  # the message of a 404 for a route the emulator does not serve
 
 
 class ApiProblem(Exception):
@@ -89,6 +96,17 @@ class ApiProblem(Exception):
         self.missing = missing
         self.duplicated = duplicated
         self.headers = headers or {}
+
+
+@dataclass
+class Availability:
+    """Which parts of CDF the emulator offers; may be switched while it serves.
+
+    Attributes:
+        vision_retired: the segment endpoint is gone (its routes answer 404 as unknown ones).
+    """
+
+    vision_retired: bool = False
 
 
 class ConnectionDropped(Exception):
@@ -121,10 +139,17 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
 class Handlers:
     """One method per endpoint; ``state``, ``jobs`` and ``faults`` are shared with the server."""
 
-    def __init__(self, state: EmulatorState, jobs: JobEngine, faults: FaultInjector) -> None:
+    def __init__(self, state: EmulatorState, jobs: JobEngine, faults: FaultInjector,
+                 availability: Availability | None = None) -> None:
         self.state = state
         self.jobs = jobs
         self.faults = faults
+        self.availability = availability or Availability()
+
+    def route_exists(self) -> None:
+        """A retired segment endpoint answers as an unknown route does (404, no ``missing``)."""
+        if self.availability.vision_retired:
+            raise ApiProblem(404, UNKNOWN_ROUTE)
 
     # --- guards ------------------------------------------------------------------------------
     def authorize(self, request: Request, *, beta: bool = False) -> None:
@@ -214,6 +239,7 @@ class Handlers:
 
     async def segment_create(self, request: Request) -> Response:
         """``POST /context/vision/segment``."""
+        self.route_exists()
         self.authorize(request, beta=True)
         body = await parse_body(request, SegmentJobCreateRequest)
         item: SegmentFileRef = body.items[0]
@@ -238,6 +264,7 @@ class Handlers:
 
     async def segment_retrieve(self, request: Request) -> Response:
         """``GET /context/vision/segment/{jobId}``."""
+        self.route_exists()
         self.authorize(request, beta=True)
         raw = request.path_params["job_id"]
         if not raw.isdigit():
@@ -348,7 +375,8 @@ class Handlers:
         return JSONResponse({"jobs": len(self.jobs.jobs), "statuses": statuses,
                              "max_running": self.jobs.max_running, "requests": n_requests,
                              "tokens_issued": self.state.tokens_issued,
-                             "faults_injected": self.faults.injected})
+                             "faults_injected": self.faults.injected,
+                             "vision_retired": self.availability.vision_retired})
 
     async def admin_requests(self, request: Request) -> Response:
         """The request log as JSON."""
@@ -455,9 +483,13 @@ async def _discard(message: Message) -> None:
 
 
 def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
-              rate_limit_rps: float | None = None) -> ASGIApp:
-    """The ASGI app: routes, one error handler, the fault/log middleware, job-engine lifespan."""
-    h = Handlers(state, jobs, faults)
+              rate_limit_rps: float | None = None,
+              availability: Availability | None = None) -> ASGIApp:
+    """The ASGI app: routes, one error handler, the fault/log middleware, job-engine lifespan.
+
+    ``availability`` is read on every request (switch it to retire the Vision API while the
+    app serves)."""
+    h = Handlers(state, jobs, faults, availability)
     p = "/api/v1/projects/{project}"
     routes = [
         Route("/oauth2/token", h.token, methods=["POST"]),

@@ -172,12 +172,40 @@ class RegionGrowingEngine:
 
 
 class SamEngine:
-    """The local Segment-Anything backend as the emulator's engine (``--engine sam``)."""
+    """A local Segment-Anything backend as the emulator's engine.
 
-    name = "sam"
+    ``cogseg emulator --engine sam2 --model DIR`` builds it with :meth:`from_pretrained` (SAM 2
+    / 2.1, or SAM 1, in transformers' format); ``--engine sam --checkpoint FILE`` on Meta's
+    original SAM 1 file. Works through the backend's ``segment_image`` (all prompts of a call
+    on one embedding; calls from the job workers take turns).
 
-    def __init__(self, backend: object) -> None:
+    Args:
+        backend: a :class:`~cogseg_ml.backends.local_sam.LocalSamBackend` (anything with its
+            ``segment_image``).
+        name: the engine's name (default ``"sam2"`` for a SAM 2 model, else ``"sam"``).
+    """
+
+    def __init__(self, backend: object, name: str | None = None) -> None:
+        if not callable(getattr(backend, "segment_image", None)):
+            raise TypeError(f"SamEngine needs a backend with segment_image (a LocalSamBackend), "
+                            f"got {type(backend).__name__}")
         self.backend = backend
+        family = getattr(getattr(backend, "adapter", None), "family", None)
+        self.name = name or ("sam2" if family == "sam2" else "sam")
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, device: str = "auto") -> SamEngine:
+        """An engine on a checkpoint folder in transformers' format (the ``sam2`` extra).
+
+        Raises:
+            SamCheckpointError: the folder is missing or is not a SAM checkpoint.
+        """
+        from cogseg_ml.backends.local_sam import LocalSamBackend
+
+        return cls(LocalSamBackend.from_pretrained(path, device=device))
+
+    def __repr__(self) -> str:
+        return f"SamEngine({self.backend!r})"
 
     def segment(self, image: np.ndarray, points: Sequence[Point],
                 box: Box | None) -> list[EngineSegment]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from cogseg_ml.api.wire_schema import FileIdentifier
 from cogseg_ml.config import CdfConfig, ClientCredentials, Secret, StaticToken
-from cogseg_ml.emulator.app import ConnectionDropped, build_app
+from cogseg_ml.emulator.app import Availability, ConnectionDropped, build_app
 from cogseg_ml.emulator.faults import Fault, FaultInjector
 from cogseg_ml.emulator.job_engine import JobEngine, JobRecord
 from cogseg_ml.emulator.segmentation_engines import RegionGrowingEngine, SegmentationEngine
@@ -61,6 +61,9 @@ class Emulator:
         engine: the segmentation engine (default :class:`RegionGrowingEngine`).
         image_format: how synthetic images are stored, ``"png"`` or ``"jpeg"``.
         host, port: where to listen (``port=0``: an ephemeral port).
+        retired: start with the Vision API retired: both segment routes answer 404 with
+            CDF's error body and no ``missing``, as unknown routes do (files, tokens and
+            annotations keep working). Switch it while serving with :attr:`retired`.
     """
 
     def __init__(
@@ -79,6 +82,7 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         client_id: str = "cogseg-emulator",
+        retired: bool = False,
     ) -> None:
         self.host = host
         self._port = port
@@ -89,7 +93,9 @@ class Emulator:
         self.faults = FaultInjector(tuple(faults), seed)
         self.jobs = JobEngine(engine or RegionGrowingEngine(),
                               processing_time_s=processing_time_s, concurrency=concurrency)
-        self._app = build_app(self.state, self.jobs, self.faults, rate_limit_rps=rate_limit_rps)
+        self.availability = Availability(vision_retired=bool(retired))
+        self._app = build_app(self.state, self.jobs, self.faults, rate_limit_rps=rate_limit_rps,
+                              availability=self.availability)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -158,6 +164,16 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def retired(self) -> bool:
+        """Whether the Vision API is retired (its segment routes answer 404); settable while
+        serving, e.g. to retire it in the middle of a run."""
+        return self.availability.vision_retired
+
+    @retired.setter
+    def retired(self, value: bool) -> None:
+        self.availability.vision_retired = bool(value)
 
     # --- addresses and credentials -------------------------------------------------------------
     @property

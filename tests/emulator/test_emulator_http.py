@@ -511,6 +511,54 @@ def test_request_log_records_without_headers(make_emulator) -> None:
     assert api.token not in str(log)
 
 
+# --- a retired Vision API ----------------------------------------------------------------------
+
+
+def _retired_body_ok(r: httpx.Response) -> None:
+    assert r.status_code == 404, r.text
+    err = r.json()["error"]
+    assert err["code"] == 404 and err["message"] and "missing" not in err
+
+
+def test_a_retired_emulator_answers_the_segment_routes_404_without_missing(
+        make_emulator) -> None:
+    emu = make_emulator(retired=True)
+    api = RawApi(emu)
+    fid = api.file_id("synthetic_00000.png")
+    body = {"items": [{"fileId": fid}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}
+    _retired_body_ok(api.post("/context/vision/segment", body))
+    _retired_body_ok(api.get("/context/vision/segment/1"))
+    # The route is gone: no token, no beta header or a malformed body change the answer.
+    _retired_body_ok(api.http.post(api.root + "/context/vision/segment", json={}))
+    _retired_body_ok(api.get("/context/vision/segment/abc", beta=False))
+    # An unknown route answers just the same.
+    assert api.get("/no/such/route").json() == api.get("/context/vision/segment/1").json()
+    assert len(emu.jobs.jobs) == 0
+    # Files, tokens and annotations keep working.
+    link = api.post("/files/downloadlink", {"items": [{"id": fid}]}).json()["items"][0]
+    assert httpx.get(link["downloadUrl"]).content[:4] == b"\x89PNG"
+    assert api.post("/annotations", {"items": [_annotation(fid, "kept")]}).status_code == 201
+    listed = api.post("/annotations/list", {"filter": {
+        "annotatedResourceType": "file", "annotatedResourceIds": [{"id": fid}]}}).json()
+    assert [a["data"]["label"] for a in listed["items"]] == ["kept"]
+    assert httpx.get(f"{emu.base_url}/_emulator/stats").json()["vision_retired"] is True
+    statuses = [(r.method, r.status) for r in emu.requests if "vision" in r.path]
+    assert statuses == [("POST", 404), ("GET", 404), ("POST", 404), ("GET", 404), ("GET", 404)]
+
+
+def test_the_vision_api_can_be_retired_and_restored_while_serving(make_emulator) -> None:
+    emu = make_emulator()
+    api = RawApi(emu)
+    fid = api.file_id("synthetic_00001.png")
+    body = {"items": [{"fileId": fid}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}
+    job = api.post("/context/vision/segment", body).json()
+    emu.retired = True
+    _retired_body_ok(api.get(f"/context/vision/segment/{job['jobId']}"))
+    emu.retired = False
+    assert wait_terminal(api, job["jobId"])["status"] == "Completed"
+    assert api.post("/context/vision/segment", body).status_code == 200
+
+
 # --- lifecycle -------------------------------------------------------------------------------
 
 
