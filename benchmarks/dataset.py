@@ -75,8 +75,8 @@ def _build(root: Path, n: int, unique: int) -> tuple[CdfSegmentationDataset, Pat
                                 on_miss="raise")
     images_dir = root / "images"
     images_dir.mkdir()
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [
-        {"id": k + 1, "name": c} for k, c in enumerate(ds.categories)]}
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": ds.category_table.as_coco()}
     entries = []
     for i, s in enumerate(samples):
         u = i % unique
@@ -89,7 +89,7 @@ def _build(root: Path, n: int, unique: int) -> tuple[CdfSegmentationDataset, Pat
             box = bbox_of([rle])[0].tolist()
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": i + 1,
-                "category_id": ds.categories.index(s.instances[k].category) + 1,
+                "category_id": ds.category_table.id_of(s.instances[k].category),
                 "segmentation": rle, "area": float(box[2] * box[3]), "bbox": box,
                 "iscrowd": 0})
         coco["images"].append({"id": i + 1, "file_name": s.file.external_id, "height": 480,
@@ -249,8 +249,8 @@ def _build_highres(root: Path, n: int, unique: int, **ds_kw: Any
     ds = variants[0]
     images_dir = root / "images"
     images_dir.mkdir()
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [
-        {"id": k + 1, "name": c} for k, c in enumerate(ds.categories)]}
+    coco: dict[str, Any] = {"images": [], "annotations": [],
+                            "categories": ds.category_table.as_coco()}
     entries = []
     for i, s in enumerate(samples):
         u = i % unique
@@ -264,7 +264,7 @@ def _build_highres(root: Path, n: int, unique: int, **ds_kw: Any
             box = bbox_of([rle])[0].tolist()
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": i + 1,
-                "category_id": ds.categories.index(str(s.instances[k].category)) + 1,
+                "category_id": ds.category_table.id_of(s.instances[k].category),
                 "segmentation": rle, "area": float(box[2] * box[3]), "bbox": box,
                 "iscrowd": 0})
         coco["images"].append({"id": i + 1, "file_name": s.file.external_id,

@@ -9,9 +9,10 @@ cache entries. The dataset and the labeler take any backend.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.errors import CogsegError
@@ -20,7 +21,17 @@ from cogseg_ml.mask_codec import Rle, decode_to_tensor
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["BackendJob", "BackendOutcome", "MaskResult", "ScoredMask", "SegmentationBackend"]
+__all__ = ["BackendJob", "BackendOutcome", "MaskResult", "ScoredMask", "SegmentationBackend",
+           "require_extra"]
+
+
+def require_extra(module: str, extra: str, what: str) -> Any:
+    """Import ``module`` of an optional extra, or say which extra brings ``what`` (plural)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{what} come with the {extra!r} extra: "
+                          f"pip install 'cogseg-ml[{extra}]'") from None
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
+from cogseg_ml.backends.base import (
+    BackendJob,
+    BackendOutcome,
+    MaskResult,
+    ScoredMask,
+    require_extra,
+)
 from cogseg_ml.backends.prompt_geometry import (
     CropOptions,
     CropWindow,
@@ -78,12 +84,7 @@ CPU_DECODER_BATCH_MAX = 64
 
 
 def _require() -> Any:
-    try:
-        import segment_anything
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("the local SAM backend needs the 'sam' extra: "
-                          "pip install 'cogseg-ml[sam]'") from None
-    return segment_anything
+    return require_extra("segment_anything", "sam", "Meta's original SAM checkpoints")
 
 
 def build_sam(model_type: str, checkpoint: str | Path | None) -> torch.nn.Module:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cogseg_ml.backends.base import require_extra
 from cogseg_ml.backends.prompt_geometry import ModelFrame, longest_side_frame, square_frame
 from cogseg_ml.errors import SamCheckpointError, ValidationError
 
@@ -41,12 +42,7 @@ DOWNLOAD_HINT = ("fetch one once, e.g. `hf download facebook/sam2.1-hiera-tiny -
 
 
 def _require() -> Any:
-    try:
-        import transformers
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError("SAM 2 and transformers-format SAM checkpoints need the 'sam2' extra: "
-                          "pip install 'cogseg-ml[sam2]'") from None
-    return transformers
+    return require_extra("transformers", "sam2", "SAM 2 and transformers-format SAM checkpoints")
 
 
 def _looks_like_hub_id(text: str) -> bool:
