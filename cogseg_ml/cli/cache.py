@@ -1,0 +1,96 @@
+"""``cogseg cache``: inspect and maintain the mask cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cogseg_ml.cli.common import EXIT_OK, output_file
+from cogseg_ml.errors import ValidationError
+
+
+def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.cache.image_store import ImageStore
+    from cogseg_ml.cache.mask_cache import MaskCache, cache_file
+    from cogseg_ml.coco_io import export_cache
+
+    if args.action == "merge":
+        if not args.sources:
+            raise ValidationError("cogseg cache merge needs one or more source caches")
+        target = cache_file(args.path)
+        for src in args.sources:  # every source exists before the target is touched
+            found = cache_file(src)
+            if not found.is_file():
+                where = f" ({found})" if found != Path(src) else ""
+                raise ValidationError(f"cache merge: there is no mask cache at {src}{where}; "
+                                      "check the path (nothing was merged or created)")
+            if found.resolve() == target.resolve() or (
+                    target.exists() and os.path.samefile(found, target)):
+                raise ValidationError(f"cache merge: {src} is the target cache itself; give "
+                                      "other caches (e.g. the shards') as sources")
+        cache = MaskCache(args.path)
+        entries = images = 0
+        for src in args.sources:
+            got = cache.merge(src)
+            entries, images = entries + got.entries, images + got.images
+        print(f"merged {entries} new entries and {images} images into {cache.path}")
+        return EXIT_OK
+    if args.images and args.action != "clear":
+        raise ValidationError("--images goes with cogseg cache clear")
+    cache = MaskCache(args.path, create=False)  # inspecting never creates a cache
+    if args.action == "stats":
+        s = cache.stats()
+        print(json.dumps({"path": s.path, "entries": s.entries, "bytes": s.bytes,
+                          "file_bytes": s.file_bytes, "by_backend": s.by_backend,
+                          "images": s.images, "image_bytes": s.image_bytes}, indent=2))
+    elif args.action == "ls":
+        for i, (file_key, prompt, key, res) in enumerate(cache.iter_entries()):
+            if args.limit and i >= args.limit:
+                break
+            best = res.best.score if res.best else None
+            print(f"{key[:12]}  {file_key}  {prompt}  {res.backend}  {res.height}x{res.width}"
+                  f"  segments={len(res.segments)} best={best}")
+    elif args.action == "export":
+        if not args.out:
+            raise ValidationError("cogseg cache export needs --out FILE")
+        out = output_file(args.out, "--out")
+        n = export_cache(cache, out)
+        print(f"wrote {n} annotations to {out}")
+    elif args.action == "clear":
+        removed = cache.clear()
+        if args.images:
+            gone = ImageStore(cache).clear()
+            print(f"removed {removed} entries and {gone.images} images ({gone.bytes} bytes)")
+        else:
+            s = cache.stats()
+            print(f"removed {removed} entries; kept {s.images} images ({s.image_bytes} bytes; "
+                  "add --images to remove them too)")
+    elif args.action == "vacuum":
+        cache.vacuum()
+        print(f"vacuumed {cache.path}")
+    return EXIT_OK
+
+
+
+def register(sub: Any) -> None:
+    """Add ``cache`` to the subcommands ``sub``."""
+    c = sub.add_parser("cache", help="inspect and maintain the mask cache",
+                       description="stats: counts and sizes; ls: list entries; export: COCO "
+                                   "file of every entry's best mask; clear: remove entries "
+                                   "(--images: the stored images too); vacuum: compact the "
+                                   "file; merge: copy entries and images of other caches "
+                                   "(e.g. shards) into this one. Every action but merge needs "
+                                   "an existing cache (none is created).")
+    c.add_argument("action", choices=["stats", "ls", "export", "clear", "vacuum", "merge"])
+    c.add_argument("sources", nargs="*", help="for merge: cache files or folders to copy from")
+    c.add_argument("--path", default=None,
+                   help="cache file or folder (default: the user cache directory)")
+    c.add_argument("--out", help="for export: the COCO JSON file to write")
+    c.add_argument("--limit", type=int, default=50, help="for ls: at most this many rows")
+    c.add_argument("--images", action="store_true",
+                   help="for clear: also remove the stored images (they are downloaded again "
+                        "when needed)")
+    c.set_defaults(func=run)

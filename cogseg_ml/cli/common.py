@@ -1,0 +1,175 @@
+"""What every ``cogseg`` command shares: exit codes, one-line messages, path checks made before
+any work starts, the local model of ``--model DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cogseg_ml.errors import ValidationError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
+UNREACHABLE_HINT = "check COGNITE_BASE_URL (or COGNITE_CLUSTER), the network and any proxy"
+AUTH_HINT = ("check COGNITE_TOKEN, or COGNITE_CLIENT_ID, COGNITE_CLIENT_SECRET, "
+             "COGNITE_TOKEN_URL and COGNITE_TOKEN_SCOPES")
+RESUME_HINT = "run the same command again to resume; finished items are cached"
+MODEL_HELP = ("a SAM 2.1 (or SAM) checkpoint folder in transformers' format, e.g. from "
+              "`hf download facebook/sam2.1-hiera-tiny --local-dir DIR`")
+RETIRED_HINT = (f"label with a local model instead: --backend local --model DIR ({MODEL_HELP}), "
+                "or --backend fallback --model DIR; images are still read from CDF files")
+PATH_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC),
+                errno.EADDRINUSE, errno.EADDRNOTAVAIL}
+
+
+def say(text: str) -> None:
+    """One line on stderr, prefixed ``cogseg:``."""
+    print("cogseg: " + " ".join(str(text).splitlines()), file=sys.stderr, flush=True)
+
+
+def hinted(message: str, hint: str) -> str:
+    """``message`` and the hint in the command line's terms (its environment variables),
+    unless the message already names them."""
+    return message if "COGNITE_" in message else f"{message}; {hint}"
+
+
+# --- paths: checked before any work starts -----------------------------------------------------
+
+def input_file(path: str, flag: str) -> Path:
+    """A file to read: it exists, is a file, and can be opened."""
+    p = Path(path)
+    if not p.exists():
+        raise ValidationError(f"{flag} {path}: no such file; check the path")
+    if p.is_dir():
+        raise ValidationError(f"{flag} {path} is a folder; give the file inside it")
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as exc:
+        raise ValidationError(f"{flag} {path} cannot be read ({exc.strerror or exc})") from None
+    return p
+
+
+def input_folder(path: str, flag: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ValidationError(f"{flag} {path}: no such folder; check the path")
+    if not p.is_dir():
+        raise ValidationError(f"{flag} {path} is a file, not a folder")
+    return p
+
+
+def output_file(path: str, flag: str) -> Path:
+    """A file to write later: its folder exists and takes a new file now (tried, then removed),
+    so a run never does all its work to fail at the end."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValidationError(f"{flag} {path} is a folder; give a file name, e.g. "
+                              f"{p / 'labels.json'}")
+    folder = p.parent
+    if not folder.exists():
+        raise ValidationError(f"{flag} {path}: the folder {folder} does not exist; create it "
+                              "or choose another path")
+    if not folder.is_dir():
+        raise ValidationError(f"{flag} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValidationError(f"{flag} {path}: cannot write in {folder} "
+                              f"({exc.strerror or exc}); choose a writable location") from None
+    return p
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a small file under a temporary name and move it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".incomplete", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def file_ids(text: str) -> list[int]:
+    """``--from-annotations``: comma or space separated internal ids."""
+    ids = []
+    for v in text.replace(",", " ").split():
+        if not v.isdigit() or int(v) < 1:
+            raise ValidationError(
+                f"--from-annotations takes numeric CDF file ids (internal ids, comma "
+                f"separated), got {v!r}; for files named by external id use --prompts")
+        ids.append(int(v))
+    if not ids:
+        raise ValidationError("--from-annotations needs one or more numeric CDF file ids")
+    return ids
+
+
+def port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port takes a number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port {port}: a port is 0..65535 (0: any free one)")
+    return port
+
+
+def device(text: str) -> str:
+    """``--device``: ``auto`` or a torch device (``cpu``, ``cuda``, ``cuda:1``, ...)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"--device takes auto, cpu, cuda or cuda:N, got "
+                                         f"{text!r}") from None
+    return text
+
+
+def local_model(folder: str | None, device: str, need: str) -> Any:
+    """The local model of ``--model DIR`` (loaded, so a bad folder stops before any request).
+
+    Raises:
+        ValidationError: no ``--model`` (``need`` says for what), no usable device, or the
+            ``sam2`` extra is missing; :class:`~cogseg_ml.errors.SamCheckpointError` (also a
+            ValidationError) for a folder that is not a SAM checkpoint.
+    """
+    if not folder:
+        raise ValidationError(f"{need} needs --model DIR: {MODEL_HELP}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValidationError(f"--device {device}: no CUDA device is available here; use "
+                                  "--device cpu (or auto)")
+    try:
+        from cogseg_ml.backends.local_sam import LocalSamBackend
+
+        return LocalSamBackend.from_pretrained(folder, device=device)
+    except ImportError as exc:  # the optional extra is not installed
+        raise ValidationError(f"--model {folder}: {exc}") from None
+
+
+def retired_line(error: Any) -> str:
+    """One line for a retired Vision API, in the command line's terms."""
+    from cogseg_ml.errors import VISION_RETIREMENT_DATE
+
+    reason = getattr(error, "reason", None) or "its segment endpoint answered 404"
+    host = getattr(error, "host", None)
+    at = f" at {host}" if host else ""
+    return (f"CDF's Vision API{at} appears retired ({reason}; Cognite's SDKs give "
+            f"{VISION_RETIREMENT_DATE} as its retirement date): {RETIRED_HINT}")
+

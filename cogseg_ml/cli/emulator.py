@@ -1,0 +1,148 @@
+"""``cogseg emulator``: serve the local CDF emulator on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import signal
+import threading
+from typing import Any
+
+from cogseg_ml.cli.common import (
+    EXIT_OK,
+    MODEL_HELP,
+    device,
+    input_file,
+    input_folder,
+    local_model,
+    port,
+)
+from cogseg_ml.errors import ValidationError
+
+
+def _faults(path: str) -> list[Any]:
+    """The fault rules of a ``--faults`` file, each checked (the message names the rule)."""
+    from cogseg_ml.emulator.faults import Fault
+
+    text = input_file(path, "--faults").read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"--faults {path} is not valid JSON: {exc.msg} at line "
+                              f"{exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, list):
+        raise ValidationError(f"--faults {path} must hold a JSON list of fault rules, e.g. "
+                              '[{"kind": "status", "status": 503, "probability": 0.1}]')
+    faults = []
+    for i, rule in enumerate(data):
+        try:
+            faults.append(Fault.from_dict(rule))
+        except (ValueError, TypeError) as exc:
+            raise ValidationError(f"--faults {path}: rule {i}: {exc}") from None
+    return faults
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    """The emulator's segmentation engine (``None``: the default region growing)."""
+    if args.model and args.engine != "sam2":
+        raise ValidationError(f"--model goes with --engine sam2 (got --engine {args.engine})")
+    if args.checkpoint and args.engine != "sam":
+        raise ValidationError("--checkpoint (a SAM 1 .pth file) goes with --engine sam; for "
+                              "--engine sam2 give --model DIR")
+    if args.engine == "region-growing":
+        return None
+    from cogseg_ml.emulator.segmentation_engines import SamEngine
+
+    if args.engine == "sam2":
+        return SamEngine(local_model(args.model, args.device, "--engine sam2"))
+    from cogseg_ml.backends.local_sam import LocalSamBackend
+
+    if not args.checkpoint:
+        raise ValidationError("--engine sam needs --checkpoint PATH (a SAM .pth file)")
+    input_file(args.checkpoint, "--checkpoint")
+    return SamEngine(LocalSamBackend(args.checkpoint, model_type=args.model_type,
+                                     device=args.device))
+
+
+def emulator_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~cogseg_ml.emulator.server.Emulator` ``cogseg emulator`` serves (not
+    started); every argument checked (exit 2 material: a ValidationError)."""
+    from cogseg_ml.emulator.server import Emulator
+    from cogseg_ml.emulator.synthetic_images import make_dataset
+
+    folder = input_folder(args.images, "--images") if args.images else None
+    faults = _faults(args.faults) if args.faults else []
+    if args.synthetic < 0:
+        raise ValidationError(f"--synthetic takes a count >= 0, got {args.synthetic}")
+    engine = _engine(args)
+    images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
+    emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
+                   concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
+                   seed=args.seed, host=args.host, port=args.port, engine=engine,
+                   retired=args.retired)
+    if folder is not None:
+        emu.add_folder(folder)
+    return emu
+
+
+def run(args: argparse.Namespace) -> int:
+    emu = emulator_from_args(args)
+    try:
+        emu.start()
+    except OSError as exc:
+        what = ("is already in use; stop what listens there or choose another port (--port 0: "
+                "any free one)" if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc}")
+        raise ValidationError(f"--port {args.port}: {args.host}:{args.port} {what}") from None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        info = {"base_url": emu.base_url, "project": emu.project, "token_url": emu.token_url,
+                "client_id": emu.state.client_id, "files": len(emu.state.files),
+                "engine": emu.jobs.engine.name, "vision_retired": emu.retired}
+        # The secret is printed only when asked for: it is what a local client needs.
+        if args.print_secret:
+            info["client_secret"] = emu.client_secret.reveal()
+        print(json.dumps(info), flush=True)
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        emu.stop()
+    return EXIT_OK
+
+
+
+def register(sub: Any) -> None:
+    """Add ``emulator`` to the subcommands ``sub``."""
+    e = sub.add_parser("emulator", help="serve the local CDF emulator on loopback",
+                       description="Serve the CDF emulator until interrupted. Prints one JSON "
+                                   "line with base_url, project and token_url once ready.")
+    e.add_argument("--port", type=port, default=8765, help="port (0: an ephemeral one)")
+    e.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    e.add_argument("--project", default="emulated-project")
+    e.add_argument("--images", help="folder of .png/.jpg/.jpeg files to serve")
+    e.add_argument("--synthetic", type=int, default=0,
+                   help="also serve N synthetic images with ground truth")
+    e.add_argument("--processing-time", type=float, default=0.05,
+                   help="seconds each job takes (default 0.05)")
+    e.add_argument("--concurrency", type=int, default=8, help="jobs processed at once")
+    e.add_argument("--rate-limit", type=float, default=None, help="requests/s before 429")
+    e.add_argument("--faults", help="JSON file with a list of fault rules")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--engine", choices=["region-growing", "sam", "sam2"],
+                   default="region-growing",
+                   help="segmentation engine (sam: Meta's SAM 1 .pth file from --checkpoint; "
+                        "sam2: a SAM 2.1 folder in transformers' format from --model)")
+    e.add_argument("--checkpoint", help="with --engine sam: the SAM checkpoint file")
+    e.add_argument("--model-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    e.add_argument("--model", metavar="DIR", help=f"with --engine sam2: {MODEL_HELP}")
+    e.add_argument("--device", type=device, default="auto",
+                   help="where a SAM engine runs: auto (CUDA when available), cpu, cuda, cuda:N")
+    e.add_argument("--retired", action="store_true",
+                   help="serve a retired Vision API: the segment routes answer 404 (files, "
+                        "tokens and annotations keep working)")
+    e.add_argument("--print-secret", action="store_true",
+                   help="include the client secret in the ready line")
+    e.set_defaults(func=run)

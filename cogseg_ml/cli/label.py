@@ -1,0 +1,252 @@
+"""``cogseg label``: prompts in, a COCO file out (resumable, atomic)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from cogseg_ml.cli.common import (
+    AUTH_HINT,
+    EXIT_AUTH,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_UNAVAILABLE,
+    MODEL_HELP,
+    RESUME_HINT,
+    UNREACHABLE_HINT,
+    device,
+    file_ids,
+    hinted,
+    input_file,
+    local_model,
+    output_file,
+    retired_line,
+    say,
+    write_atomically,
+)
+from cogseg_ml.errors import ValidationError
+
+if TYPE_CHECKING:
+    from cogseg_ml.labeler import LabelingReport
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[list[str]]:
+    """SIGTERM (and SIGINT) raise ``KeyboardInterrupt("SIGTERM")`` in the main thread, so a
+    run stops the same way for both; the names received are collected. A second signal while
+    stopping ends the process at once. Outside the main thread nothing is installed."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            say(f"{name} again: stopping at once")
+            os._exit(128 + signum)
+        raise KeyboardInterrupt(name)
+
+    previous: dict[int, Any] = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:  # leave an ignored or custom handler alone
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stopped(summary: str | None, name: str) -> int:
+    if summary:
+        print(summary, file=sys.stderr)
+    say(f"stopped by {name}: {RESUME_HINT}")
+    return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+
+
+def _failure_kinds(report: LabelingReport) -> set[str]:
+    return {reason.split(":", 1)[0] for reason in report.failure_reasons}
+
+
+def _cdf_unusable(report: LabelingReport, retired: Any = None) -> int | None:
+    """When nothing was labelled and every failure says CDF could not be reached (or refused
+    the credentials, or its Vision API is retired: ``retired``, the error if known), the run
+    as a whole failed: say so once (exit 3 or 4), write nothing."""
+    if report.labelled or not report.failed or not report.failures:
+        return None
+    kinds = _failure_kinds(report)
+    unreachable = {"ApiUnavailableError", "CdfUnreachableError", "TokenEndpointUnavailable"}
+    reason = str(report.failures[0]["reason"]).split(": ", 1)[-1]
+    if kinds == {"ApiRetiredError"}:
+        say(retired_line(retired))
+        return EXIT_UNAVAILABLE
+    if kinds == {"AuthenticationError"}:
+        say("credentials refused: " + hinted(reason, AUTH_HINT))
+        return EXIT_AUTH
+    if kinds <= unreachable:
+        say("CDF unreachable: " + hinted(reason, UNREACHABLE_HINT))
+        return EXIT_UNAVAILABLE
+    return None
+
+
+def _label_backend(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """``(backend, api)`` for ``--backend``: what the labeler runs, and the API backend in it
+    (``None`` for ``local``). The local model is loaded here, before any request."""
+    from cogseg_ml.backends.api_backend import ApiBackend
+    from cogseg_ml.backends.fallback import FallbackBackend
+
+    if args.backend == "api":
+        if args.model:
+            raise ValidationError("--model goes with --backend local or --backend fallback "
+                                  "(--backend api segments through CDF's Vision API)")
+        api = ApiBackend(config, concurrency=args.concurrency)
+        return api, api
+    local = local_model(args.model, args.device, f"--backend {args.backend}")
+    if args.backend == "local":
+        return local, None
+    api = ApiBackend(config, concurrency=args.concurrency)
+    return FallbackBackend(api, local), api
+
+
+def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.api.client import SegmentationClient
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.errors import RunInterrupted
+    from cogseg_ml.labeler import SegmentationLabeler
+    from cogseg_ml.samples import (
+        load_records,
+        samples_from_annotations,
+        samples_from_coco,
+        samples_from_records,
+    )
+
+    # Every path is checked before any request: a run never fails at its end on a typo.
+    prompts = input_file(args.prompts, "--prompts") if args.prompts else None
+    coco = input_file(args.coco_boxes, "--coco-boxes") if args.coco_boxes else None
+    ids = file_ids(args.from_annotations) if prompts is None and coco is None else []
+    out = output_file(args.out, "--out")
+    report_path = output_file(args.report, "--report") if args.report else None
+    config = CdfConfig.from_env()
+    backend, api = _label_backend(args, config)
+    retired = None
+    t0 = time.perf_counter()
+    labeler: SegmentationLabeler | None = None
+    with _signals_stop_the_run() as received:
+        try:
+            if prompts is not None:
+                samples = samples_from_records(load_records(prompts),
+                                               on_bad_prompt=args.on_bad_prompt)
+            elif coco is not None:
+                samples = samples_from_coco(coco, file_key=args.coco_file_key,
+                                            on_bad_prompt=args.on_bad_prompt)
+            else:
+                with SegmentationClient(config) as client:
+                    samples = samples_from_annotations(client, ids,
+                                                       status=args.annotation_status,
+                                                       on_bad_prompt=args.on_bad_prompt)
+            labeler = SegmentationLabeler(backend, config=config, cache=args.cache,
+                                          min_score=args.min_score, min_area=args.min_area,
+                                          keep=args.keep, concurrency=args.concurrency,
+                                          shard=args.shard, progress=not args.no_progress)
+            report = labeler.label(samples)
+            retired = api.retired if api is not None and \
+                "ApiRetiredError" in _failure_kinds(report) else None
+            failed_run = _cdf_unusable(report, retired)
+            if failed_run is not None:
+                return failed_run  # --out is left as it was
+            labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
+            if args.write_back:
+                wb = labeler.write_back(creating_app=args.creating_app)
+                print(f"write-back: {wb.created} created, {wb.already_present} already "
+                      f"present, {wb.skipped} skipped", file=sys.stderr)
+        except RunInterrupted as exc:
+            return _stopped(exc.summary, received[0] if received else exc.signal_name)
+        except KeyboardInterrupt as exc:
+            name = received[0] if received else (str(exc.args[0]) if exc.args else "SIGINT")
+            summary = None
+            if labeler is not None:
+                labeler.report.seconds = time.perf_counter() - t0
+                summary = labeler.report.summary()
+            return _stopped(summary, name)
+    if report_path is not None:
+        write_atomically(report_path, json.dumps(report.as_dict(), indent=2))
+    print(report.summary(), file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
+    if retired is not None:  # some items failed on it, others were labelled (e.g. cached)
+        say(retired_line(retired))
+    return EXIT_OK if report.failed == 0 else EXIT_PARTIAL
+
+
+
+def register(sub: Any) -> None:
+    """Add ``label`` to the subcommands ``sub``."""
+    lab = sub.add_parser(
+        "label", help="label images from prompts into a COCO file",
+        description="Segment every prompt through the CDF API, or a local model (--backend "
+                    "local --model DIR; images are still read from CDF files), keep results in "
+                    "the mask cache (a re-run resumes), and write a COCO instance-segmentation "
+                    "file (written only when the run ends, atomically). Credentials come from "
+                    "COGNITE_* variables. Exit 0: all labelled; 1: some prompts failed (see the "
+                    "summary); 2: bad input, a path or model folder that cannot be used; 3: CDF "
+                    "unreachable, or its Vision API retired (with --backend api); 4: "
+                    "credentials refused; 130/143: stopped by SIGINT/SIGTERM (run the same "
+                    "command again to resume).")
+    src = lab.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="JSON list or JSONL of {file, points, box, category}")
+    src.add_argument("--coco-boxes", help="COCO detection file: its boxes become prompts")
+    src.add_argument("--from-annotations", metavar="FILE_IDS",
+                     help="CDF file ids (comma separated): their ObjectDetection boxes")
+    lab.add_argument("--on-bad-prompt", choices=["fail", "skip", "clip"], default="fail",
+                     help="a malformed prompt (e.g. a zero-width box): fail the run listing "
+                          "them all (default), skip them, or clip boxes into the image")
+    lab.add_argument("--coco-file-key", default="file_name",
+                     help="COCO image field naming the CDF file (file_name = external id)")
+    lab.add_argument("--annotation-status", default="approved",
+                     help="with --from-annotations: only annotations of this status")
+    lab.add_argument("--backend", choices=["api", "local", "fallback"], default="api",
+                     help="where masks come from: api (CDF's Vision API, default), local (the "
+                          "model of --model only), fallback (the API, the local model when the "
+                          "API is unavailable, for good once it is retired)")
+    lab.add_argument("--model", metavar="DIR",
+                     help=f"with --backend local or fallback: {MODEL_HELP}")
+    lab.add_argument("--device", type=device, default="auto",
+                     help="where the local model runs: auto (CUDA when available), cpu, cuda, "
+                          "cuda:N")
+    lab.add_argument("--out", required=True, help="the COCO JSON file to write")
+    lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
+    lab.add_argument("--concurrency", type=int, default=32, help="jobs in flight")
+    lab.add_argument("--min-score", type=float, default=0.0, help="drop segments below")
+    lab.add_argument("--min-area", type=int, default=0, help="drop segments under N pixels")
+    lab.add_argument("--keep", choices=["best", "all"], default="best",
+                     help="best segment per prompt, or all")
+    lab.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                     help="label only shard I of N (merge caches with 'cogseg cache merge')")
+    lab.add_argument("--cache", default=None, help="mask cache path (default: user cache)")
+    lab.add_argument("--write-back", action="store_true",
+                     help="also create 'suggested' ObjectDetection polygon annotations in CDF")
+    lab.add_argument("--creating-app", default="cogseg-ml")
+    lab.add_argument("--report", help="also write the run's report as JSON here")
+    lab.add_argument("--no-progress", action="store_true")
+    lab.set_defaults(func=run)
