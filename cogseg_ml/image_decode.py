@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ImageHeader", "check_declared_size", "decode_array",
+           "decode_array_reduced",
            "decode_image", "decode_image_at_size", "image_size", "read_header"]
 
 _log = logging.getLogger("cogseg_ml.image_decode")
@@ -303,6 +304,28 @@ def decode_array(data: bytes, ref: FileRef | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """:func:`decode_image` as an ``(H, W, 3)`` uint8 numpy array (for local models)."""
     return decode_image(data, ref, max_pixels).permute(1, 2, 0).numpy()
+
+
+def decode_array_reduced(data: bytes, min_h: int, min_w: int, ref: FileRef | None = None,
+                         max_pixels: int = DEFAULT_MAX_PIXELS
+                         ) -> tuple[np.ndarray, tuple[int, int]]:
+    """An ``(h, w, 3)`` uint8 array no smaller than ``min_h x min_w`` where the format allows a
+    cheaper decode, and the image's full ``(H, W)`` from its header.
+
+    For a model that resizes its input anyway (SAM: 1024 on the long side): a JPEG larger than
+    the model's input is decoded reduced in the DCT domain (``Image.draft``, 1/2, 1/4 or 1/8,
+    the largest reduction that keeps both sides at least the minimum), and the model's own
+    resize does the rest. Other formats, and JPEGs not larger than the minimum, decode in full
+    (:func:`decode_array`). Pixel rule, orientation rule and ``max_pixels`` as
+    :func:`decode_image`.
+    """
+    header = read_header(data, ref, max_pixels)
+    full = (header.height, header.width)
+    if (header.format == "JPEG" and header.mode in ("L", "RGB", "CMYK", "YCbCr")
+            and (header.height >= 2 * min_h and header.width >= 2 * min_w)):
+        warn_orientation(header, ref, data)
+        return _pil_rgb(data, ref, header, draft=(min_w, min_h)), full
+    return decode_array(data, ref, max_pixels), full
 
 
 def _pil_rgb(data: bytes, ref: FileRef | None, header: ImageHeader,

@@ -68,7 +68,7 @@ from cogseg_ml.backends.prompt_geometry import to_model_frame as _frame_prompt
 from cogseg_ml.backends.sam2 import SamCheckpointError
 from cogseg_ml.backends.sam_adapter import SamAdapter
 from cogseg_ml.errors import CogsegError, FileValidationError, ValidationError
-from cogseg_ml.image_decode import decode_array
+from cogseg_ml.image_decode import decode_array, decode_array_reduced
 from cogseg_ml.mask_codec import encode
 from cogseg_ml.prompts import Prompt
 
@@ -602,13 +602,20 @@ class LocalSamBackend:
                                 ((j, j.request.prompt) for j in group))
         left = Counter(u.image_key for u in units)  # units still to do, per image
         first_job = {key: group[0] for key, group in by_image.items()}
+        cropped = {u.image_key for u in units if u.window is not None}
         loading: dict[str, Future[np.ndarray]] = {}
 
         def load(unit: _Unit) -> Future[np.ndarray]:
             fut = loading.get(unit.image_key)
             if fut is None:
                 job = first_job[unit.image_key]
-                fut = loading[unit.image_key] = self._decoder_pool().submit(_load_pixels, job)
+                # The encoder sees the image at its input size: an image read only whole is
+                # decoded no larger than needed for that (crops need the full resolution).
+                frame = self.adapter.frame(job.height, job.width)
+                reduce_to = None if unit.image_key in cropped else (
+                    frame.resized_height, frame.resized_width)
+                fut = loading[unit.image_key] = self._decoder_pool().submit(
+                    _load_pixels, job, reduce_to)
             return fut
 
         step = self.encoder_batch_size
@@ -655,11 +662,21 @@ def _check_pixels(pixels: np.ndarray) -> None:
                               f"{pixels.dtype}")
 
 
-def _load_pixels(job: BackendJob) -> np.ndarray:
-    """The job's image as ``(H, W, 3)`` uint8 RGB, decoded as the dataset and labeler do."""
-    pixels = decode_array(job.load_image(), job.request.file)
-    if pixels.shape[:2] != (job.height, job.width):
+def _load_pixels(job: BackendJob, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
+    """The job's image as ``(H, W, 3)`` uint8 RGB, decoded as the dataset and labeler do.
+
+    With ``reduce_to`` (the model input's ``(h, w)`` for this image), a large JPEG is decoded
+    reduced, no smaller than that (:func:`~cogseg_ml.image_decode.decode_array_reduced`): the
+    encoder resizes to its input anyway, and masks come back at the full size regardless.
+    """
+    data = job.load_image()
+    if reduce_to is None:
+        pixels = decode_array(data, job.request.file)
+        size = (int(pixels.shape[0]), int(pixels.shape[1]))
+    else:
+        pixels, size = decode_array_reduced(data, *reduce_to, job.request.file)
+    if size != (job.height, job.width):
         raise FileValidationError(f"file {job.request.file.describe()} decodes to "
-                                  f"{pixels.shape[1]}x{pixels.shape[0]} pixels, but its size was "
+                                  f"{size[1]}x{size[0]} pixels, but its size was "
                                   f"given as {job.width}x{job.height}")
     return pixels
