@@ -1,0 +1,114 @@
+"""The package's import arrows point one way (see the floors in the package's design notes):
+each rule reads every module's imports with ``ast`` and names the offending line."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "cogseg_ml"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, module)`` of every import of the package in the file, lazy ones included."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "cogseg_ml":
+                yield node.lineno, "cogseg_ml"
+            elif node.module.startswith("cogseg_ml."):
+                yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cogseg_ml"):
+                    yield node.lineno, alias.name
+
+
+def _under(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _offences(sources: tuple[str, ...], allowed: tuple[str, ...]) -> list[str]:
+    bad = []
+    for name, path in MODULES.items():
+        if not _under(name, *sources):
+            continue
+        for line, target in _imports(path):
+            if not _under(target, *allowed) and not _under(target, name):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
+    return bad
+
+
+FLOOR_1 = ("cogseg_ml.errors", "cogseg_ml.version", "cogseg_ml.progress")
+FLOOR_2 = FLOOR_1 + ("cogseg_ml.prompts", "cogseg_ml.config", "cogseg_ml.mask_codec")
+PRODUCTS = ("cogseg_ml.dataset", "cogseg_ml.labeler", "cogseg_ml.ray")
+
+RULES = {
+    "the first floor imports only itself": (FLOOR_1, FLOOR_1),
+    "pure values import only the floors below": (FLOOR_2, FLOOR_2),
+    "the emulator shares only the wire schema, value types, codec and local model":
+        (("cogseg_ml.emulator",), FLOOR_2 + ("cogseg_ml.emulator", "cogseg_ml.api.wire_schema",
+                                             "cogseg_ml.backends.local_sam")),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_floors(rule: str) -> None:
+    sources, allowed = RULES[rule]
+    assert _offences(sources, allowed) == [], rule
+
+
+def test_only_the_package_root_imports_the_package_root() -> None:
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line}"
+           for name, path in MODULES.items() if name != "cogseg_ml"
+           for line, target in _imports(path) if target == "cogseg_ml"]
+    assert bad == []
+
+
+def test_no_product_imports_another() -> None:
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+           for product in PRODUCTS
+           for name, path in MODULES.items() if _under(name, product)
+           for line, target in _imports(path)
+           if _under(target, *(p for p in PRODUCTS if p != product))]
+    assert bad == []
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    users = ("cogseg_ml.cli", "cogseg_ml.demo", "cogseg_ml")
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+           for name, path in MODULES.items() if not _under(name, "cogseg_ml.cli")
+           for line, target in _imports(path)
+           if _under(target, "cogseg_ml.cli") and name not in users]
+    assert bad == []
+
+
+def test_backends_do_not_reach_up_to_products_or_the_store() -> None:
+    above = PRODUCTS + ("cogseg_ml.store", "cogseg_ml.samples", "cogseg_ml.cli",
+                        "cogseg_ml.demo")
+    bad = [f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+           for name, path in MODULES.items() if _under(name, "cogseg_ml.backends")
+           for line, target in _imports(path) if _under(target, *above)]
+    assert bad == []
+
+
+def test_the_rules_see_the_imports() -> None:
+    """The reader finds lazy imports inside functions too (so the rules are not vacuous)."""
+    found = dict(_imports(MODULES["cogseg_ml.cli.demo"]))
+    assert "cogseg_ml.demo" in found.values()
+    assert len(MODULES) > 40
