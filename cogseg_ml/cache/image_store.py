@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.errors import ValidationError
 
 __all__ = ["ImageStore", "ImagesRemoved"]
 
@@ -72,19 +73,39 @@ class ImageStore:
         ).fetchone())
         if row is None:
             return None
-        blob = self._blob(row[0])
-        try:
-            data = blob.read_bytes()
-        except FileNotFoundError:
-            return None
-        if hashlib.sha256(data).hexdigest() != row[0]:  # corrupted on disk: a miss, rewritten
-            _log.warning("image blob %s does not match its hash; dropped", blob.name)
-            blob.unlink(missing_ok=True)
+        data = self._read_verified(row[0])
+        if data is None:
             return None
         now = time.time()
         if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping: written later, batched
             self.cache._touch("images", (file_key,), now)
         return data, row[0]
+
+    def get_by_digest(self, sha256: str) -> bytes | None:
+        """The stored bytes whose SHA-256 hex is ``sha256`` (verified), or ``None``.
+
+        For readers that know an image by content only (a labels file records the ``sha256``
+        of each image it labelled): no file version, no CDF call.
+
+        Raises:
+            ValidationError: ``sha256`` is not 64 hexadecimal digits.
+        """
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValidationError(f"an image digest is 64 lowercase hexadecimal digits (a "
+                                  f"SHA-256), got {sha256[:80]!r}")
+        return self._read_verified(sha256)
+
+    def _read_verified(self, sha: str) -> bytes | None:
+        blob = self._blob(sha)
+        try:
+            data = blob.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if hashlib.sha256(data).hexdigest() != sha:  # corrupted on disk: a miss, rewritten
+            _log.warning("image blob %s does not match its hash; dropped", blob.name)
+            blob.unlink(missing_ok=True)
+            return None
+        return data
 
     def put(self, file_key: str, data: bytes) -> str:
         """Store bytes for a file key; returns their SHA-256."""
