@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.cogseg-installed
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak clean test-browser notebook
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The review page in headless Chromium (Selenium); not part of `make test`. Installs Debian's
+# chromium and chromium-driver when missing (apt-get, with sudo unless root) and the `browser`
+# extra; screenshots go to build/review/.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[browser]"
+	COGSEG_REVIEW_SCREENSHOTS=build/review $(BIN)/python -m pytest -m browser tests/browser
+
+# Execute the benchmarking notebook and commit it with its outputs (tables and plots).
+notebook: $(STAMP)
+	$(BIN)/python -m notebooks.make_notebook --execute
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

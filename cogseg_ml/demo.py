@@ -7,7 +7,9 @@ The labeler prompts every object (shapes by their box, the photo by a point and 
 the real client and mask cache, and writes to ``out``:
 
 * ``coco.json``: the labels (COCO instance segmentation, RLE);
-* ``overlays/*.png``: the masks drawn over each image;
+* ``overlays/*.png``: the masks drawn over each image (every image);
+* ``review/index.html``: the review page of ``coco.json`` (see :mod:`cogseg_ml.review`), to
+  open from disk, accept or reject masks and save the decisions;
 * ``report.md`` / ``report.json``: counts, timings, IoU and COCO mAP against the ground truth.
 """
 
@@ -23,28 +25,18 @@ import numpy as np
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import make_dataset
 from cogseg_ml.labeler import SegmentationLabeler
+from cogseg_ml.labelled_images import ImageFetcher
 from cogseg_ml.mask_codec import decode, encode, iou_matrix
 from cogseg_ml.metrics import coco_map
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
+from cogseg_ml.review.images import fetched
+from cogseg_ml.review.page import write_review_page
+from cogseg_ml.review.thumbnails import PALETTE, overlay
 from cogseg_ml.samples import Instance, Sample
 
-__all__ = ["overlay", "run_demo"]
+__all__ = ["PALETTE", "overlay", "run_demo"]
 
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240]], dtype=np.float32)
 PHOTO = "grace_hopper.jpg"
-
-
-def overlay(pixels: np.ndarray, masks: list[np.ndarray], alpha: float = 0.5) -> np.ndarray:
-    """Masks blended over an RGB image, each in its own colour, outlines darkened."""
-    out = pixels.astype(np.float32).copy()
-    for i, m in enumerate(masks):
-        colour = PALETTE[i % len(PALETTE)]
-        out[m] = (1 - alpha) * out[m] + alpha * colour
-        inner = np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1)
-        out[m & ~inner] = colour * 0.6
-    result: np.ndarray = out.clip(0, 255).astype(np.uint8)
-    return result
 
 
 def _photo() -> tuple[bytes, np.ndarray] | None:
@@ -89,9 +81,12 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         n_ann = labeler.to_coco(out / "coco.json")
         http_requests = len(emu.requests)
     elapsed = time.perf_counter() - t0
+    coco = json.loads((out / "coco.json").read_text())
+    with ImageFetcher(labeler.cache, offline=True) as fetcher:
+        review = write_review_page(coco, out / "review", labels_name="coco.json",
+                                   images=fetched(fetcher))
 
     # Quality against the synthetic ground truth.
-    coco = json.loads((out / "coco.json").read_text())
     truth = {im.name: im for im in images}
     gt: dict[str, Any] = {"images": [], "annotations": [], "categories": coco["categories"]}
     cat_id = {c["name"]: c["id"] for c in coco["categories"]}
@@ -126,7 +121,9 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         "http_requests": http_requests, "photo_included": photo is not None,
         "mean_iou_synthetic": round(float(np.mean(ious)), 4) if ious else None,
         "min_iou_synthetic": round(float(np.min(ious)), 4) if ious else None,
-        "coco_segm_AP": round(m_ap["AP"], 4), "labeler": report.as_dict()}
+        "coco_segm_AP": round(m_ap["AP"], 4), "labeler": report.as_dict(),
+        "review_page": str(review.index.relative_to(out)),
+        "review_masks": review.masks, "review_without_picture": len(review.without_picture)}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(
         "# cogseg demo\n\n"
@@ -137,7 +134,10 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         f"- wall time: {summary['seconds']} s, HTTP requests: {http_requests}\n"
         f"- IoU against ground truth (synthetic): mean {summary['mean_iou_synthetic']}, "
         f"min {summary['min_iou_synthetic']}; COCO segm AP {summary['coco_segm_AP']}\n"
-        f"\nFiles: coco.json, overlays/*.png, report.json\n")
+        f"- review page: {summary['review_page']} ({review.masks} masks; open it in a "
+        "browser, accept or reject, save the decisions, then, in this folder, `cogseg export "
+        "coco.json --to coco --decisions coco.decisions.json --cache cache --out accepted`)\n"
+        f"\nFiles: coco.json, overlays/*.png, review/index.html, report.json\n")
     if not quiet:
         print((out / "report.md").read_text())
     return 0 if report.failed == 0 else 1

@@ -422,8 +422,9 @@ class SegmentationLabeler:
 
         One image per file (``file_name`` the CDF file name, ``cdf_file`` the reference),
         listed whether or not it kept a segment. ``segmentation="rle"`` writes compressed RLE
-        (exact); ``"polygon"`` writes pixel polygons traced along pixel corners (exact for
-        masks without holes; holes are filled). Written atomically (see
+        (exact); ``"polygon"`` one ring per part along pixel corners, each hole joined to its
+        part by a zero-width cut (:func:`~cogseg_ml.mask_codec.mask_to_rings`): exact too,
+        holes included. Written atomically (see
         :class:`~cogseg_ml.coco_io.CocoWriter`).
         """
         lines = self._lines()  # raises when nothing was labelled yet

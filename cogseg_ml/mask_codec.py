@@ -6,7 +6,9 @@ coordinates run from ``0`` (left/top edge of the first pixel) to ``width``/``hei
 lands at pixel coordinate ``x * width``, so ``x = 0.5`` in a 640-wide image is the boundary
 between columns 319 and 320. pycocotools fills a pixel when the polygon covers its square (edges
 falling exactly on a pixel boundary include the pixel to their right/below), so a polygon traced
-along pixel corners rasterizes back to exactly the pixels it was traced from.
+along pixel corners rasterizes back to exactly the pixels it was traced from. Masks with holes
+and several parts become such polygons too (:func:`mask_to_rings`, :func:`mask_to_ring`):
+holes are joined to their part by zero-width cuts, which any crossing-based filler cancels.
 
 RLE objects are COCO's ``{"size": [h, w], "counts": str}`` (column-major runs, first run
 background), JSON-safe: ``counts`` is always ``str`` here. Masks in and out are row-major
@@ -16,6 +18,7 @@ background), JSON-safe: ``counts`` is always ``str`` here. Masks in and out are 
 from __future__ import annotations
 
 import decimal
+import itertools
 import numbers
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -37,6 +40,8 @@ __all__ = [
     "encode",
     "iou_matrix",
     "mask_to_polygons",
+    "mask_to_ring",
+    "mask_to_rings",
     "merge",
     "run_lengths",
     "area",
@@ -300,85 +305,352 @@ def polygons_to_rle(
     return _to_str_rle(coco_mask.merge(parts, 0))
 
 
-# Directions of travel along pixel edges (dx, dy), image coordinates (y down).
+# --- tracing: masks to polygons along pixel corners -------------------------------------------
+#
+# The boundary of a mask is a set of unit edges between a foreground and a background pixel,
+# directed so that the foreground is on the right (on screen, y down): top edges run right,
+# right edges down, bottom edges left, left edges up. At each corner an edge continues with a
+# right turn when it can, else straight on, else a left turn: the outline hugs its pixel, so the
+# foreground is 4-connected (pixels touching only at a corner are separate parts) and the
+# background 8-connected. Every edge has exactly one successor, so the boundary falls into
+# closed loops: one outer loop per part (clockwise on screen) and one loop per hole
+# (counter-clockwise).
+#
+# A hole is joined to the loop just above it by a zero-width cut: a vertical segment along the
+# left edge of the hole's top-left pixel column, up through the part's own pixels to the first
+# background pixel, walked down and back up. A rasteriser that fills by crossings (even-odd, as
+# pycocotools does along each column, or non-zero winding) sees the cut's two copies cancel,
+# so the single ring fills exactly the part's pixels, holes left empty.
+
 _RIGHT, _DOWN, _LEFT, _UP = 0, 1, 2, 3
-_STEP = ((1, 0), (0, 1), (-1, 0), (0, -1))
+_DX = np.array([1, 0, -1, 0], dtype=np.int64)
+_DY = np.array([0, 1, 0, -1], dtype=np.int64)
+
+
+class _Boundary:
+    """The directed unit edges of a mask's boundary as a linked list of nodes.
+
+    Node ``i`` is the start corner ``(x[i], y[i])`` of the segment to node ``succ[i]``; nodes
+    added by :meth:`splice` carry the cuts.
+    """
+
+    def __init__(self, m: np.ndarray) -> None:
+        h, w = m.shape
+        self.height, self.width = h, w
+        p = np.pad(m, 1)
+        inner = p[1:-1, 1:-1]
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        ds: list[np.ndarray] = []
+        for direction, (bg, ox, oy) in enumerate((
+                (p[:-2, 1:-1], 0, 0),     # top edges, travel right from the top-left corner
+                (p[1:-1, 2:], 1, 0),      # right edges, travel down from the top-right corner
+                (p[2:, 1:-1], 1, 1),      # bottom edges, travel left from the bottom-right corner
+                (p[1:-1, :-2], 0, 1))):   # left edges, travel up from the bottom-left corner
+            r, c = np.nonzero(inner & ~bg)
+            xs.append(c.astype(np.int64) + ox)
+            ys.append(r.astype(np.int64) + oy)
+            ds.append(np.full(r.size, direction, dtype=np.int64))
+        x, y, d = np.concatenate(xs), np.concatenate(ys), np.concatenate(ds)
+        keys = self._key(x, y, d)
+        order = np.argsort(keys, kind="stable")
+        self._keys = keys[order]
+        x, y, d = x[order], y[order], d[order]
+        # The successor of each edge: the first of right turn, straight on, left turn that exists.
+        qx, qy = x + _DX[d], y + _DY[d]
+        succ = np.full(x.size, -1, dtype=np.int64)
+        for turn in (1, 0, 3):
+            todo = succ < 0
+            if not todo.any():
+                break
+            found = self.find(qx[todo], qy[todo], (d[todo] + turn) % 4)
+            succ[np.flatnonzero(todo)] = np.where(found >= 0, found, -1)
+        if (succ < 0).any():  # cannot happen for a boundary; guards the invariant
+            raise AssertionError("an edge of the mask's boundary has no successor")
+        pred = np.empty_like(succ)
+        pred[succ] = np.arange(succ.size)
+        self.x: list[int] = x.tolist()
+        self.y: list[int] = y.tolist()
+        self.succ: list[int] = succ.tolist()
+        self.pred: list[int] = pred.tolist()
+
+    def _key(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return (y * (self.width + 1) + x) * 4 + d  # type: ignore[no-any-return]
+
+    def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
+        keys = self._key(x, y, d)
+        if self._keys.size == 0:
+            return np.full(keys.shape, -1, dtype=np.int64)
+        pos = np.searchsorted(self._keys, keys).clip(0, self._keys.size - 1)
+        return np.where(self._keys[pos] == keys, pos, -1)
+
+    def node(self, x: int, y: int, d: int) -> int:
+        """The node of one edge (it must exist)."""
+        found = int(self.find(np.array([x]), np.array([y]), np.array([d]))[0])
+        if found < 0:  # cannot happen: callers name edges the mask's pixels imply
+            raise AssertionError(f"no boundary edge at ({x}, {y}) direction {d}")
+        return found
+
+    def splice(self, at: int, loop: int) -> None:
+        """Join the loop through node ``loop`` into the loop through node ``at``: a cut from
+        ``at``'s corner to ``loop``'s, round that loop, and back along the cut."""
+        before, last = self.pred[at], self.pred[loop]
+        down = self._add(self.x[at], self.y[at])
+        up = self._add(self.x[loop], self.y[loop])
+        self.succ[before], self.pred[down] = down, before
+        self.succ[down], self.pred[loop] = loop, down
+        self.succ[last], self.pred[up] = up, last
+        self.succ[up], self.pred[at] = at, up
+
+    def _add(self, x: int, y: int) -> int:
+        self.x.append(x)
+        self.y.append(y)
+        self.succ.append(-1)
+        self.pred.append(-1)
+        return len(self.x) - 1
+
+    def walk(self, start: int) -> list[int]:
+        """The nodes of the loop through ``start``, in order."""
+        out = [start]
+        succ = self.succ
+        i = succ[start]
+        while i != start:
+            out.append(i)
+            i = succ[i]
+        return out
+
+    def loops(self) -> list[list[int]]:
+        """Every loop, each once, in the order of their first node."""
+        seen = bytearray(len(self.succ))
+        out = []
+        for start in range(len(self.succ)):
+            if not seen[start]:
+                loop = self.walk(start)
+                for i in loop:
+                    seen[i] = 1
+                out.append(loop)
+        return out
+
+    def corners(self, loops: Sequence[Sequence[int]]) -> list[list[tuple[int, int]]]:
+        """Each loop's vertices: repeated corners and corners on a straight run dropped (the
+        turning points of a zero-width cut are kept). All loops at once, in numpy."""
+        if not loops:
+            return []
+        lens = np.fromiter((len(lp) for lp in loops), dtype=np.int64, count=len(loops))
+        nodes = np.fromiter(itertools.chain.from_iterable(loops), dtype=np.int64,
+                            count=int(lens.sum()))
+        pts = np.stack([np.asarray(self.x, dtype=np.int64)[nodes],
+                        np.asarray(self.y, dtype=np.int64)[nodes]], axis=1)
+        prev, _ = _cyclic_neighbours(lens)
+        moved = (pts != pts[prev]).any(axis=1)
+        lens = _counts(moved, lens)
+        pts = pts[moved]
+        prev, nxt = _cyclic_neighbours(lens)
+        a = pts - pts[prev]
+        b = pts[nxt] - pts
+        cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+        keep = (cross != 0) | ((a * b).sum(axis=1) < 0)
+        lens = _counts(keep, lens)
+        flat = [(int(px), int(py)) for px, py in pts[keep].tolist()]
+        out, at = [], 0
+        for n in lens.tolist():
+            out.append(flat[at:at + n])
+            at += n
+        return out
+
+
+def _starts(lens: np.ndarray) -> np.ndarray:
+    return np.cumsum(lens) - lens  # type: ignore[no-any-return]
+
+
+def _counts(flags: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """How many of each loop's items are flagged (loops of ``lens`` one after another)."""
+    return np.add.reduceat(flags.astype(np.int64), _starts(lens))  # type: ignore[no-any-return]
+
+
+def _cyclic_neighbours(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For loops of ``lens`` stored one after another: each item's previous and next index
+    within its own loop."""
+    starts = _starts(lens)
+    idx = np.arange(int(lens.sum()), dtype=np.int64)
+    first = np.repeat(starts, lens)
+    last = first + np.repeat(lens, lens) - 1
+    prev = np.where(idx == first, last, idx - 1)
+    nxt = np.where(idx == last, first, idx + 1)
+    return prev, nxt
+
+
+def _signed_area2(poly: Sequence[tuple[int, int]]) -> int:
+    """Twice the signed area (positive: clockwise on screen, y down)."""
+    a = np.asarray(poly, dtype=np.int64)
+    return int((a[:, 0] * np.roll(a[:, 1], -1) - np.roll(a[:, 0], -1) * a[:, 1]).sum())
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask).astype(bool)
+    if m.ndim != 2:
+        raise ValidationError(f"mask must be (H, W), got shape {m.shape}")
+    return m
+
+
+def _cropped(mask: np.ndarray) -> tuple[np.ndarray, int, int] | None:
+    """The mask cut to its bounding box and the box's top-left ``(x, y)``; ``None`` if empty
+    (tracing then costs the object's size, not the image's)."""
+    m = _as_mask(mask)
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    return m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], int(cols[0]), int(rows[0])
+
+
+def _shifted(polys: list[list[tuple[int, int]]], x0: int, y0: int
+             ) -> list[list[tuple[int, int]]]:
+    if x0 == 0 and y0 == 0:
+        return polys
+    return [[(x + x0, y + y0) for x, y in p] for p in polys]
 
 
 def mask_to_polygons(mask: np.ndarray, *, holes: bool = False) -> list[list[tuple[int, int]]]:
-    """Trace a binary mask into polygons along pixel corners (pixel coordinates).
+    """Trace a binary mask into its outlines along pixel corners (pixel coordinates).
 
-    The outline follows pixel edges, so :func:`polygons_to_rle` of the result reproduces the
-    mask exactly (without holes). Outer outlines run clockwise on screen; pixels that touch
-    only at a corner become separate polygons (4-connectivity). Collinear vertices are dropped.
+    One outline per part, clockwise on screen; pixels that touch only at a corner are separate
+    parts (4-connectivity). Collinear vertices are dropped. :func:`polygons_to_rle` of the
+    result (a union) gives back the mask with its holes filled: for exact polygons that keep
+    holes use :func:`mask_to_rings` (COCO) or :func:`mask_to_ring` (one polygon per object).
 
     Args:
         mask: ``(H, W)`` bool or 0/1 array.
-        holes: also return hole outlines (counter-clockwise). CDF polygons are read as a union
-            of filled regions, so holes are left out by default.
+        holes: also return the hole outlines (counter-clockwise), as separate polygons.
 
     Returns:
         A list of polygons, each a list of integer ``(x, y)`` corners.
     """
-    m = np.asarray(mask).astype(bool)
-    if m.ndim != 2:
-        raise ValidationError(f"mask must be (H, W), got shape {m.shape}")
-    p = np.pad(m, 1)
-    inner = p[1:-1, 1:-1]
-    # Edge starts (x, y) in pixel-corner coordinates, per direction, inside on the right.
-    starts: list[tuple[np.ndarray, np.ndarray, int]] = []
-    r, c = np.nonzero(inner & ~p[:-2, 1:-1])          # top edges, travel right
-    starts.append((c, r, _RIGHT))
-    r, c = np.nonzero(inner & ~p[1:-1, 2:])           # right edges, travel down
-    starts.append((c + 1, r, _DOWN))
-    r, c = np.nonzero(inner & ~p[2:, 1:-1])           # bottom edges, travel left
-    starts.append((c + 1, r + 1, _LEFT))
-    r, c = np.nonzero(inner & ~p[1:-1, :-2])          # left edges, travel up
-    starts.append((c, r + 1, _UP))
-
-    out_edges: dict[tuple[int, int], list[int]] = {}
-    for xs, ys, d in starts:
-        for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-            out_edges.setdefault((x, y), []).append(d)
-
-    polygons: list[list[tuple[int, int]]] = []
-    while out_edges:
-        start, dirs = next(iter(out_edges.items()))
-        d = dirs.pop()
-        if not dirs:
-            del out_edges[start]
-        verts: list[tuple[int, int]] = [start]
-        x, y = start
-        prev_d = d
-        while True:
-            x, y = x + _STEP[d][0], y + _STEP[d][1]
-            if (x, y) == start:
-                break
-            options = out_edges.get((x, y))
-            if not options:  # cannot happen for a valid boundary; stop safely
-                break
-            # Prefer a right turn, then straight, then left: hugs the current pixel so that
-            # corner-touching pixels end in separate outlines.
-            for turn in (1, 0, 3):
-                nd = (d + turn) % 4
-                if nd in options:
-                    break
-            else:
-                nd = options[0]
-            options.remove(nd)
-            if not options:
-                del out_edges[(x, y)]
-            if nd != d:
-                verts.append((x, y))
-            d = nd
-        # The start vertex is a corner only if the closing direction differs from the first.
-        if len(verts) > 1 and d == prev_d:
-            verts = verts[1:]
-        if len(verts) < 3:
-            continue
-        xs_a = np.asarray([v[0] for v in verts], dtype=np.int64)
-        ys_a = np.asarray([v[1] for v in verts], dtype=np.int64)
-        signed = int((xs_a * np.roll(ys_a, -1) - np.roll(xs_a, -1) * ys_a).sum())
+    found = _cropped(mask)
+    if found is None:
+        return []
+    m, x0, y0 = found
+    b = _Boundary(m)
+    out = []
+    for poly in b.corners(b.loops()):
+        signed = _signed_area2(poly)
         if signed > 0 or (holes and signed < 0):
-            polygons.append(verts)
-    return polygons
+            out.append(poly)
+    return _shifted(out, x0, y0)
+
+
+def _parts(m: np.ndarray) -> tuple[_Boundary, list[int]]:
+    """The boundary with every hole spliced into its part's loop, and for each part (in raster
+    order of its top-left pixel) a node of its loop."""
+    from scipy import ndimage
+
+    b = _Boundary(m)
+    w = m.shape[1]
+    # Holes: bounded 8-connected background regions (the padding joins all of the outside).
+    padded, _ = ndimage.label(np.pad(~m, 1, constant_values=True),
+                              structure=np.ones((3, 3), dtype=bool))
+    outside = int(padded[0, 0])
+    flat = padded[1:-1, 1:-1].ravel()
+    idx = np.flatnonzero(flat)
+    labels, first = np.unique(flat[idx], return_index=True)
+    for label, at in zip(labels.tolist(), idx[first].tolist(), strict=True):
+        if label == outside:
+            continue
+        r, c = divmod(int(at), w)  # the hole's top-left pixel (row-major order: first)
+        # The cut: up column c from the hole's top-left pixel (r, c) to the first background
+        # pixel (row r2, or the image's top edge), along the column's left edge.
+        above = np.flatnonzero(~m[:r, c])
+        r2 = int(above[-1]) if above.size else -1
+        target = b.node(c, r2 + 1, _RIGHT)   # the top edge of pixel (r2 + 1, c)
+        hole = b.node(c, r, _DOWN)          # the hole's edge leaving corner (c, r)
+        b.splice(target, hole)
+    fg, _ = ndimage.label(m)
+    flat = fg.ravel()
+    idx = np.flatnonzero(flat)
+    _, first = np.unique(flat[idx], return_index=True)
+    starts = []
+    for at in sorted(idx[first].tolist()):
+        r, c = divmod(int(at), w)
+        starts.append(b.node(c, r, _RIGHT))  # the top edge of the part's top-left pixel
+    return b, starts
+
+
+def mask_to_rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Trace a binary mask into one closed ring per part, its holes joined in (COCO polygons).
+
+    Each part (4-connected; pixels touching only at a corner are separate parts) is one ring
+    along pixel corners, clockwise on screen; each of its holes is walked counter-clockwise and
+    joined to the ring by a zero-width cut (a segment walked there and back). pycocotools'
+    rasterisation of the rings, as one COCO ``segmentation`` (a union of polygons), gives back
+    exactly the mask: holes stay empty, every part and every one-pixel part is kept.
+
+    Args:
+        mask: ``(H, W)`` bool or 0/1 array.
+
+    Returns:
+        The rings in raster order of each part's top-left pixel, each a list of integer
+        ``(x, y)`` corners in pixels (``(0, 0)`` the top-left corner of the image).
+    """
+    found = _cropped(mask)
+    if found is None:
+        return []
+    m, x0, y0 = found
+    b, starts = _parts(m)
+    return _shifted(b.corners([b.walk(s) for s in starts]), x0, y0)
+
+
+def mask_to_ring(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Trace a binary mask into a single closed ring: every part and hole in one polygon.
+
+    For formats that take one polygon per object (YOLO segmentation, Label Studio polygons):
+    the rings of :func:`mask_to_rings` are joined, each part to the nearest earlier part (by
+    bounding box) at their closest corners, by zero-width cuts. Under even-odd and non-zero
+    filling alike, the cuts cancel and the ring fills exactly the mask's pixels when a pixel is
+    taken as filled where its centre is inside (pycocotools' rule for pixel-corner polygons).
+    A filler that also paints the outline (OpenCV's ``fillPoly``) paints the cuts too: lines
+    one pixel wide.
+
+    Returns:
+        Integer ``(x, y)`` corners in pixels; ``[]`` for an empty mask.
+    """
+    found = _cropped(mask)
+    if found is None:
+        return []
+    m, x0, y0 = found
+    b, starts = _parts(m)
+    if len(starts) > 1:
+        _join_parts(b, starts)
+    return _shifted(b.corners([b.walk(starts[0])]), x0, y0)[0]
+
+
+def _join_parts(b: _Boundary, starts: list[int]) -> None:
+    """Splice every part's loop into one: each part to the nearest earlier part (by bounding
+    box gap), between their closest corners."""
+    from scipy.spatial import cKDTree
+
+    loops = [b.walk(s) for s in starts]
+    lens = np.fromiter((len(lp) for lp in loops), dtype=np.int64, count=len(loops))
+    nodes = np.fromiter(itertools.chain.from_iterable(loops), dtype=np.int64,
+                        count=int(lens.sum()))
+    xy = np.stack([np.asarray(b.x, dtype=np.int64)[nodes],
+                   np.asarray(b.y, dtype=np.int64)[nodes]], axis=1)
+    prev, nxt = _cyclic_neighbours(lens)
+    turn = (xy - xy[prev] != xy[nxt] - xy).any(axis=1)  # corners: candidate ends of a cut
+    at = _starts(lens)
+    boxes = np.stack([np.minimum.reduceat(xy[:, 0], at), np.minimum.reduceat(xy[:, 1], at),
+                      np.maximum.reduceat(xy[:, 0], at), np.maximum.reduceat(xy[:, 1], at)], 1)
+    splits = np.cumsum(_counts(turn, lens))[:-1]
+    corner_nodes = np.split(nodes[turn], splits)
+    corner_xy = np.split(xy[turn], splits)
+    trees: dict[int, Any] = {}
+    for k in range(1, lens.size):
+        gap_x = np.maximum(0, np.maximum(boxes[:k, 0] - boxes[k, 2], boxes[k, 0] - boxes[:k, 2]))
+        gap_y = np.maximum(0, np.maximum(boxes[:k, 1] - boxes[k, 3], boxes[k, 1] - boxes[:k, 3]))
+        j = int(np.argmin(gap_x * gap_x + gap_y * gap_y))
+        tree = trees.get(j)
+        if tree is None:
+            tree = trees[j] = cKDTree(corner_xy[j])
+        dist, near = tree.query(corner_xy[k])
+        i = int(np.argmin(dist))
+        b.splice(int(corner_nodes[j][int(near[i])]), int(corner_nodes[k][i]))

@@ -1,7 +1,18 @@
-"""Writes benchmark_masks.ipynb from the cells below (run it after editing them)."""
+"""Writes benchmark_masks.ipynb from the cells below (run it after editing them).
+
+``python -m notebooks.make_notebook --execute`` (``make notebook``) also runs it top to bottom
+and writes it with its outputs (tables and plots, visible on a repository page), on the CPU,
+offline, with the notebook's defaults (its ``COGSEG_*`` variables unset): that is the committed
+version. Without ``--execute`` the cells are written without outputs.
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import nbformat
@@ -190,10 +201,73 @@ def build() -> nbformat.NotebookNode:
     nb = new_notebook()
     nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src)
                 for kind, src in CELLS]
+    for i, cell in enumerate(nb.cells):  # stable ids: a regenerated notebook diffs cleanly
+        cell.id = f"cell-{i:02d}-{hashlib.sha256(cell.source.encode()).hexdigest()[:8]}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     return nb
 
 
+NOTEBOOK = Path(__file__).with_name("benchmark_masks.ipynb")
+#: what the committed run leaves out of the environment (the notebook's defaults apply)
+SETTINGS = ("COGSEG_NB_IMAGES", "COGSEG_SAM2_DIR", "COGSEG_SAM_CHECKPOINT",
+            "COGSEG_SAM_MODEL_TYPE")
+#: and what it sets: CPU only, no network, no warnings in the outputs
+FIXED = {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+         "PYTHONWARNINGS": "ignore", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def execute(nb: nbformat.NotebookNode, settings: Mapping[str, str] | None = None,
+            timeout_s: int = 900) -> nbformat.NotebookNode:
+    """Run every cell in a temporary folder, in the committed run's environment.
+
+    Args:
+        nb: the notebook (its cells get their outputs).
+        settings: the notebook's ``COGSEG_*`` variables to set (default: none, as committed).
+        timeout_s: the most one cell may take.
+    """
+    from nbclient import NotebookClient
+
+    wanted = {**FIXED, **(settings or {})}
+    saved = {k: os.environ.get(k) for k in (*SETTINGS, *wanted)}
+    try:
+        for k in SETTINGS:
+            os.environ.pop(k, None)
+        os.environ.update(wanted)
+        with tempfile.TemporaryDirectory(prefix="cogseg-nb-run-") as cwd:
+            NotebookClient(nb, timeout=timeout_s, kernel_name="python3", record_timing=False,
+                           resources={"metadata": {"path": cwd}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the notebook (``--execute``: with its outputs)."""
+    p = argparse.ArgumentParser(prog="python -m notebooks.make_notebook",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--execute", action="store_true",
+                   help="run it and keep the outputs (the committed version)")
+    args = p.parse_args(argv)
+    nb = build()
+    if args.execute:
+        execute(nb)
+    fd, tmp = tempfile.mkstemp(prefix=f".{NOTEBOOK.name}.", suffix=".incomplete",
+                               dir=NOTEBOOK.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, NOTEBOOK)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return 0
+
+
 if __name__ == "__main__":
-    nbformat.write(build(), Path(__file__).with_name("benchmark_masks.ipynb"))
+    raise SystemExit(main())

@@ -95,6 +95,12 @@ class ImageStore:
                                   f"SHA-256), got {sha256[:80]!r}")
         return self._read_verified(sha256)
 
+    def has_digest(self, sha256: str) -> bool:
+        """Whether bytes with this SHA-256 hex are stored (not read, so not verified)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            return False
+        return self._blob(sha256).is_file()
+
     def _read_verified(self, sha: str) -> bytes | None:
         blob = self._blob(sha)
         try:

@@ -1,9 +1,93 @@
-"""``cogseg export``: (being written)."""
+"""``cogseg export``: a labels file to a COCO, YOLO or Label Studio folder (all or nothing)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
+
+from cogseg_ml.cli.common import EXIT_OK, input_file
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--val-fraction takes a number, got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"--val-fraction {text}: give at least 0 and below 1 "
+                                         "(e.g. 0.1)")
+    return v
+
+
+def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.errors import ValidationError
+    from cogseg_ml.exports import export_labels
+    from cogseg_ml.exports.folder import check_out
+
+    # Every path is checked before any work: an export never fails at its end on a typo.
+    labels = input_file(args.labels, "LABELS")
+    decisions = input_file(args.decisions, "--decisions") if args.decisions else None
+    check_out(args.out, "--out")
+    if args.undecided != "drop" and decisions is None:
+        raise ValidationError("--undecided goes with --decisions FILE (a review decisions file)")
+    options: dict[str, Any] = {}
+    for flag, fmt, name in _FORMAT_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if fmt != args.to:
+            raise ValidationError(f"{flag} goes with --to {fmt}, not --to {args.to}")
+        options[name] = value
+    report = export_labels(labels, args.to, args.out, decisions=decisions,
+                           undecided=args.undecided, cache=args.cache, **options)
+    print(report.summary(), file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+#: (flag, format, option) of the options one format takes
+_FORMAT_OPTIONS = (("--segmentation", "coco", "segmentation"),
+                   ("--val-fraction", "yolo", "val_fraction"),
+                   ("--image-prefix", "labelstudio", "image_prefix"),
+                   ("--model-version", "labelstudio", "model_version"))
 
 
 def register(sub: Any) -> None:
     """Add ``export`` to the subcommands ``sub``."""
+    exp = sub.add_parser(
+        "export", help="export a labels file to COCO, YOLO or Label Studio",
+        description="Read the COCO file `cogseg label` wrote, keep the accepted masks when "
+                    "given review decisions, and write one folder: --to coco (annotations.json "
+                    "and images/), --to yolo (Ultralytics segmentation: data.yaml, "
+                    "images/train, labels/train), --to labelstudio (tasks.json with the masks "
+                    "as predictions, label_config.xml, images/). Images come from the mask "
+                    "cache, else from CDF (COGNITE_* variables). Masks keep their holes and "
+                    "every part. The folder appears only when complete; an existing non-empty "
+                    "--out is refused. Exit 0: written; 2: bad input (not a cogseg labels "
+                    "file, decisions for another labels file, a missing image, a non-empty "
+                    "--out); 3: CDF unreachable; 4: credentials refused.")
+    exp.add_argument("labels", metavar="LABELS.json", help="the COCO file `cogseg label` wrote")
+    exp.add_argument("--to", required=True, choices=["coco", "yolo", "labelstudio"],
+                     help="the format to write")
+    exp.add_argument("--out", required=True, metavar="DIR",
+                     help="the folder to create (must not exist, or be empty)")
+    exp.add_argument("--decisions", metavar="FILE",
+                     help="a review decisions file (from `cogseg review`): write only the "
+                          "accepted masks")
+    exp.add_argument("--undecided", choices=["drop", "keep"], default="drop",
+                     help="with --decisions: drop (default) or keep masks without a decision")
+    exp.add_argument("--cache", default=None,
+                     help="the mask cache the labelling used (default: the user cache)")
+    exp.add_argument("--segmentation", choices=["rle", "polygon"], default=None,
+                     help="--to coco: compressed RLE (default) or polygons that keep holes")
+    exp.add_argument("--val-fraction", type=_fraction, default=None, metavar="F",
+                     help="--to yolo: share of images for the val split (default 0: val is "
+                          "the training images)")
+    exp.add_argument("--image-prefix", default=None, metavar="URL_OR_PATH",
+                     help="--to labelstudio: put before each image file name in data.image "
+                          "(default images/; e.g. /data/local-files/?d=site-a/images/)")
+    exp.add_argument("--model-version", default=None,
+                     help="--to labelstudio: the predictions' model_version (default: the "
+                          "backends that made the masks)")
+    exp.set_defaults(func=run)

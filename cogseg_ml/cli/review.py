@@ -1,9 +1,77 @@
-"""``cogseg review``: (being written)."""
+"""``cogseg review``: a static page to accept or reject the masks of a labels file."""
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
+
+from cogseg_ml.cli.common import EXIT_OK, input_file, say
+from cogseg_ml.errors import ValidationError
+
+
+def _image_source(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The cache (when there is one), then CDF (when configured and not --offline)."""
+    from cogseg_ml.cache.mask_cache import cache_file
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.labelled_images import ImageFetcher
+    from cogseg_ml.review.images import fetched
+
+    if args.cache is not None and not cache_file(args.cache).exists():
+        raise ValidationError(f"--cache {args.cache}: no mask cache there; give the --cache "
+                              "the labels were made with, or leave it out")
+    config = None
+    if not args.offline:
+        try:
+            config = CdfConfig.from_env()
+        except ValidationError:
+            config = None  # no CDF configured: the cache only
+    fetcher = ImageFetcher(args.cache, config, offline=config is None)
+    return fetched(fetcher), [fetcher]
+
+
+def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.coco_io import read_labels
+    from cogseg_ml.review.page import write_review_page
+
+    labels = input_file(args.labels, "LABELS")
+    coco = read_labels(labels)
+    out = Path(args.out)
+    images, opened = _image_source(args)
+    try:
+        page = write_review_page(coco, out, labels_name=labels.name, images=images,
+                                 progress=not args.no_progress)
+    finally:
+        for thing in reversed(opened):
+            thing.close()
+    print(f"review page: {page.index} ({page.masks} masks on {page.images} images)")
+    if page.without_picture:
+        first, why = next(iter(page.without_picture.items()))
+        say(f"{len(page.without_picture)} images drawn without their picture (e.g. {first}: "
+            f"{why}); give --cache the labels were made with, or set COGNITE_* to read them "
+            "from CDF")
+    print(f"open it in a browser, save the decisions, then: cogseg export {labels} --to coco "
+          f"--decisions {Path(labels.stem + '.decisions.json')} --out ACCEPTED_DIR")
+    return EXIT_OK
 
 
 def register(sub: Any) -> None:
     """Add ``review`` to the subcommands ``sub``."""
+    r = sub.add_parser(
+        "review", help="a static page to accept or reject the masks of a labels file",
+        description="Write DIR/index.html: every mask of a COCO labels file as a thumbnail "
+                    "over its image, grouped by image, lowest score first, with its category, "
+                    "score, area and source (API or local model). Open it from disk (no "
+                    "server), accept or reject masks by click or key, and save the decisions; "
+                    "`cogseg export LABELS --decisions FILE` then keeps the accepted masks. "
+                    "Images come from the mask cache, else from CDF (COGNITE_* variables).")
+    r.add_argument("labels", metavar="LABELS", help="the COCO labels file (e.g. from cogseg "
+                                                     "label)")
+    r.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and its "
+                                                               "thumbnails (created)")
+    r.add_argument("--cache", default=None,
+                   help="the mask cache the labels were made with (default: the user cache)")
+    r.add_argument("--offline", action="store_true",
+                   help="never read images from CDF (the cache only)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=run)

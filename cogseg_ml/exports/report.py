@@ -1,0 +1,44 @@
+"""What an export wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ExportReport"]
+
+
+@dataclass
+class ExportReport:
+    """The outcome of one export.
+
+    Attributes:
+        out: the folder written.
+        format: ``"coco"``, ``"yolo"`` or ``"labelstudio"``.
+        images: images written (all of the labels' images, with or without masks).
+        objects: masks written.
+        empty: masks skipped because they have no pixels.
+        dropped: masks left out by review decisions (rejected, or undecided with ``"drop"``).
+        from_cache: images read from the mask cache's image store.
+        downloaded: images downloaded from CDF.
+    """
+
+    out: Path
+    format: str
+    images: int = 0
+    objects: int = 0
+    empty: int = 0
+    dropped: int = 0
+    from_cache: int = 0
+    downloaded: int = 0
+
+    def summary(self) -> str:
+        """One line for people."""
+        extra = []
+        if self.dropped:
+            extra.append(f"{self.dropped} left out by the review decisions")
+        if self.empty:
+            extra.append(f"{self.empty} empty masks skipped")
+        tail = f" ({'; '.join(extra)})" if extra else ""
+        return (f"{self.format} export: {self.images} images, {self.objects} objects{tail}; "
+                f"images: {self.from_cache} from the cache, {self.downloaded} downloaded")
