@@ -44,11 +44,15 @@ from cogseg_ml.api.retry_policy import (
 )
 from cogseg_ml.api.session import SegmentationSession, Transport, as_async_transport, session_for
 from cogseg_ml.api.wire_schema import (
+    MAX_PARTITIONS,
     Annotation,
     AnnotationListResponse,
     DownloadLinkItem,
+    FileListResponse,
     FileMetadata,
     ItemsResponse,
+    NodeItem,
+    NodeListResponse,
     SegmentJob,
 )
 from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken
@@ -66,8 +70,8 @@ from cogseg_ml.errors import (
 )
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 
-__all__ = ["AsyncSegmentationClient", "FileLike", "RequestLike", "SegmentationClient",
-           "to_prompt", "to_request"]
+__all__ = ["COGNITE_FILE_VIEW", "AsyncSegmentationClient", "FileLike", "RequestLike",
+           "SegmentationClient", "to_prompt", "to_request"]
 
 FileLike = FileRef | int | str | Mapping[str, Any]
 
@@ -76,6 +80,34 @@ BYIDS_CHUNK = 1000
 REFUSALS_CONFIRMING = 2
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
 ANNOTATION_CHUNK = 1000
+#: ``(space, externalId, version)`` of the core data model's file view [ref 2.4].
+COGNITE_FILE_VIEW = ("cdf_cdm", "CogniteFile", "v1")
+#: Partitions of one ``files/list`` read at once: the SDK's Files read concurrency [ref 2.3].
+FILES_READ_CONCURRENCY = 4
+LIST_LIMIT_MAX = 1000
+
+
+def _checked_listing(flt: Mapping[str, Any] | None, limit: int, partitions: int | None = None
+                     ) -> None:
+    """Arguments of a listing, checked before any request (the filter's fields are CDF's to
+    judge: it answers 400 naming a bad one)."""
+    if flt is not None and not isinstance(flt, Mapping):
+        raise ValidationError(f"a list filter is a mapping of filter fields, got "
+                              f"{type(flt).__name__}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIST_LIMIT_MAX:
+        raise ValidationError(f"limit (items per page) must be an integer in 1..{LIST_LIMIT_MAX}, "
+                              f"got {limit!r}")
+    if partitions is not None and (isinstance(partitions, bool) or not isinstance(partitions, int)
+                                   or not 1 <= partitions <= MAX_PARTITIONS):
+        raise ValidationError(f"partitions must be an integer in 1..{MAX_PARTITIONS} (files/list "
+                              f"answers 400 beyond {MAX_PARTITIONS}), got {partitions!r}")
+
+
+class _Failed:
+    """An error raised while reading one partition, handed to the consumer."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 def _one_file(files: FileLike | Sequence[FileLike]) -> FileRef:
@@ -398,6 +430,90 @@ class AsyncSegmentationClient(ClientCore):
             raise _too_large(ref, max_bytes) from None
         return _checked_content(resp.content, ref, max_bytes)
 
+    # --- listings ------------------------------------------------------------------------------
+    async def list_files(self, flt: Mapping[str, Any] | None = None, *, limit: int = 1000,
+                         partitions: int | None = None) -> AsyncIterator[FileMetadata]:
+        """See :meth:`SegmentationClient.list_files`."""
+        _checked_listing(flt, limit, partitions)
+        if not partitions:
+            async for item in self._file_pages(flt, limit, None):
+                yield item
+            return
+        queue: asyncio.Queue[FileMetadata | _Failed | None] = asyncio.Queue(maxsize=4 * limit)
+        gate = asyncio.Semaphore(FILES_READ_CONCURRENCY)
+
+        async def drain(partition: str) -> None:
+            try:
+                async with gate:
+                    async for item in self._file_pages(flt, limit, partition):
+                        await queue.put(item)
+            except Exception as exc:  # handed to the consumer, who raises it
+                await queue.put(_Failed(exc))
+                return
+            await queue.put(None)  # this partition is done
+
+        tasks = [asyncio.ensure_future(drain(f"{m}/{partitions}"))
+                 for m in range(1, partitions + 1)]
+        try:
+            running = len(tasks)
+            while running:
+                got = await queue.get()
+                if got is None:
+                    running -= 1
+                elif isinstance(got, _Failed):
+                    raise got.error
+                else:
+                    yield got
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _file_pages(self, flt: Mapping[str, Any] | None, limit: int,
+                          partition: str | None) -> AsyncIterator[FileMetadata]:
+        """Every page of one ``files/list`` (one partition), following ``nextCursor``."""
+        body: dict[str, Any] = {"limit": limit}
+        if flt:
+            body["filter"] = dict(flt)
+        if partition is not None:
+            body["partition"] = partition
+        label = "POST /files/list" + (f" (partition {partition})" if partition else "")
+        cursor: str | None = None
+        while True:
+            call = Call("POST", self._url("/files/list"), "read", label,
+                        json={**body, "cursor": cursor} if cursor else body)
+            page = self.parse(await self._send(call), FileListResponse, call)
+            for item in page.items:
+                yield item
+            cursor = page.next_cursor
+            if not cursor:  # a short page with a cursor is not the last one [ref 2.3]
+                break
+
+    async def list_nodes(self, flt: Mapping[str, Any] | None = None, *,
+                         view: tuple[str, str, str] = COGNITE_FILE_VIEW, limit: int = 1000
+                         ) -> AsyncIterator[NodeItem]:
+        """See :meth:`SegmentationClient.list_nodes`."""
+        _checked_listing(flt, limit)
+        space, xid, version = view
+        body: dict[str, Any] = {
+            "instanceType": "node",
+            "sources": [{"source": {"type": "view", "space": space, "externalId": xid,
+                                    "version": version}}],
+            "limit": limit}
+        if flt:
+            body["filter"] = dict(flt)
+        cursor: str | None = None
+        while True:
+            call = Call("POST", self._url("/models/instances/list"), "read",
+                        "POST /models/instances/list",
+                        json={**body, "cursor": cursor} if cursor else body)
+            page = self.parse(await self._send(call), NodeListResponse, call)
+            for item in page.items:
+                yield item
+            cursor = page.next_cursor
+            if not cursor:
+                break
+
     # --- annotations ---------------------------------------------------------------------------
     async def list_annotations(self, file_ids: Sequence[int], *,
                                annotation_type: str | None = None, status: str | None = None,
@@ -655,6 +771,48 @@ class SegmentationClient:
             FileValidationError: the file is empty or larger than ``max_bytes``.
         """
         return self.session.run(lambda c: c.download(file, max_bytes=max_bytes))
+
+    # --- listings ------------------------------------------------------------------------------
+    def list_files(self, flt: Mapping[str, Any] | None = None, *, limit: int = 1000,
+                   partitions: int | None = None) -> Iterator[FileMetadata]:
+        """Files matching a filter (``POST /files/list``), every page, read lazily.
+
+        Args:
+            flt: CDF's file filter, camelCase as on the wire (``{"directoryPrefix": "/a/",
+                "mimeType": "image/jpeg", "dataSetIds": [{"id": 1}], "labels":
+                {"containsAny": [{"externalId": "x"}]}, "metadata": {...}, "uploaded": true,
+                ...}``); ``None``: every file.
+            limit: items asked for per page (1..1000); a page may hold fewer and still not be
+                the last, so the cursor is followed until CDF sends none.
+            partitions: split the listing into this many partitions (1..10), read up to 4 at a
+                time as the SDK does; items then come in no particular order.
+
+        Raises:
+            ValidationError: ``limit``, ``partitions`` or the filter's type are not usable
+                (before any request).
+            ApiError: CDF refused the filter (400, its message naming the field).
+        """
+        _checked_listing(flt, limit, partitions)
+        return self.session.iterate(lambda c: c.list_files(flt, limit=limit,
+                                                           partitions=partitions))
+
+    def list_nodes(self, flt: Mapping[str, Any] | None = None, *,
+                   view: tuple[str, str, str] = COGNITE_FILE_VIEW, limit: int = 1000
+                   ) -> Iterator[NodeItem]:
+        """Nodes with data in ``view`` (default ``cdf_cdm:CogniteFile/v1``) matching a
+        data-modeling filter (``POST /models/instances/list``), every page, read lazily.
+
+        ``flt`` is the data-modeling filter language, e.g. ``{"equals": {"property": ["node",
+        "space"], "value": "site-a"}}``. Needs ``dataModelInstancesAcl:READ``. Nodes carry
+        the view's properties under ``properties[space]["CogniteFile/v1"]``.
+
+        Raises:
+            ValidationError: ``limit`` or the filter's type are not usable (before any
+                request).
+            ApiError: CDF refused the filter or the view.
+        """
+        _checked_listing(flt, limit)
+        return self.session.iterate(lambda c: c.list_nodes(flt, view=view, limit=limit))
 
     # --- annotations ---------------------------------------------------------------------------
     def list_annotations(self, file_ids: Sequence[int], *, annotation_type: str | None = None,

@@ -10,13 +10,15 @@ Where the reference is silent, the model says so in a comment.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "MAX_PARTITIONS",
     "Annotation",
     "AnnotationCreateRequest",
     "AnnotationListRequest",
@@ -26,12 +28,21 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "FailedItemGroup",
+    "FileFilter",
     "FileIdentifier",
+    "FileListResponse",
     "FileMetadata",
+    "FilesListRequest",
     "FilesByIdsRequest",
     "InstanceIdWire",
     "ItemsResponse",
+    "IdEither",
+    "InstancesListRequest",
     "JobStatus",
+    "LabelFilter",
+    "LabelRef",
+    "NodeItem",
+    "NodeListResponse",
     "SegmentBoundingBox",
     "SegmentFileRef",
     "SegmentJob",
@@ -42,8 +53,11 @@ __all__ = [
     "SegmentPrompt",
     "SegmentResult",
     "SegmentVertex",
+    "SourceSelector",
     "TERMINAL_JOB_STATUSES",
+    "TimeRange",
     "TokenResponse",
+    "ViewReference",
 ]
 
 
@@ -248,6 +262,12 @@ class FilesByIdsRequest(RequestModel):
     ignore_unknown_ids: bool = False
 
 
+class LabelRef(WireModel):
+    """A label on a file, ``{"externalId"}`` [2.1, 2.3]."""
+
+    external_id: str = Field(min_length=1)
+
+
 class FileMetadata(WireModel):
     """A file's metadata (a selection of the fields CDF returns) [2.1]."""
 
@@ -255,6 +275,8 @@ class FileMetadata(WireModel):
     external_id: str | None = None
     instance_id: InstanceIdWire | None = None
     name: str
+    directory: str | None = None
+    source: str | None = None
     mime_type: str | None = None
     uploaded: bool = False
     created_time: int = 0
@@ -262,6 +284,8 @@ class FileMetadata(WireModel):
     uploaded_time: int | None = None
     metadata: dict[str, str] | None = None
     data_set_id: int | None = None
+    asset_ids: list[int] | None = None
+    labels: list[LabelRef] | None = None
 
 
 class DownloadLinkRequest(RequestModel):
@@ -277,6 +301,168 @@ class DownloadLinkItem(WireModel):
     external_id: str | None = None
     instance_id: InstanceIdWire | None = None
     download_url: str
+
+
+# --- files/list [2.3] ---------------------------------------------------------------------------
+
+
+class IdEither(RequestModel):
+    """``{"id"}`` or ``{"externalId"}``: how list filters name data sets and assets [2.3]."""
+
+    id: int | None = Field(default=None, ge=1)
+    external_id: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> IdEither:
+        if (self.id is None) == (self.external_id is None):
+            raise ValueError("needs exactly one of id, externalId")
+        return self
+
+
+class TimeRange(RequestModel):
+    """``{"min", "max"}`` in epoch milliseconds, both inclusive, either optional [2.3]."""
+
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+
+class LabelFilter(RequestModel):
+    """``{"containsAny": [...]}`` or ``{"containsAll": [...]}`` of label external ids [2.3].
+
+    How many labels one filter may name is not in the reference.
+    """
+
+    contains_any: list[LabelRef] | None = Field(default=None, min_length=1)
+    contains_all: list[LabelRef] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> LabelFilter:
+        if (self.contains_any is None) == (self.contains_all is None):
+            raise ValueError("needs exactly one of containsAny, containsAll")
+        return self
+
+
+class FileFilter(RequestModel):
+    """``filter`` of ``POST /files/list``: every field optional, all given ones must match [2.3].
+
+    Prefixes are case-sensitive. ``geoLocation``'s shape is not spelled out in the reference,
+    so it is taken as an object as it is. The alpha-only ``space`` and
+    ``instanceExternalIdPrefix`` are not GA and not accepted here.
+    """
+
+    name: str | None = None
+    mime_type: str | None = None
+    source: str | None = None
+    directory_prefix: str | None = None
+    external_id_prefix: str | None = None
+    metadata: dict[str, str] | None = None
+    asset_ids: list[int] | None = Field(default=None, min_length=1, max_length=100)
+    asset_external_ids: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    root_asset_ids: list[IdEither] | None = Field(default=None, min_length=1)
+    asset_subtree_ids: list[IdEither] | None = Field(default=None, min_length=1)
+    data_set_ids: list[IdEither] | None = Field(default=None, min_length=1)
+    labels: LabelFilter | None = None
+    geo_location: dict[str, Any] | None = None
+    created_time: TimeRange | None = None
+    last_updated_time: TimeRange | None = None
+    uploaded_time: TimeRange | None = None
+    source_created_time: TimeRange | None = None
+    source_modified_time: TimeRange | None = None
+    uploaded: bool | None = None
+
+
+_PARTITION = re.compile(r"^(\d+)/(\d+)$")
+#: The most partitions ``files/list`` splits into ("N > 10 is a 400") [2.3].
+MAX_PARTITIONS = 10
+
+
+class FilesListRequest(RequestModel):
+    """Body of ``POST /files/list``: ``limit`` 1..1000 (default 100), ``partition`` ``"M/N"``
+    with 1 <= M <= N <= 10; the ``cursor`` of the previous page with the same body [2.3].
+
+    The cursor's form is CDF's business (opaque); its length limit is not in the reference.
+    """
+
+    filter: FileFilter | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, min_length=1)
+    partition: str | None = None
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        m = _PARTITION.match(value)
+        if m is None or not 1 <= int(m[1]) <= int(m[2]) <= MAX_PARTITIONS:
+            raise ValueError(f"partition must be 'M/N' with 1 <= M <= N <= {MAX_PARTITIONS}, "
+                             f"got {value!r}")
+        return value
+
+
+class FileListResponse(WireModel):
+    """``{"items": [File, ...], "nextCursor"}``: no ``nextCursor`` means the last page [2.3]."""
+
+    items: list[FileMetadata]
+    next_cursor: str | None = None
+
+
+# --- data modeling: CogniteFile nodes [2.4] ----------------------------------------------------
+
+
+class ViewReference(WireModel):
+    """A view, ``{"type": "view", "space", "externalId", "version"}`` [2.4]."""
+
+    type: Literal["view"] = "view"
+    space: str = Field(min_length=1)
+    external_id: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
+class SourceSelector(WireModel):
+    """``{"source": ViewReference}``: whose properties a listing returns [2.4]."""
+
+    source: ViewReference
+
+
+class InstancesListRequest(RequestModel):
+    """Body of ``POST /models/instances/list`` as this project sends it [2.4].
+
+    ``filter`` is the data-modeling filter language (``and``, ``equals``, ``prefix``, ...),
+    kept as an object; the reference shows it only as ``...``. The reference's example sends
+    ``limit: 1000``; neither the default nor the range is stated there, so clients always send
+    it (1..1000 is assumed, as for the other list endpoints). ``includeTyping`` and ``sort``
+    exist in the Instances API but are not in the reference, so they are not sent.
+    """
+
+    instance_type: Literal["node", "edge"] = "node"
+    sources: list[SourceSelector] | None = None
+    filter: dict[str, Any] | None = None
+    limit: int = Field(default=1000, ge=1, le=1000)
+    cursor: str | None = Field(default=None, min_length=1)
+
+
+class NodeItem(WireModel):
+    """A node of a listing; ``properties`` is ``{space: {"view/version": {name: value}}}``.
+
+    Time fields other than ``createdTime``/``lastUpdatedTime`` are not in the reference and are
+    ignored here.
+    """
+
+    instance_type: Literal["node"]
+    space: str
+    external_id: str
+    version: int = 0
+    created_time: int = 0
+    last_updated_time: int = 0
+    properties: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+
+class NodeListResponse(WireModel):
+    """``{"items": [...], "nextCursor"}`` of ``POST /models/instances/list`` [2.4]."""
+
+    items: list[NodeItem]
+    next_cursor: str | None = None
 
 
 ItemT = TypeVar("ItemT")

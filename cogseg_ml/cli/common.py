@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import sys
@@ -113,6 +114,28 @@ def file_ids(text: str) -> list[int]:
     if not ids:
         raise ValidationError("--from-annotations needs one or more numeric CDF file ids")
     return ids
+
+
+def files_filter(text: str) -> dict[str, Any]:
+    """``--files-filter``: a JSON object (or ``@FILE`` holding one)."""
+    source = "--files-filter"
+    if text.startswith("@"):
+        path = input_file(text[1:], "--files-filter @FILE")
+        source = f"--files-filter {text}"
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"{source} cannot be read as UTF-8 text ({exc})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{source} is not JSON ({exc.msg} at column {exc.colno}); give a "
+                              'files/list filter object, e.g. \'{"directoryPrefix": "/a/"}\'') \
+            from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"{source} must be a JSON object of filter fields, got "
+                              f"{type(value).__name__}")
+    return value
 
 
 def port(text: str) -> int:

@@ -1,4 +1,10 @@
-"""``cogseg label``: prompts in, a COCO file out (resumable, atomic)."""
+"""``cogseg label``: prompts in, a COCO file out (resumable, atomic).
+
+Prompts come from a prompts file, a COCO file of boxes, CDF annotations, or class names
+(``--classes "valve,pressure gauge" --detector DIR``): a text-prompted detector boxes every
+image of a file listing (``--files-filter JSON``) or a list of files (``--file-ids FILE``) and
+each box is segmented like any box prompt.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from cogseg_ml.cli.common import (
     UNREACHABLE_HINT,
     device,
     file_ids,
+    files_filter,
     hinted,
     input_file,
     local_model,
@@ -48,6 +55,34 @@ def _shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
     return i, n
+
+def _unit(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}")
+    return v
+
+
+def _cross_class(text: str) -> float | None:
+    return None if text.lower() in ("off", "none") else _unit(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
+    return int(text)
+
+
+def _partitions(text: str) -> int:
+    n = _positive(text)
+    if n > 10:
+        raise argparse.ArgumentTypeError(f"files/list splits into at most 10 partitions, got "
+                                         f"{text!r}")
+    return n
+
 
 @contextmanager
 def _signals_stop_the_run() -> Iterator[list[str]]:
@@ -111,6 +146,57 @@ def _cdf_unusable(report: LabelingReport, retired: Any = None) -> int | None:
     return None
 
 
+def _text_input(args: argparse.Namespace) -> tuple[tuple[str, ...], Any, Any] | None:
+    """``(classes, filter, refs)`` of a run from class names (``None`` for other runs), all
+    checked before anything is loaded or asked."""
+    from cogseg_ml.detect.class_prompts import split_classes
+    from cogseg_ml.file_listing import read_file_refs
+
+    extras = [flag for flag, v in (("--detector", args.detector),
+                                   ("--files-filter", args.files_filter),
+                                   ("--file-ids", args.file_ids), ("--space", args.space))
+              if v is not None]
+    if args.classes is None:
+        if extras:
+            raise ValidationError(f"{extras[0]} goes with --classes (labelling from class "
+                                  "names)")
+        return None
+    classes = split_classes(args.classes)
+    if not args.detector:
+        raise ValidationError("--classes needs --detector DIR: a Grounding DINO or OWLv2 folder "
+                              "in transformers' format, e.g. from `hf download "
+                              "IDEA-Research/grounding-dino-tiny --local-dir DIR`")
+    if args.files_filter is None and args.file_ids is None:
+        raise ValidationError("--classes needs the images to box: --files-filter JSON (a CDF "
+                              "files/list filter, e.g. '{\"directoryPrefix\": \"/site-a/\"}') "
+                              "or --file-ids FILE (one file id or external id a line)")
+    if args.space is not None and args.files_filter is None:
+        raise ValidationError("--space lists CogniteFile nodes: give --files-filter too (e.g. "
+                              "'{}' for every file of the space)")
+    if args.file_ids is not None:
+        return classes, None, read_file_refs(input_file(args.file_ids, "--file-ids"))
+    return classes, files_filter(args.files_filter), None
+
+
+def _detector(args: argparse.Namespace) -> Any:
+    """The detector of ``--detector DIR`` (loaded now: a bad folder stops before any request)."""
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValidationError(f"--device {args.device}: no CUDA device is available here; "
+                                  "use --device cpu (or auto)")
+    try:
+        from cogseg_ml.detect.text_boxes import TextBoxDetector
+
+        return TextBoxDetector.from_pretrained(
+            args.detector, device=args.device, box_threshold=args.box_threshold,
+            text_threshold=args.text_threshold, nms_iou=args.nms_iou,
+            cross_class_iou=args.cross_class_iou, max_per_image=args.max_per_image)
+    except ImportError as exc:  # the optional extra is not installed
+        raise ValidationError(f"--detector {args.detector}: {exc}") from None
+
+
 def _label_backend(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
     """``(backend, api)`` for ``--backend``: what the labeler runs, and the API backend in it
     (``None`` for ``local``). The local model is loaded here, before any request."""
@@ -143,12 +229,14 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # Every path is checked before any request: a run never fails at its end on a typo.
+    text = _text_input(args)
     prompts = input_file(args.prompts, "--prompts") if args.prompts else None
     coco = input_file(args.coco_boxes, "--coco-boxes") if args.coco_boxes else None
-    ids = file_ids(args.from_annotations) if prompts is None and coco is None else []
+    ids = file_ids(args.from_annotations) if args.from_annotations else []
     out = output_file(args.out, "--out")
     report_path = output_file(args.report, "--report") if args.report else None
     config = CdfConfig.from_env()
+    detector = _detector(args) if text is not None else None
     backend, api = _label_backend(args, config)
     retired = None
     t0 = time.perf_counter()
@@ -161,22 +249,31 @@ def run(args: argparse.Namespace) -> int:
             elif coco is not None:
                 samples = samples_from_coco(coco, file_key=args.coco_file_key,
                                             on_bad_prompt=args.on_bad_prompt)
-            else:
+            elif text is None:
                 with SegmentationClient(config) as client:
                     samples = samples_from_annotations(client, ids,
                                                        status=args.annotation_status,
                                                        on_bad_prompt=args.on_bad_prompt)
             labeler = SegmentationLabeler(backend, config=config, cache=args.cache,
+                                          categories=list(text[0]) if text else None,
                                           min_score=args.min_score, min_area=args.min_area,
                                           keep=args.keep, concurrency=args.concurrency,
                                           shard=args.shard, progress=not args.no_progress)
+            if text is not None:
+                samples = text_samples = _boxes_from_classes(args, config, text, detector,
+                                                             labeler)
             report = labeler.label(samples)
             retired = api.retired if api is not None and \
                 "ApiRetiredError" in _failure_kinds(report) else None
             failed_run = _cdf_unusable(report, retired)
             if failed_run is not None:
                 return failed_run  # --out is left as it was
-            labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
+            if text is not None:  # atomic: all or nothing; the detector named per label
+                from cogseg_ml.text_labeling import write_coco
+
+                write_coco(labeler, samples, out, segmentation=args.segmentation)
+            else:
+                labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
             if args.write_back:
                 wb = labeler.write_back(creating_app=args.creating_app)
                 print(f"write-back: {wb.created} created, {wb.already_present} already "
@@ -190,13 +287,35 @@ def run(args: argparse.Namespace) -> int:
                 labeler.report.seconds = time.perf_counter() - t0
                 summary = labeler.report.summary()
             return _stopped(summary, name)
+    details = report.as_dict()
+    if text is not None:
+        details["detection"] = text_samples.as_dict()
     if report_path is not None:
-        write_atomically(report_path, json.dumps(report.as_dict(), indent=2))
+        write_atomically(report_path, json.dumps(details, indent=2))
     print(report.summary(), file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     if retired is not None:  # some items failed on it, others were labelled (e.g. cached)
         say(retired_line(retired))
-    return EXIT_OK if report.failed == 0 else EXIT_PARTIAL
+    images_failed = bool(text is not None and text_samples.failed)
+    return EXIT_OK if report.failed == 0 and not images_failed else EXIT_PARTIAL
+
+
+def _boxes_from_classes(args: argparse.Namespace, config: Any, text: Any, detector: Any,
+                        labeler: Any) -> Any:
+    """The listing (or the files given), then the detector's boxes as samples."""
+    from cogseg_ml.api.client import SegmentationClient
+    from cogseg_ml.file_listing import samples_from_files
+    from cogseg_ml.text_samples import samples_from_text
+
+    classes, flt, refs = text
+    if refs is None:
+        with SegmentationClient(config) as client:
+            refs = samples_from_files(client, flt, space=args.space, partitions=args.partitions)
+        print(refs.summary(), file=sys.stderr)
+    found = samples_from_text(refs, classes, detector, store=labeler.store,
+                              progress=not args.no_progress)
+    print(found.summary(), file=sys.stderr)
+    return found
 
 
 
@@ -218,6 +337,38 @@ def register(sub: Any) -> None:
     src.add_argument("--coco-boxes", help="COCO detection file: its boxes become prompts")
     src.add_argument("--from-annotations", metavar="FILE_IDS",
                      help="CDF file ids (comma separated): their ObjectDetection boxes")
+    src.add_argument("--classes", metavar="NAMES",
+                     help="class names, comma separated (e.g. 'valve,pressure gauge'): "
+                          "--detector DIR boxes them in the images of --files-filter or "
+                          "--file-ids, and each box is segmented")
+    txt = lab.add_argument_group("labelling from class names (--classes)")
+    txt.add_argument("--detector", metavar="DIR",
+                     help="a Grounding DINO, MM-Grounding-DINO/LLMDet or OWLv2 folder in "
+                          "transformers' format (local files only)")
+    files = txt.add_mutually_exclusive_group()
+    files.add_argument("--files-filter", metavar="JSON",
+                       help="a CDF files/list filter as JSON (or @FILE holding it), e.g. "
+                            "'{\"dataSetIds\": [{\"externalId\": \"inspections\"}], "
+                            "\"directoryPrefix\": \"/site-a/\"}'; non-JPEG/PNG and "
+                            "not-uploaded files are skipped and counted")
+    files.add_argument("--file-ids", metavar="FILE",
+                       help="a text file of files to box: one id, external id or JSON "
+                            "reference a line")
+    txt.add_argument("--space", help="with --files-filter: list the CogniteFile nodes of this "
+                                     "data-modeling space (Instances API) instead of files/list")
+    txt.add_argument("--partitions", type=_partitions, default=None, metavar="N",
+                     help="read files/list in N partitions at once (1..10)")
+    txt.add_argument("--box-threshold", type=_unit, default=0.3,
+                     help="keep boxes scoring at least this (default 0.3)")
+    txt.add_argument("--text-threshold", type=_unit, default=0.25,
+                     help="the class phrase must match at least this well (default 0.25)")
+    txt.add_argument("--nms-iou", type=_unit, default=0.5,
+                     help="IoU at which two boxes of one class are one object (default 0.5)")
+    txt.add_argument("--cross-class-iou", type=_cross_class, default=0.7, metavar="IOU|off",
+                     help="IoU at which boxes of two classes are one object, which keeps the "
+                          "better class (default 0.7; off keeps both)")
+    txt.add_argument("--max-per-image", type=_positive, default=100,
+                     help="at most this many boxes per image (default 100)")
     lab.add_argument("--on-bad-prompt", choices=["fail", "skip", "clip"], default="fail",
                      help="a malformed prompt (e.g. a zero-width box): fail the run listing "
                           "them all (default), skip them, or clip boxes into the image")

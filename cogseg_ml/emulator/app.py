@@ -6,11 +6,13 @@ Route table (paths under ``/api/v1/projects/{project}`` unless absolute):
 POST     ``/oauth2/token``                   OIDC-style client credentials (form body)
 POST     ``/files/byids``                    file metadata [ref 2.1]
 POST     ``/files/downloadlink``             short-lived download URLs [ref 2.2]
+POST     ``/files/list``                     files by filter, cursor paging, partitions [ref 2.3]
 GET      ``/files/download/{token}``         the bytes behind a download URL (absolute)
 POST     ``/context/vision/segment``         start a segmentation job [ref 1.2]
 GET      ``/context/vision/segment/{jobId}`` job status and result [ref 1.3]
 POST     ``/annotations/list``               filter annotations, cursor paging [ref 3.3]
 POST     ``/annotations``                    create annotations [ref 3.3]
+POST     ``/models/instances/list``          CogniteFile nodes by filter, cursor paging [ref 2.4]
 PUT      ``/_emulator/files``                register or overwrite an image (body = bytes; not CDF)
 POST     ``/_emulator/faults``               replace the fault rules (not CDF)
 GET      ``/_emulator/requests``             the request log (not CDF)
@@ -30,6 +32,22 @@ Where the reference is silent the emulator makes a choice and says so here:
   or the body: ``{"error": {"code": 404, "message": "Not Found"}}``, exactly what any unknown
   route gets here. How CDF will answer once the endpoint is retired is not documented; an
   unknown route is the plainest reading. Files, tokens and annotations keep working;
+* ``files/list``: files come in id order; a partition ``M/N`` holds the files whose
+  ``id % N == M - 1`` (CDF's split is not documented); an unknown data set in ``dataSetIds``
+  matches nothing (the reference leaves open whether CDF answers 400 or an empty page); the
+  filter fields about assets hierarchies and geometry (``assetExternalIds``, ``rootAssetIds``,
+  ``assetSubtreeIds``, ``geoLocation``) get a 400 saying the emulator does not model them;
+  ``EmulatorState.list_page_cap`` makes pages shorter than ``limit`` while a ``nextCursor``
+  follows (the reference allows that);
+* ``models/instances/list`` serves ``cdf_cdm:CogniteFile/v1`` nodes only (the files with an
+  instance id): any other view in ``sources`` is a 400 naming it, as is an ``edge`` listing;
+  nodes come in ``(space, externalId)`` order; without ``sources`` their ``properties`` are
+  empty; the filter language is the subset :meth:`EmulatorState.list_nodes` documents;
+* cursors of both listings are opaque strings bound to the request they continue: a cursor
+  sent with another filter, partition or view is a 400 (CDF's answer to that is not
+  documented);
+* a download link for a file listed with ``uploaded: false`` (no content yet) is a 400 (the
+  reference does not say how CDF answers it);
 * replacing a file's content (``PUT /_emulator/files?overwrite=true``) stands in for CDF's upload
   with overwrite, whose protocol the reference does not describe: only its documented effect is
   emulated (same id, new bytes, ``lastUpdatedTime`` and ``uploadedTime`` bumped, strictly).
@@ -43,6 +61,8 @@ time, method, path, status, request id, injected fault, duration and the client'
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
 import time
@@ -67,12 +87,19 @@ from cogseg_ml.api.wire_schema import (
     DownloadLinkRequest,
     FileIdentifier,
     FilesByIdsRequest,
+    FilesListRequest,
+    InstancesListRequest,
     SegmentFileRef,
     SegmentJobCreateRequest,
 )
 from cogseg_ml.emulator.faults import REQUEST_FAULT_KINDS, Fault, FaultInjector
 from cogseg_ml.emulator.job_engine import JobEngine
-from cogseg_ml.emulator.state import EmulatorState, RequestLogEntry
+from cogseg_ml.emulator.state import (
+    COGNITE_FILE_VIEW,
+    EmulatorState,
+    FilterProblem,
+    RequestLogEntry,
+)
 from cogseg_ml.prompts import Box, Point
 
 __all__ = ["ApiProblem", "Availability", "ConnectionDropped", "build_app"]
@@ -134,6 +161,35 @@ async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
             loc = ".".join(str(p) for p in e["loc"]) or "body"
             parts.append(f"{loc}: {e['msg']}")
         raise ApiProblem(400, "Invalid request body: " + "; ".join(parts)) from None
+
+
+def _cursor_for(request: BaseModel, offset: int) -> str:
+    """An opaque cursor: where the next page starts, bound to the request it continues."""
+    raw = json.dumps({"o": offset, "q": _request_key(request)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _request_key(request: BaseModel) -> str:
+    body = request.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body.pop("cursor", None)
+    body.pop("limit", None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cursor_offset(request: BaseModel, cursor: str | None) -> int:
+    """Where a cursor says the page starts (0 without one); 400 for a foreign cursor."""
+    if cursor is None:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        offset = int(data["o"])
+        key = str(data["q"])
+    except (ValueError, KeyError, TypeError):
+        raise ApiProblem(400, "Invalid cursor: not a cursor this listing issued") from None
+    if key != _request_key(request) or offset < 0:
+        raise ApiProblem(400, "Invalid cursor: it continues a listing with another filter, "
+                              "partition or source")
+    return offset
 
 
 class Handlers:
@@ -224,10 +280,63 @@ class Handlers:
         body = await parse_body(request, DownloadLinkRequest)
         ttl = 3600.0 if request.query_params.get("extendedExpiration") == "true" else 30.0
         items = []
-        for key, rec in self._resolve_all(body.items):
+        found = self._resolve_all(body.items)
+        empty = [key for key, rec in found if not rec.uploaded]
+        if empty:
+            raise ApiProblem(400, f"Files have no content yet (uploaded: false): {empty}")
+        for key, rec in found:
             link = self.state.new_link(rec.id, ttl)
             items.append({**key, "downloadUrl": f"{request.base_url}files/download/{link}"})
         return JSONResponse({"items": items})
+
+    def _page(self, body: Any, matches: list[Any]) -> tuple[list[Any], str | None]:
+        start = _cursor_offset(body, body.cursor)
+        size = body.limit if self.state.list_page_cap is None else \
+            min(body.limit, self.state.list_page_cap)
+        page = matches[start:start + size]
+        end = start + len(page)
+        return page, (_cursor_for(body, end) if end < len(matches) else None)
+
+    async def files_list(self, request: Request) -> Response:
+        """``POST /files/list``: filter, ``limit``, ``cursor``, ``partition`` [ref 2.3]."""
+        self.authorize(request)
+        body = await parse_body(request, FilesListRequest)
+        part = None
+        if body.partition is not None:
+            m, n = body.partition.split("/")
+            part = (int(m), int(n))
+        try:
+            matches = self.state.list_files(body.filter, part)
+        except FilterProblem as exc:
+            raise ApiProblem(400, f"Invalid filter: {exc}") from None
+        page, nxt = self._page(body, matches)
+        out: dict[str, Any] = {"items": [r.metadata().to_wire() for r in page]}
+        if nxt is not None:
+            out["nextCursor"] = nxt
+        return JSONResponse(out)
+
+    async def instances_list(self, request: Request) -> Response:
+        """``POST /models/instances/list`` for CogniteFile nodes [ref 2.4]."""
+        self.authorize(request)
+        body = await parse_body(request, InstancesListRequest)
+        if body.instance_type != "node":
+            raise ApiProblem(400, "instanceType: the emulator lists nodes only")
+        with_properties = False
+        for k, sel in enumerate(body.sources or []):
+            v = sel.source
+            if (v.space, v.external_id, v.version) != COGNITE_FILE_VIEW:
+                raise ApiProblem(400, f"sources[{k}]: view {v.space}:{v.external_id}/"
+                                      f"{v.version} does not exist (the emulator has "
+                                      f"{COGNITE_FILE_VIEW[0]}:{COGNITE_FILE_VIEW[1]}/"
+                                      f"{COGNITE_FILE_VIEW[2]} only)")
+            with_properties = True
+        try:
+            matches = self.state.list_nodes(body.filter)
+        except FilterProblem as exc:
+            raise ApiProblem(400, f"Invalid filter: {exc}") from None
+        page, nxt = self._page(body, matches)
+        return JSONResponse({"items": [r.node(with_properties) for r in page],
+                             "nextCursor": nxt})
 
     async def files_download(self, request: Request) -> Response:
         """``GET`` a download URL."""
@@ -495,11 +604,13 @@ def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
         Route("/oauth2/token", h.token, methods=["POST"]),
         Route(p + "/files/byids", h.files_byids, methods=["POST"]),
         Route(p + "/files/downloadlink", h.files_downloadlink, methods=["POST"]),
+        Route(p + "/files/list", h.files_list, methods=["POST"]),
         Route("/files/download/{token}", h.files_download, methods=["GET"]),
         Route(p + "/context/vision/segment", h.segment_create, methods=["POST"]),
         Route(p + "/context/vision/segment/{job_id}", h.segment_retrieve, methods=["GET"]),
         Route(p + "/annotations/list", h.annotations_list, methods=["POST"]),
         Route(p + "/annotations", h.annotations_create, methods=["POST"]),
+        Route(p + "/models/instances/list", h.instances_list, methods=["POST"]),
         Route("/_emulator/files", h.admin_add_file, methods=["PUT"]),
         Route("/_emulator/faults", h.admin_faults, methods=["POST"]),
         Route("/_emulator/requests", h.admin_requests, methods=["GET"]),
