@@ -80,7 +80,11 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         report = labeler.label(samples)
         n_ann = labeler.to_coco(out / "coco.json")
         http_requests = len(emu.requests)
-    elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        # Labels from class names alone: listed, boxed by a detector, segmented, scored.
+        from cogseg_ml.text_demo import run_class_name_demo
+
+        class_run = run_class_name_demo(emu, out / "class_names", quiet=True)
     coco = json.loads((out / "coco.json").read_text())
     with ImageFetcher(labeler.cache, offline=True) as fetcher:
         review = write_review_page(coco, out / "review", labels_name="coco.json",
@@ -123,7 +127,8 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         "min_iou_synthetic": round(float(np.min(ious)), 4) if ious else None,
         "coco_segm_AP": round(m_ap["AP"], 4), "labeler": report.as_dict(),
         "review_page": str(review.index.relative_to(out)),
-        "review_masks": review.masks, "review_without_picture": len(review.without_picture)}
+        "review_masks": review.masks, "review_without_picture": len(review.without_picture),
+        "class_names": class_run}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(
         "# cogseg demo\n\n"
@@ -137,7 +142,12 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         f"- review page: {summary['review_page']} ({review.masks} masks; open it in a "
         "browser, accept or reject, save the decisions, then, in this folder, `cogseg export "
         "coco.json --to coco --decisions coco.decisions.json --cache cache --out accepted`)\n"
-        f"\nFiles: coco.json, overlays/*.png, review/index.html, report.json\n")
+        f"- from class names only ({', '.join(class_run['classes'])}): "
+        f"{class_run['kept']} images listed by directory ({sum(class_run['skipped'].values())} "
+        f"skipped), {class_run['boxes']} boxes kept ({class_run['dropped']} dropped), "
+        f"{class_run['labelled']} labelled, right class {class_run['right_class']} of "
+        f"{class_run['objects']}, mask IoU mean {class_run['mean_iou']}: class_names/coco.json\n"
+        f"\nFiles: coco.json, overlays/*.png, review/index.html, class_names/, report.json\n")
     if not quiet:
         print((out / "report.md").read_text())
     return 0 if report.failed == 0 else 1

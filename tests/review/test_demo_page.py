@@ -26,3 +26,19 @@ def test_demo_writes_overlays_and_the_review_page(tmp_path: Path) -> None:
     assert page.meta["labels_file"] == "coco.json"
     assert page.meta["labels_digest"] == labels_digest(coco)
     assert "review/index.html" in (tmp_path / "report.md").read_text()
+
+
+def test_demo_labels_from_class_names_with_duplicates_and_distractors_handled(
+        tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--images", "1", "--quiet"]) == 0
+    run = json.loads((tmp_path / "report.json").read_text())["class_names"]
+    assert run["classes"] == ["valve", "pressure gauge", "flange"]
+    assert run["failed"] == 0 and run["objects"] > 0
+    assert run["matched"] == run["right_class"] == run["objects"]  # every object, its class
+    assert run["extra_labels"] == 0 and run["min_iou"] >= 0.98
+    # the injected duplicate and distractor of each image were dropped, not labelled
+    assert run["dropped"].get("cross-class duplicate", 0) >= run["kept"]
+    assert sum(run["skipped"].values()) == 1  # the PDF in the same directory
+    coco = json.loads((tmp_path / "class_names" / "coco.json").read_text())
+    assert len(coco["annotations"]) == run["objects"]
+    assert "from class names only" in (tmp_path / "report.md").read_text()
