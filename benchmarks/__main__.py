@@ -13,7 +13,7 @@ import sys
 from benchmarks.common import RESULTS, machine, table
 
 ALL = ["emulator", "client_throughput", "cache", "dataset", "masks_at_size", "labeler", "sam",
-       "text_labeling"]
+       "ray_labeling", "text_labeling"]
 
 
 def main(argv: list[str]) -> int:
