@@ -73,8 +73,11 @@ def _check_defaults_run(nb: nbformat.NotebookNode, n_images: int) -> None:
     outputs = _text(nb.cells)
     assert "prompts:" in outputs and "API" in outputs
     assert "local model skipped" in outputs
-    # overlays, the IoU-by-size plot, and the API-vs-local-model plot
-    assert len(_pngs(nb.cells)) == 2 + 1
+    # overlays, the IoU-by-size plot, the API-vs-local-model plot, detections and masks
+    assert len(_pngs(nb.cells)) == 2 + 1 + 1
+    # labels from class names: every object found with its class, duplicates dropped
+    assert "'matched': 9, 'right_class': 9, 'extra_labels': 0" in outputs
+    assert "cross-class duplicate: 3" in outputs
     section = _check_agreement_output(_agreement_section(nb), n_images=n_images)
     # Without a checkpoint folder the model has random weights, and the notebook says so.
     assert "RANDOM weights" in section and "meaningless" in section
@@ -99,7 +102,7 @@ def test_notebook_uses_the_checkpoint_folder_it_is_given(tmp_path) -> None:
     assert f"local model: {folder}" in section
     assert f"{expected.model_version} on " in section  # that folder's weights were loaded
     assert "RANDOM weights" not in section and "mechanics" not in section
-    assert len(_pngs(nb.cells)) == 3
+    assert len(_pngs(nb.cells)) == 4
 
 
 def test_notebook_is_in_step_with_its_generator() -> None:
