@@ -55,6 +55,7 @@ from cogseg_ml.backends.base import (
     ScoredMask,
     require_extra,
 )
+from cogseg_ml.backends.model_digest import weights_digest
 from cogseg_ml.backends.prompt_geometry import (
     CropOptions,
     CropWindow,
@@ -176,18 +177,6 @@ def to_model_frame(prompt: Prompt, height: int, width: int, target_length: int
     any model's frame use :func:`cogseg_ml.backends.prompt_geometry.to_model_frame`.
     """
     return _frame_prompt(prompt, longest_side_frame(height, width, target_length))
-
-
-def weights_digest(model: torch.nn.Module, extra: str = "") -> str:
-    """SHA-256 (16 hex digits) over a model's parameter and buffer names, shapes and values.
-
-    ``extra`` (e.g. the preprocessing settings) is hashed too.
-    """
-    h = hashlib.sha256(extra.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class _SegmentAnythingAdapter:

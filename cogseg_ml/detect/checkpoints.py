@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from cogseg_ml.backends.base import require_extra
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.backends.model_digest import weights_digest
+from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
 __all__ = ["DETECTOR_TYPES", "DOWNLOAD_HINT", "GROUND_TRUTH_TYPE", "DetectorCheckpointError",
            "check_folder", "load_adapter", "make_adapter", "quiet_transformers",
@@ -36,19 +37,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 DOWNLOAD_HINT = ("fetch one once, e.g. `hf download IDEA-Research/grounding-dino-tiny "
                  "--local-dir DIR` (or google/owlv2-base-patch16), then pass DIR")
-
-
-class DetectorCheckpointError(ValidationError):
-    """A detector folder cannot be used: missing, not a detector, incomplete or unreadable.
-
-    Attributes:
-        path: the folder given.
-    """
-
-    path: str
-
-    def __init__(self, message: str, *, path: str) -> None:
-        super().__init__(message, path=path)
 
 
 def require_transformers() -> Any:
@@ -107,17 +95,6 @@ def quiet_transformers(tf: Any) -> Iterator[None]:
     finally:
         if was_on:
             hf_logging.enable_progress_bar()
-
-
-def weights_digest(model: torch.nn.Module, extra: str = "") -> str:
-    """SHA-256 (16 hex digits) over a model's tensor names, shapes, dtypes and values, and
-    ``extra``. Scalars (OWLv2's logit scale is a 0-d tensor) count like any tensor."""
-    h = hashlib.sha256(extra.encode())
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-                 .tobytes())
-    return h.hexdigest()[:16]
 
 
 def _tokenizer_digest(processor: Any) -> str:

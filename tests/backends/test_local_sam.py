@@ -171,3 +171,19 @@ def test_crop_mode_keeps_a_small_prompt_inside_its_window() -> None:
     inside = np.zeros_like(m)
     inside[win.y0:win.y1, win.x0:win.x1] = True
     assert m.any() and not (m & ~inside).any()
+
+
+def test_weights_digest_counts_scalar_tensors() -> None:
+    """A 0-d parameter (e.g. a logit scale) is hashed like any tensor, not a crash."""
+
+    class WithScale(torch.nn.Module):
+        def __init__(self, scale: float) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(scale))
+            self.proj = torch.nn.Linear(2, 2)
+            torch.nn.init.zeros_(self.proj.weight)
+            torch.nn.init.zeros_(self.proj.bias)
+
+    one, same, other = WithScale(1.0), WithScale(1.0), WithScale(2.0)
+    assert weights_digest(one) == weights_digest(same)
+    assert weights_digest(one) != weights_digest(other)
