@@ -54,6 +54,7 @@ __all__ = [
     "CacheVersionError",
     "CdfUnreachableError",
     "CogsegError",
+    "DetectorCheckpointError",
     "FileValidationError",
     "JobFailedError",
     "JobTimeoutError",
@@ -140,6 +141,20 @@ class SamCheckpointError(ValidationError):
 
     Attributes:
         path: the folder, file or hub id given.
+    """
+
+    path: str
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message, path=path)
+
+
+class DetectorCheckpointError(ValidationError):
+    """A text-to-box detector folder cannot be used: missing, not a detector, incomplete or
+    unreadable.
+
+    Attributes:
+        path: the folder given.
     """
 
     path: str

@@ -386,8 +386,18 @@ class SegmentationLabeler:
                                  "reason": reason})
 
     # --- output ------------------------------------------------------------------------------
-    def _lines(self) -> Iterator[dict[str, Any]]:
-        """The manifest's image lines (raises at once when nothing was labelled yet)."""
+    def image_lines(self) -> Iterator[dict[str, Any]]:
+        """The labelled images, one dict per image in labelling order (read lazily).
+
+        Each line holds ``file`` (the reference as JSON), ``file_key``, ``file_name``,
+        ``height``, ``width``, ``image_id``, ``digest`` (the image's SHA-256) and
+        ``instances`` (each with the cache ``key``, ``category``, prompt index ``k``, the
+        indices it ``keep``s and the ``backend`` that made it). A writer of another format
+        reads these plus :meth:`iter_annotations`, as :meth:`to_coco` does.
+
+        Raises:
+            ValidationError: at once, when nothing was labelled yet.
+        """
         if not self.manifest.exists() or self.category_table is None:
             raise ValidationError("nothing labelled yet: call label(samples) first")
 
@@ -404,7 +414,7 @@ class SegmentationLabeler:
         ``report.missing_at_export`` (and logged), never silently dropped.
         """
         self.report.missing_at_export = 0
-        for line in self._lines():
+        for line in self.image_lines():
             fps = [inst["key"] for inst in line["instances"]]
             results = self.cache.get_by_fingerprints(fps)
             for inst, res in zip(line["instances"], results, strict=True):
@@ -427,7 +437,7 @@ class SegmentationLabeler:
         holes included. Written atomically (see
         :class:`~cogseg_ml.coco_io.CocoWriter`).
         """
-        lines = self._lines()  # raises when nothing was labelled yet
+        lines = self.image_lines()  # raises when nothing was labelled yet
         table = self.category_table
         assert table is not None
         with CocoWriter(path, table.as_coco(), segmentation=segmentation) as out:
@@ -455,7 +465,7 @@ class SegmentationLabeler:
         wb = WriteBackReport()
         with SegmentationClient(self.config) as client:
             # annotatedResourceId takes internal ids: resolve the other references once.
-            others = {line["file_key"]: line["file"] for line in self._lines()
+            others = {line["file_key"]: line["file"] for line in self.image_lines()
                       if "id" not in line["file"]}
             ids: dict[str, int] = {}
             if others:

@@ -50,7 +50,7 @@ def write_coco(labeler: SegmentationLabeler, samples: list[Sample], path: str | 
         raise ValidationError("nothing labelled yet: call labeler.label(samples) first")
     by_file: dict[FileRef, Mapping[str, Any]] = {s.file: s.meta for s in samples}
     versions = dict(labeler.backend.identities())
-    lines = labeler._lines()
+    lines = labeler.image_lines()
     with CocoWriter(path, table.as_coco(), segmentation=segmentation,
                     description="cogseg_ml labels from class names") as out:
         for line in lines:

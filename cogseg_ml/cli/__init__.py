@@ -1,7 +1,9 @@
 """The ``cogseg`` command line.
 
-Subcommands: ``label`` (prompts in, a COCO file out), ``emulator`` (serve the local CDF
-emulator), ``demo`` (README's main job), ``cache`` (inspect and maintain the mask cache).
+Subcommands: ``label`` (prompts or class names in, a COCO file out), ``export`` (a labels
+file to COCO, YOLO or Label Studio, optionally filtered by review decisions), ``review`` (a
+static review page for a labels file), ``emulator`` (serve the local CDF emulator), ``demo``
+(README's main job), ``cache`` (inspect and maintain the mask cache).
 
 Exit codes: 0 all done; 1 the work ran but some items failed (summarized); 2 bad usage or
 input, a path that cannot be used, a cache that cannot be written (full disk, read-only), a

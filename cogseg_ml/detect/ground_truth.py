@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cogseg_ml.detect.checkpoints import GROUND_TRUTH_TYPE, DetectorCheckpointError
+from cogseg_ml.detect.checkpoints import GROUND_TRUTH_TYPE
 from cogseg_ml.detect.detections import RawDetections
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
 if TYPE_CHECKING:
     from cogseg_ml.emulator.synthetic_images import SyntheticImage

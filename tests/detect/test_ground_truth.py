@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogseg_ml.detect.checkpoints import DetectorCheckpointError
 from cogseg_ml.detect.ground_truth import (
     Injections,
     ground_truth_detector,
@@ -18,7 +17,7 @@ from cogseg_ml.detect.ground_truth import (
 )
 from cogseg_ml.detect.text_boxes import TextBoxDetector
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, make_dataset
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
 NAMES = {"rectangle": "valve", "ellipse": "pressure gauge", "triangle": "flange"}
 CLASSES = ["valve", "pressure gauge", "flange"]

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from cogseg_ml.detect.checkpoints import DetectorCheckpointError
 from cogseg_ml.detect.detections import RawDetections
 from cogseg_ml.detect.grounding_dino import class_scores_from_tokens
 from cogseg_ml.detect.suppression import DetectionSettings, select
 from cogseg_ml.detect.text_boxes import TextBoxDetector
 from cogseg_ml.emulator.synthetic_images import make_image
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 from tests.detect.conftest import CLASSES
 
 tf = pytest.importorskip("transformers")
