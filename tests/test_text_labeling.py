@@ -43,10 +43,10 @@ def emu(make_emulator: Callable[..., Emulator], shapes: list[SyntheticImage]) ->
     """The images in /site-a/ (PNG), a PDF beside them, and one image elsewhere."""
     e = make_emulator(images=[], processing_time_s=0.01)
     for im in shapes:
-        e.state.add_file(encode_image(im.pixels), im.name, external_id=im.name, directory=SITE)
-    e.state.add_file(b"%PDF-1.4", "survey.pdf", external_id="survey.pdf", directory=SITE)
-    e.state.add_file(encode_image(shapes[0].pixels), "copy.png", external_id="copy.png",
-                     directory="/site-b/")
+        e.add_image(encode_image(im.pixels), im.name, external_id=im.name, directory=SITE)
+    e.add_image(b"%PDF-1.4", "survey.pdf", external_id="survey.pdf", directory=SITE)
+    e.add_image(encode_image(shapes[0].pixels), "copy.png", external_id="copy.png",
+               directory="/site-b/")
     return e
 
 
@@ -86,7 +86,7 @@ def test_each_detection_becomes_a_box_prompt_with_its_class(
         emu: Emulator, shapes: list[SyntheticImage], detector_dir: Path, tmp_path: Path) -> None:
     det = TextBoxDetector.from_pretrained(detector_dir, device="cpu")
     blank = make_dataset(1, seed=3, height=60, width=80, n_objects=0)[0]
-    emu.state.add_file(encode_image(blank.pixels), "empty.png", external_id="empty.png")
+    emu.add_image(encode_image(blank.pixels), "empty.png", external_id="empty.png")
     files = [*refs(shapes), FileRef(external_id="empty.png"), FileRef(external_id="survey.pdf"),
              FileRef(external_id="nowhere.png")]
     got = samples_from_text(files, CLASSES, det, config=emu.static_config(),

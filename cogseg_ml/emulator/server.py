@@ -17,7 +17,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -226,10 +226,22 @@ class Emulator:
     # --- content -----------------------------------------------------------------------------
     def add_image(self, data: bytes, name: str, *, mime_type: str | None = None,
                   external_id: str | None = None,
-                  ground_truth: list[tuple[str, np.ndarray]] | None = None) -> FileRecord:
-        """Register one file (any bytes; eligibility is checked when a job is created)."""
+                  ground_truth: list[tuple[str, np.ndarray]] | None = None,
+                  directory: str | None = None, source: str | None = None,
+                  data_set_id: int | None = None, labels: Iterable[str] = (),
+                  metadata: Mapping[str, str] | None = None, asset_ids: Iterable[int] = (),
+                  instance_id: tuple[str, str] | None = None,
+                  uploaded: bool = True) -> FileRecord:
+        """Register one file (any bytes; eligibility is checked when a job is created).
+
+        The listing fields (``directory`` ... ``uploaded``, ``instance_id`` for a CogniteFile
+        node) are those of :meth:`~cogseg_ml.emulator.state.EmulatorState.add_file`, which list filters match.
+        """
         return self.state.add_file(data, name, mime_type=mime_type, external_id=external_id,
-                                   ground_truth=ground_truth)
+                                   ground_truth=ground_truth, directory=directory,
+                                   source=source, data_set_id=data_set_id, labels=labels,
+                                   metadata=metadata, asset_ids=asset_ids,
+                                   instance_id=instance_id, uploaded=uploaded)
 
     def add_synthetic(self, image: SyntheticImage, *, external_id: str | None = None,
                       fmt: str | None = None) -> FileRecord:

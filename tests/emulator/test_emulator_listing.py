@@ -33,7 +33,7 @@ def emu(make_emulator: Callable[..., Emulator]) -> Emulator:
         {"name": "d0.jpeg", "instance_id": ("other", "cam-d0"), "directory": "/site-a/x"},
     ]
     for spec in specs:
-        e.state.add_file(b"\x89PNG", spec.pop("name"), external_id=None, **spec)
+        e.add_image(b"\x89PNG", spec.pop("name"), external_id=None, **spec)
     return e
 
 
