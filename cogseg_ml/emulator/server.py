@@ -235,7 +235,8 @@ class Emulator:
         """Register one file (any bytes; eligibility is checked when a job is created).
 
         The listing fields (``directory`` ... ``uploaded``, ``instance_id`` for a CogniteFile
-        node) are those of :meth:`~cogseg_ml.emulator.state.EmulatorState.add_file`, which list filters match.
+        node) are those of :meth:`~cogseg_ml.emulator.state.EmulatorState.add_file`, which
+        list filters match.
         """
         return self.state.add_file(data, name, mime_type=mime_type, external_id=external_id,
                                    ground_truth=ground_truth, directory=directory,
