@@ -82,3 +82,34 @@ def test_progress_bar_shows_the_total_and_an_eta_once_the_total_is_known(monkeyp
     with progress.progress_bar(None, "off", progress=False) as off:
         progress.add_total(off, 5)  # a disabled bar takes it too
     assert off.total == 5
+
+
+def _detect(cache_dir: Path, files: list[int]) -> None:
+    """Detections stored beside a mask cache, as a class-name run leaves them."""
+    from cogseg_ml.detect.detection_cache import DetectionCache, detection_key, detections_file
+    from cogseg_ml.detect.detections import Detection
+
+    store = DetectionCache(detections_file(MaskCache(cache_dir).path))
+    det = Detection("valve", 0.8, (1.0, 2.0, 5.0, 6.0), 0.7)
+    store.put_many((detection_key(f"id:{i}", "d", ["valve"], "gdino:x"), f"id:{i}", "gdino:x",
+                    ["valve"], [det]) for i in files)
+    store.close()
+
+
+def test_cache_commands_carry_text_detections(tmp_path: Path, capsys) -> None:
+    """Shards of a class-name run merge their detections too; stats counts and clear empties
+    them, so a merged cache does not detect again what a shard already did."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fill(a, 1)
+    _fill(b, 1, offset=10)
+    _detect(a, [1, 2])
+    _detect(b, [2, 3, 4])  # file 2 in both: kept once
+    assert main(["cache", "merge", str(b), "--path", str(a)]) == 0
+    assert "merged 1 new entries and 0 images and 2 images' text detections" in \
+        capsys.readouterr().out
+    assert main(["cache", "stats", "--path", str(a)]) == 0
+    assert json.loads(capsys.readouterr().out)["detections"] == 4
+    assert main(["cache", "clear", "--path", str(a)]) == 0
+    assert "removed 4 images' detections" in capsys.readouterr().out
+    assert main(["cache", "stats", "--path", str(a)]) == 0
+    assert json.loads(capsys.readouterr().out)["detections"] == 0

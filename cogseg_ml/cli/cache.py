@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from cogseg_ml.cache.image_store import ImageStore
     from cogseg_ml.cache.mask_cache import MaskCache, cache_file
     from cogseg_ml.coco_io import export_cache
+    from cogseg_ml.detect.detection_cache import DetectionCache, detections_file
 
     if args.action == "merge":
         if not args.sources:
@@ -32,20 +33,27 @@ def run(args: argparse.Namespace) -> int:
                 raise ValidationError(f"cache merge: {src} is the target cache itself; give "
                                       "other caches (e.g. the shards') as sources")
         cache = MaskCache(args.path)
-        entries = images = 0
+        entries = images = detections = 0
         for src in args.sources:
             got = cache.merge(src)
             entries, images = entries + got.entries, images + got.images
-        print(f"merged {entries} new entries and {images} images into {cache.path}")
+            theirs = detections_file(cache_file(src))
+            if theirs.is_file():  # a shard that labelled from class names
+                detections += DetectionCache(detections_file(cache.path)).merge(theirs)
+        also = f" and {detections} images' text detections" if detections else ""
+        print(f"merged {entries} new entries and {images} images{also} into {cache.path}")
         return EXIT_OK
     if args.images and args.action != "clear":
         raise ValidationError("--images goes with cogseg cache clear")
     cache = MaskCache(args.path, create=False)  # inspecting never creates a cache
+    dets_path = detections_file(cache.path)
+    dets = DetectionCache(dets_path) if dets_path.is_file() else None
     if args.action == "stats":
         s = cache.stats()
         print(json.dumps({"path": s.path, "entries": s.entries, "bytes": s.bytes,
                           "file_bytes": s.file_bytes, "by_backend": s.by_backend,
-                          "images": s.images, "image_bytes": s.image_bytes}, indent=2))
+                          "images": s.images, "image_bytes": s.image_bytes,
+                          "detections": len(dets) if dets else 0}, indent=2))
     elif args.action == "ls":
         for i, (file_key, prompt, key, res) in enumerate(cache.iter_entries()):
             if args.limit and i >= args.limit:
@@ -61,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} annotations to {out}")
     elif args.action == "clear":
         removed = cache.clear()
+        if dets is not None:  # derived from the images like the masks: cleared with them
+            removed_dets = dets.clear()
+            print(f"removed {removed_dets} images' detections")
         if args.images:
             gone = ImageStore(cache).clear()
             print(f"removed {removed} entries and {gone.images} images ({gone.bytes} bytes)")
@@ -80,8 +91,9 @@ def register(sub: Any) -> None:
     c = sub.add_parser("cache", help="inspect and maintain the mask cache",
                        description="stats: counts and sizes; ls: list entries; export: COCO "
                                    "file of every entry's best mask; clear: remove entries "
-                                   "(--images: the stored images too); vacuum: compact the "
-                                   "file; merge: copy entries and images of other caches "
+                                   "and text detections (--images: the stored images too); "
+                                   "vacuum: compact the file; merge: copy entries, images "
+                                   "and text detections of other caches "
                                    "(e.g. shards) into this one. Every action but merge needs "
                                    "an existing cache (none is created).")
     c.add_argument("action", choices=["stats", "ls", "export", "clear", "vacuum", "merge"])

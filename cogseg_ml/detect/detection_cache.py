@@ -120,6 +120,38 @@ class DetectionCache:
                              "check free space and permissions") from None
         return len(rows)
 
+    def merge(self, source: str | Path) -> int:
+        """Copy the rows of another detection cache file (e.g. a shard's) that this one lacks.
+
+        Returns the number of rows added; rows under a key already here are kept as they are
+        (the same key means the same image, classes and detector).
+        """
+        if not Path(source).is_file():
+            raise CacheError(f"there is no detection cache at {source}")
+        conn = self._conn()
+        try:
+            conn.execute("ATTACH DATABASE ? AS src", (str(source),))
+            try:
+                with conn:
+                    cur = conn.execute("INSERT OR IGNORE INTO detections "
+                                       "SELECT * FROM src.detections")
+                return int(cur.rowcount)
+            finally:
+                conn.execute("DETACH DATABASE src")
+        except sqlite3.Error as exc:
+            raise CacheError(f"detections of {source} cannot be merged into {self.path}: "
+                             f"{exc}") from None
+
+    def clear(self) -> int:
+        """Remove every stored detection; returns how many there were."""
+        conn = self._conn()
+        try:
+            with conn:
+                return int(conn.execute("DELETE FROM detections").rowcount)
+        except sqlite3.Error as exc:
+            raise CacheError(f"the detection cache {self.path} cannot be cleared: {exc}"
+                             ) from None
+
     def __len__(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM detections").fetchone()[0])
 
