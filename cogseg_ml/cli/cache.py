@@ -33,13 +33,14 @@ def run(args: argparse.Namespace) -> int:
                 raise ValidationError(f"cache merge: {src} is the target cache itself; give "
                                       "other caches (e.g. the shards') as sources")
         cache = MaskCache(args.path)
+        ours = DetectionCache(detections_file(cache.path))  # opened on first use only
         entries = images = detections = 0
         for src in args.sources:
             got = cache.merge(src)
             entries, images = entries + got.entries, images + got.images
             theirs = detections_file(cache_file(src))
             if theirs.is_file():  # a shard that labelled from class names
-                detections += DetectionCache(detections_file(cache.path)).merge(theirs)
+                detections += ours.merge(theirs)
         also = f" and {detections} images' text detections" if detections else ""
         print(f"merged {entries} new entries and {images} images{also} into {cache.path}")
         return EXIT_OK
