@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -364,11 +365,12 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         sample = self.samples[index]
         out: dict[int, CachedResult] = {}
         items = [(rec, sample.instances[k].prompt, k) for k in missing]
-        for k, _, result, error in self.store.segment(items):
-            if result is None:
-                raise SampleError(f"sample {index} ({sample.file.describe()}), instance {k}: "
-                                  f"{error}") from error
-            out[k] = result
+        with closing(self.store.segment(items)) as stream:  # closed now, not at GC
+            for k, _, result, error in stream:
+                if result is None:
+                    raise SampleError(f"sample {index} ({sample.file.describe()}), "
+                                      f"instance {k}: {error}") from error
+                out[k] = result
         return out
 
     def _load_target(self, index: int, rec: ImageRecord) -> dict[str, Any]:
@@ -535,12 +537,13 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                         else:
                             yield rec, prompts[k], (i, k)
 
-            for (i, k), _, result, error in self.store.segment(items()):
-                bar.update(1)
-                if result is None:
-                    report.failures.append((i, k, str(error)))
-                else:
-                    report.jobs_run += 1
+            with closing(self.store.segment(items())) as stream:
+                for (i, k), _, result, error in stream:
+                    bar.update(1)
+                    if result is None:
+                        report.failures.append((i, k, str(error)))
+                    else:
+                        report.jobs_run += 1
         report.failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
         return report
 

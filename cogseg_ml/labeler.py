@@ -282,6 +282,8 @@ class SegmentationLabeler:
                     f"labelling stopped by {sig}: {rep.jobs_run} jobs finished and stored, "
                     "the jobs in flight were dropped; run it again to resume (the cache keeps "
                     "what finished)", summary=rep.summary(), signal_name=sig) from None
+            finally:
+                stream.close()  # on every way out (a failed write too), not at GC
             write_ready()
         self.category_table = CategoryTable.build(self.categories,
                                                   self._category_examples.values())

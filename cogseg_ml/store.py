@@ -402,10 +402,22 @@ class SegmentStore:
             while refused:
                 tag, rec, why = refused.pop()
                 yield tag, rec, None, why
-        finally:
+        except BaseException:  # Ctrl-C, SIGTERM, an error, or the consumer closing us
             stop.set()
             flusher.join()
-            self.flush()  # on Ctrl-C and SIGTERM too: keep what finished
+            try:
+                self.flush()  # keep what finished
+            except CogsegError as exc:
+                # Never raise from here: close() also runs at garbage collection, where an
+                # error is lost. The results stay unsaved for the next flush.
+                with self._lock:
+                    unsaved = len(self._unsaved)
+                _log.warning("%d finished results could not be stored yet: %s", unsaved, exc)
+            raise
+        else:
+            stop.set()
+            flusher.join()
+            self.flush()  # a normal end reports a failed write
 
     def _flush_every(self, stop: threading.Event) -> None:
         """Store answers within ``FLUSH_INTERVAL_S`` of arriving, however slow the rest is."""

@@ -170,6 +170,41 @@ def test_flush_waits_for_a_flush_in_progress(shared_emulator, tmp_path) -> None:
     assert cache.stats().entries == 1
 
 
+def test_closing_a_stream_whose_cache_is_full_warns_and_keeps_the_results(
+        shared_emulator, images, tmp_path, caplog) -> None:
+    """A stream closed after a failed write (a full disk) must not raise from its cleanup:
+    a generator's close runs at garbage collection too, where an error is lost. It says how
+    many results it could not store and keeps them for the next flush."""
+    import logging
+
+    import pytest
+
+    from cogseg_ml.backends.api_backend import ApiBackend
+    from cogseg_ml.errors import CacheError
+    from cogseg_ml.prompts import FileRef, Prompt
+    from cogseg_ml.store import SegmentStore
+
+    class FullCache(MaskCache):
+        def put_many(self, items):
+            if list(items):
+                raise CacheError("database or disk is full")
+            return 0
+
+    store = SegmentStore(shared_emulator.config, FullCache(tmp_path / "cache.sqlite"),
+                         ApiBackend(shared_emulator.config))
+    im = images[0]
+    (rec,) = store.records([FileRef(external_id=im.name)])
+    gen = store.segment([(rec, Prompt(box=o.box()), i) for i, o in enumerate(im.objects)])
+    tag, _, result, error = next(gen)
+    assert result is not None and error is None
+    with caplog.at_level(logging.WARNING, logger="cogseg_ml.store"):
+        gen.close()  # the old cleanup raised CacheError here
+    assert "could not be stored" in caplog.text and "disk is full" in caplog.text
+    assert len(store._unsaved) >= 1  # kept, not dropped
+    with pytest.raises(CacheError):  # an explicit flush still reports the failure
+        store.flush()
+
+
 def _one_entry():
     import numpy as np
 
