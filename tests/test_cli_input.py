@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
@@ -444,7 +445,21 @@ BAD_EMULATOR_INPUT: dict[str, Callable[[Path], tuple[list[str], list[str]]]] = {
         ["--faults", _faults_file(t, '[{"kind": "status", "probability": 2}]')],
         ["faults.json", "rule 0", "probability"]),
     "port out of range": lambda t: (["--port", "70000"], ["--port", "70000"]),
+    "no jobs processed at once": lambda t: (["--concurrency", "0"], ["--concurrency", "0"]),
+    "negative processing time": lambda t: (["--processing-time", "-1"],
+                                           ["--processing-time", "-1"]),
+    "negative rate limit": lambda t: (["--rate-limit", "-5"], ["--rate-limit", "-5"]),
+    "a folder image named as a synthetic one": lambda t: (
+        ["--synthetic", "1", "--images", _image_folder(t, "synthetic_00000.png")],
+        ["synthetic_00000.png", "--images", "--synthetic", "rename"]),
 }
+
+
+def _image_folder(tmp: Path, name: str) -> str:
+    folder = tmp / "pics"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / name)
+    return str(folder)
 
 
 @pytest.mark.parametrize("case", list(BAD_EMULATOR_INPUT))

@@ -75,8 +75,25 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
     faults = _faults(args.faults) if args.faults else []
     if args.synthetic < 0:
         raise ValidationError(f"--synthetic takes a count >= 0, got {args.synthetic}")
+    if args.concurrency < 1:
+        raise ValidationError(f"--concurrency is the jobs processed at once: >= 1, got "
+                              f"{args.concurrency} (with 0 no job would ever finish)")
+    if not args.processing_time >= 0:
+        raise ValidationError(f"--processing-time takes seconds >= 0, got "
+                              f"{args.processing_time:g}")
+    if args.rate_limit is not None and not args.rate_limit > 0:
+        raise ValidationError(f"--rate-limit takes requests/s > 0 (leave it out for no "
+                              f"limit), got {args.rate_limit:g}")
     engine = _engine(args)
     images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
+    if folder is not None:
+        taken = {im.name for im in images or ()}
+        clash = sorted(p.name for p in folder.iterdir() if p.name in taken)
+        if clash:
+            raise ValidationError(
+                f"--images {folder}: {', '.join(clash[:3])} has the name (and external id) of "
+                f"a synthetic image from --synthetic {args.synthetic}; rename the file or "
+                "serve fewer synthetic images")
     emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
                    concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
                    seed=args.seed, host=args.host, port=args.port, engine=engine,
