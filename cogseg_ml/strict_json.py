@@ -23,7 +23,7 @@ from typing import Any
 
 from cogseg_ml.errors import ValidationError
 
-__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "dumps", "loads", "locate"]
+__all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "check", "dumps", "loads", "locate", "raw_decode"]
 
 #: Deepest nesting accepted. Our formats nest at most about 6 levels (COCO polygons); 100 leaves
 #: room for user metadata and stays far from the interpreter's recursion limit.
@@ -75,8 +75,10 @@ def locate(root: Any, path: list[Any]) -> str:
     return where + (f" (in the record with id {ident!r})" if ident is not None and path else "")
 
 
-def _check_values(value: Any, source: str) -> None:
-    """Depth, finite numbers and encodable strings, walked without recursion."""
+def check(value: Any, source: str) -> None:
+    """Refuse (ValidationError) what :func:`loads` refuses in an already parsed ``value``:
+    nesting deeper than :data:`MAX_DEPTH`, non-finite numbers, lone surrogates. Walked
+    without recursion."""
     stack: list[tuple[Any, list[Any]]] = [(value, [])]
     while stack:
         node, path = stack.pop()
@@ -95,10 +97,10 @@ def _check_values(value: Any, source: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 if _has_lone_surrogate(k):
-                    raise ValidationError(f"{source}: a key under {locate(value, path) or 'the "
-                                          "top level'} holds a lone UTF-16 surrogate (e.g. "
-                                          "\\ud800), which is not text; fix the key",
-                                          path=source)
+                    under = locate(value, path) or "the top level"
+                    raise ValidationError(f"{source}: a key under {under} holds a lone UTF-16 "
+                                          "surrogate (e.g. \\ud800), which is not text; fix the "
+                                          "key", path=source)
                 stack.append((v, [*path, k]))
         elif isinstance(node, list):
             stack.extend((v, [*path, i]) for i, v in enumerate(node))
@@ -120,10 +122,34 @@ def loads(text: str | bytes, source: str) -> Any:
             raise ValidationError(f"{source} is not UTF-8 text (byte {exc.start}); save it as "
                                   "UTF-8 JSON", path=source) from None
     try:
-        value = json.loads(text, parse_int=_parse_int)
+        start = len(text) - len(text.lstrip(_WS))
+        value, end = raw_decode(text, start, source)
+        if text[end:].strip(_WS):
+            raise json.JSONDecodeError("Extra data", text,
+                                       end + len(text[end:]) - len(text[end:].lstrip(_WS)))
     except json.JSONDecodeError as exc:
         raise ValidationError(f"{source} is not JSON ({exc.msg} at line {exc.lineno} column "
                               f"{exc.colno})", path=source) from None
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int)
+_WS = " \t\n\r"
+
+
+def raw_decode(text: str, index: int, source: str) -> tuple[Any, int]:
+    """One JSON value of ``text`` from ``index`` (as :meth:`json.JSONDecoder.raw_decode`),
+    checked as :func:`loads` checks. For readers that track records themselves (JSON Lines,
+    a list read record by record).
+
+    Raises:
+        json.JSONDecodeError: a syntax error (the caller names the record).
+        ValidationError: every other refusal :func:`loads` makes.
+    """
+    try:
+        value, end = _DECODER.raw_decode(text, index)
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise ValidationError(f"{source}: nested deeper than Python can read (more than "
                               f"{MAX_DEPTH} levels is never one of our formats); check that "
@@ -134,8 +160,8 @@ def loads(text: str | bytes, source: str) -> Any:
                               path=source) from None
     except ValueError as exc:  # anything else the decoder refuses
         raise ValidationError(f"{source} is not JSON ({exc})", path=source) from None
-    _check_values(value, source)
-    return value
+    check(value, source)
+    return value, end
 
 
 def dumps(value: Any, **kwargs: Any) -> str:
