@@ -20,12 +20,18 @@ reference training scripts (``references/detection``) and ``transforms.v2``:
   gives the sample (the labeler's COCO file uses the same ids); ``target["file"]`` the
   :class:`~cogseg_ml.prompts.FileRef`; ``target["num_dropped"]``, ``target["num_missing"]``.
 
-The per-instance fields are :data:`INSTANCE_FIELDS` (plus masks and boxes). torchvision's
-``SanitizeBoundingBoxes()`` filters masks, boxes and labels only: pass
-``SanitizeBoundingBoxes(labels_getter=instance_fields)`` to keep them all aligned. When the
-dataset's own ``transforms`` removed instances from boxes but not from the other fields,
-``area`` and ``iscrowd`` are computed again from what is left, and ``scores`` and
-``instances``, which cannot be, are left out of the target (one warning).
+The per-instance fields are :data:`INSTANCE_FIELDS` (plus masks and boxes). **Through the
+dataset's own** ``transforms`` **they all stay aligned**, whatever removes instances (a crop
+then torchvision's default ``SanitizeBoundingBoxes()``, ``RandomIoUCrop``, a filter of one's
+own), with no special ``labels_getter``: ``target["labels"]`` goes through the transforms
+carrying each instance's index, so it loses exactly the instances the boxes and masks lose,
+and afterwards every other field is gathered by that index (``area`` and ``iscrowd`` are
+computed again from what is left). Transforms see the labels' values only; what comes out is
+plain tensors. Removing instances without filtering the given labels tensor (``labels_getter=
+None``) is a :class:`SampleError`; a transform that replaces the labels with a new tensor
+loses the index, and ``scores`` and ``instances`` that then no longer match are left out (one
+warning), never returned misaligned. Outside the dataset, torchvision's default filters
+``labels`` alone: pass ``SanitizeBoundingBoxes(labels_getter=instance_fields)`` there.
 
 Images and masks come through the read-through :class:`~cogseg_ml.store.SegmentStore`: images
 by file version from the image store (downloaded once), masks from the
@@ -138,8 +144,9 @@ def instance_fields(inputs: Any) -> tuple[torch.Tensor, ...]:
 
     ``SanitizeBoundingBoxes(labels_getter=instance_fields)`` removes the same instances from
     ``labels``, ``scores``, ``area``, ``iscrowd`` and ``instances`` as from ``boxes`` and
-    ``masks`` (the default getter filters ``labels`` alone). Takes what the transform gets: an
-    ``(image, target)`` pair or the target dict.
+    ``masks`` (the default getter filters ``labels`` alone). Needed only for transforms applied
+    outside the dataset: in its ``transforms=`` the default keeps every field aligned too.
+    Takes what the transform gets: an ``(image, target)`` pair or the target dict.
     """
     target = inputs[1] if isinstance(inputs, (tuple, list)) and len(inputs) > 1 else inputs
     if not isinstance(target, Mapping):
@@ -156,7 +163,9 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         client: a :class:`CdfConfig` or a :class:`SegmentationClient` (only its config is kept).
         cache: a :class:`MaskCache`, a path for one, or ``None`` for the default location.
         transforms: ``callable(image, target) -> (image, target)``, e.g. a
-            ``torchvision.transforms.v2.Compose``.
+            ``torchvision.transforms.v2.Compose``. Instances they remove (e.g.
+            ``SanitizeBoundingBoxes()`` after a crop) leave every per-instance field, not
+            only masks, boxes and labels (see the module docstring).
         on_miss: what to do when a sample's masks are not cached: ``"fetch"`` runs the jobs
             now (and caches them), ``"raise"`` raises :class:`CacheMissError` naming the
             sample, ``"skip"`` leaves the missing instances out of the target (counted in
@@ -454,23 +463,41 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             image = tvf.to_dtype(image, self.image_dtype, scale=True)
         if self.transforms is None:
             return image, target
+        before = len(target["labels"])
+        target["labels"] = _TrackedLabels.track(target["labels"])
         image, target = self.transforms(image, target)
-        return image, self._align(index, target)
+        return image, self._align(index, target, before)
 
-    def _align(self, index: int, target: Any) -> Any:
+    def _align(self, index: int, target: Any, before: int) -> Any:
         """Per-instance fields of a transformed target agree with its boxes (or masks).
 
-        ``area`` (at the returned size) and ``iscrowd`` are computed again; labels that no
-        longer match are an error; ``scores`` and ``instances`` that no longer match are left
-        out (one warning), never returned misaligned.
+        ``labels`` went through the transforms carrying each instance's index (see
+        :class:`_TrackedLabels`): whatever removed instances from the boxes removed the same
+        ones from it, so every other per-instance field the transforms left whole
+        (``before`` entries) is gathered by that index. ``area`` (at the returned size) and
+        ``iscrowd`` are computed again; labels that no longer match are an error; ``scores``
+        and ``instances`` that still do not match (a transform that rebuilt the labels) are
+        left out (one warning), never returned misaligned.
         """
         if not isinstance(target, dict):
             return target
+        labels = target.get("labels")
+        kept: torch.Tensor | None = None
+        if isinstance(labels, _TrackedLabels):
+            kept = labels.instance_index
+            target["labels"] = labels.as_subclass(torch.Tensor)
         boxes, masks = target.get("boxes"), target.get("masks")
         lead = boxes if isinstance(boxes, torch.Tensor) else masks
         if not isinstance(lead, torch.Tensor) or lead.ndim < 1:
             return target
         n = int(lead.shape[0])
+        if kept is not None and len(kept) == n and not (
+                n == before and torch.equal(kept, torch.arange(n))):
+            for key in INSTANCE_FIELDS:
+                value = target.get(key)
+                if key != "labels" and isinstance(value, torch.Tensor) and value.ndim >= 1 \
+                        and value.shape[0] == before:
+                    target[key] = value[kept]
         if isinstance(masks, torch.Tensor) and masks.ndim == 3 and masks.shape[0] == n:
             if "area" in target:
                 target["area"] = masks.as_subclass(torch.Tensor).ne(0).flatten(1).sum(1).to(
@@ -485,17 +512,19 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         if unaligned("labels"):
             raise SampleError(
                 f"sample {index}: the transforms left {len(target['labels'])} labels for {n} "
-                "boxes: use transforms.v2.SanitizeBoundingBoxes(labels_getter="
-                "cogseg_ml.dataset.instance_fields) (or its default) to remove instances")
+                "boxes: remove instances with transforms.v2.SanitizeBoundingBoxes() (its "
+                "default labels_getter, or cogseg_ml.dataset.instance_fields), not with "
+                "labels_getter=None")
         lost = [k for k in INSTANCE_FIELDS if unaligned(k)]
         for k in lost:
             del target[k]
         if lost and not self._warned_unaligned:
             self._warned_unaligned = True
-            _log.warning("the transforms removed instances from the boxes but not from %s, "
-                         "which are left out of the targets: use transforms.v2."
-                         "SanitizeBoundingBoxes(labels_getter=cogseg_ml.dataset."
-                         "instance_fields) to keep them aligned", ", ".join(map(repr, lost)))
+            _log.warning("the transforms removed instances from the boxes and replaced the "
+                         "labels, so %s cannot be matched to what is left and are left out of "
+                         "the targets: filter the labels tensor the transforms were given (as "
+                         "transforms.v2.SanitizeBoundingBoxes does) instead of building a new "
+                         "one", ", ".join(map(repr, lost)))
         return target
 
     # --- bulk ------------------------------------------------------------------------------------
@@ -546,6 +575,53 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                         report.jobs_run += 1
         report.failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
         return report
+
+
+# --- instance indices through the user's transforms ------------------------------------------
+
+class _TrackedLabels(torch.Tensor):
+    """The target's ``labels``, remembering each entry's instance index through indexing.
+
+    The dataset hands its transforms the labels as this tensor: its values are the labels
+    (a transform reading them sees nothing else), and indexing it (``labels[valid]``, as
+    ``SanitizeBoundingBoxes`` and most filters do) indexes the instance indices alongside. So
+    after the transforms, :attr:`instance_index` says which instances are left, in order, and
+    every other per-instance field is gathered by it. Any other operation returns a plain
+    tensor, without the index (the dataset then falls back to checking lengths).
+    """
+
+    instance_index: torch.Tensor
+
+    @classmethod
+    def track(cls, labels: torch.Tensor) -> _TrackedLabels:
+        """``labels`` with the instance indices ``0..N-1`` attached."""
+        out = labels.as_subclass(cls)
+        out.instance_index = torch.arange(len(labels))
+        return out
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None) -> Any:
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        this = args[0] if args else None
+        if not isinstance(this, _TrackedLabels) or not isinstance(out, torch.Tensor) \
+                or out.ndim != 1:
+            return out
+        if func is torch.Tensor.__getitem__:
+            index = this.instance_index[args[1]]
+        elif func in _SAME_ENTRIES and out.shape == this.shape:
+            index = this.instance_index
+        else:
+            return out
+        tracked = out.as_subclass(_TrackedLabels)
+        tracked.instance_index = index
+        return tracked
+
+
+#: Operations that keep every entry where it is (copies, moves): the index stays.
+_SAME_ENTRIES = frozenset({torch.Tensor.clone, torch.Tensor.detach, torch.Tensor.to,
+                           torch.Tensor.contiguous, torch.Tensor.cpu, torch.Tensor.__deepcopy__})
 
 
 # --- boxes and areas of masks at the returned size ---------------------------------------------

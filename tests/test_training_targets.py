@@ -247,7 +247,7 @@ def test_crop_that_drops_instances_keeps_every_field_aligned(tiny, tmp_path: Pat
     assert check_aligned(out) == 1 and out["instances"].tolist() == [1]
 
 
-def test_default_sanitize_in_the_dataset_never_returns_misaligned_fields(
+def test_default_sanitize_in_the_dataset_keeps_every_field_aligned(
         tiny, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     emu, images = tiny
     ds = CdfSegmentationDataset(
@@ -258,9 +258,13 @@ def test_default_sanitize_in_the_dataset_never_returns_misaligned_fields(
         ds[0]
     assert check_aligned(t) == 1
     assert t["area"].shape == (1,) and t["iscrowd"].tolist() == [0]  # computed again
-    assert "scores" not in t and "instances" not in t  # cannot be: left out, never misaligned
-    warned = [r.getMessage() for r in caplog.records if r.name == "cogseg_ml.dataset"]
-    assert len(warned) == 1 and "instance_fields" in warned[0]
+    # Kept aligned without a special labels_getter: the centre instance's own values.
+    assert t["instances"].tolist() == [1] and t["scores"].shape == (1,)
+    _, plain = CdfSegmentationDataset(samples_for([images[-1]]), client=emu.config,
+                                      cache=tmp_path / "c")[0]
+    assert torch.equal(t["scores"], plain["scores"][1:2])
+    assert t["labels"].tolist() == [ds.category_table.id_of("ellipse")]
+    assert not [r for r in caplog.records if r.name == "cogseg_ml.dataset"]  # nothing to warn
 
     no_sanitize = CdfSegmentationDataset(
         samples_for([images[-1]]), client=emu.config, cache=tmp_path / "c",
@@ -313,7 +317,8 @@ def test_reference_style_presets_give_usable_targets(tiny, tmp_path: Path,
         for i in range(len(ds)):
             image, t = ds[i]
             assert image.dtype == torch.float32 and type(image) is torch.Tensor
-            n = check_aligned(t)  # labels, area, iscrowd always; scores only when aligned
+            n = check_aligned(t)
+            assert all(key in t for key in FIELDS)  # every field, always aligned
             assert t["labels"].shape == (n,) and t["area"].shape == (n,)
             assert type(t["image_id"]) is int and t["image_id"] == ds.image_id(i)
 
