@@ -532,7 +532,12 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                  tqdm_class: Any = None) -> PrefetchReport:
         """Fill the image store and the mask cache for every sample.
 
-        File versions are resolved 1000 files per call, images downloaded by
+        An explicit refresh: CDF is asked for every file's current version (1000 files per
+        call), even those this dataset, or another in this process, resolved moments ago, so a
+        file replaced in CDF is downloaded again and the dataset (and its DataLoader workers,
+        which get these versions) serves the new content from then on. Implicit lookups
+        (``dataset[i]`` before any prefetch) reuse a version resolved in this process less than
+        60 s ago instead (:data:`cogseg_ml.store.VERSION_TTL_S`). Images are downloaded by
         ``download_workers`` threads; missing masks come from the backend (the API:
         ``segment_many`` with its jobs in flight). Failures are recorded in the report, never
         raised.
@@ -545,7 +550,13 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                           tqdm_class=tqdm_class) as bar:
             for start in range(0, len(self.samples), RESOLVE_BLOCK):
                 block = self.samples[start:start + RESOLVE_BLOCK]
-                records.extend(self.store.records([s.file for s in block]))
+                got = self.store.records([s.file for s in block], fresh=True)
+                for i, rec in enumerate(got, start):
+                    if isinstance(rec, ImageRecord):
+                        self._remember_size(i, rec)
+                    else:
+                        self._sizes.pop(i, None)
+                records.extend(got)
                 bar.update(len(block))
         report.images_downloaded = self.store.downloads - before
 

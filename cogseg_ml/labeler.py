@@ -235,6 +235,10 @@ class SegmentationLabeler:
         call, downloads on one shared thread pool), and its jobs join one stream that keeps
         ``concurrency`` jobs in flight across chunk boundaries. The manifest is written in
         input order as chunks finish.
+
+        Every call asks CDF for the files' current versions (never a version resolved earlier
+        in this process), so a file replaced in CDF moments ago is downloaded and segmented
+        as it is now.
         """
         t0 = time.perf_counter()
         rep = self.report = LabelingReport(shard=self.shard)
@@ -298,7 +302,7 @@ class SegmentationLabeler:
             chunk = [s for _, s in zip(range(self.chunk_size), samples, strict=False)]
             if not chunk:
                 break
-            recs = self.store.records([s.file for s, _ in chunk])
+            recs = self.store.records([s.file for s, _ in chunk], fresh=True)
             todo: list[tuple[ImageRecord, Prompt, tuple[int, int, int]]] = []
             cached = 0
             for j, ((s, _), rec) in enumerate(zip(chunk, recs, strict=True)):

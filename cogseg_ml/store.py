@@ -3,11 +3,17 @@
 :class:`SegmentStore` answers three questions, each from the cache first:
 
 * **which version of a file** (:meth:`~SegmentStore.resolve`): CDF's ``files/byids``, one call
-  per 1000 files, remembered for the store's life (and pickled into DataLoader workers). The
-  version is the file's ``uploadedTime`` and ``lastUpdatedTime``, so replaced content (an
-  upload with overwrite) is a new version; a metadata-only edit costs one re-download, never a
-  stale image. When CDF cannot be reached, the newest stored version of each file is used (one
-  WARNING), so training on prefetched data works offline.
+  per 1000 files. The version is the file's ``uploadedTime`` and ``lastUpdatedTime``, so
+  replaced content (an upload with overwrite) is a new version; a metadata-only edit costs one
+  re-download, never a stale image. **Freshness rule:** an explicit refresh
+  (``resolve(..., fresh=True)``, which the dataset's ``prefetch()`` and the labeler's
+  ``label()`` use) always asks CDF, so content replaced a moment ago is seen. Implicit lookups
+  (``dataset[i]``, ``get_height_and_width``, :meth:`~SegmentStore.image`) reuse the version
+  this store resolved last (for its whole life: a dataset and its DataLoader workers, which
+  get it pickled, serve one version per file), else one any store of this process resolved
+  less than ``VERSION_TTL_S`` (60 s) ago, else ask CDF. When CDF cannot be reached, the
+  newest stored version of each file is used (one WARNING), so training on prefetched data
+  works offline.
 * **which bytes** (:meth:`~SegmentStore.image`): the image store by file version, else a
   download; images are identified by their SHA-256 from then on.
 * **which masks** (:meth:`~SegmentStore.lookup`, :meth:`~SegmentStore.segment`): cached results
@@ -56,7 +62,9 @@ _log = logging.getLogger("cogseg_ml.store")
 BYIDS_CHUNK = 1000
 PUT_BATCH = 64  # answers per cache transaction at most...
 FLUSH_INTERVAL_S = 0.5  # ...and none waits longer than this to be stored
-VERSION_TTL_S = 60.0  # versions resolved in this process are trusted this long
+#: Implicit lookups reuse a version any store of this process resolved less than this long
+#: ago (seconds, on :attr:`SegmentStore.clock`); explicit refreshes never do.
+VERSION_TTL_S = 60.0
 _RESOLVED: dict[tuple[str, str, FileRef], tuple[float, FileInfo]] = {}
 _RESOLVED_LOCK = threading.Lock()
 OUTAGE_MEMORY_S = 60.0  # after CDF failed to answer, use stored versions this long
@@ -117,7 +125,12 @@ class SegmentStore:
         cache: the mask cache (the image store lives beside it).
         backend: where missing masks come from.
         max_pixels: refuse larger images before decoding them.
-        download_workers: threads that download images in :meth:`images`.
+        download_workers: threads that download images in :meth:`records`.
+
+    Attributes:
+        clock: the monotonic clock (seconds) that ages the process-wide version memo and the
+            memory of an outage; ``time.monotonic`` unless replaced (tests move it forward
+            instead of waiting). Not pickled: workers use ``time.monotonic``.
 
     Pickles without live connections or threads; what it resolved (file versions) travels.
     """
@@ -141,15 +154,18 @@ class SegmentStore:
         self._flush_lock = threading.Lock()
         self._unsaved: list[tuple[CacheKey, CachedResult]] = []
         self.downloads = 0  # images this store downloaded (in this process)
+        self.clock: Callable[[], float] = time.monotonic
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_client=None, _pool=None, _keys={}, _lock=None, _flush_lock=None,
                      _unsaved=[], _outage=None)
+        state.pop("clock", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.clock = time.monotonic
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
@@ -170,27 +186,36 @@ class SegmentStore:
             client.close()
 
     # --- files ---------------------------------------------------------------------------------
-    def resolve(self, refs: Iterable[FileRef]) -> dict[FileRef, FileInfo | CogsegError]:
+    def resolve(self, refs: Iterable[FileRef], *, fresh: bool = False
+                ) -> dict[FileRef, FileInfo | CogsegError]:
         """Version and name of each file (or why it cannot be used), one call per 1000.
 
         A file CDF does not know is a :class:`NotFoundError`; one the API cannot segment keeps
         the reason in ``unsegmentable`` (its image can still be read; its jobs fail with it).
-        Versions resolved by any store of this process less than ``VERSION_TTL_S`` ago are
-        reused without asking again. When CDF cannot be reached, files with a stored version
-        use it; the others carry the :class:`ApiUnavailableError`.
+
+        With ``fresh=True`` (an explicit refresh: the dataset's ``prefetch()``, the labeler's
+        ``label()``) CDF is asked about every file, so content replaced moments ago is seen.
+        Otherwise (an implicit lookup) a version this store already knows is used, else one
+        any store of this process resolved less than ``VERSION_TTL_S`` ago (on
+        :attr:`clock`), else CDF is asked. When CDF cannot be reached (or failed to answer
+        less than ``OUTAGE_MEMORY_S`` ago), files with a stored version use it; the others
+        carry the :class:`ApiUnavailableError`.
         """
         wanted = list(dict.fromkeys(refs))
-        self._recently_resolved([r for r in wanted if r not in self._info])
-        todo = [r for r in wanted if r not in self._info]
+        if fresh:
+            todo = wanted
+        else:
+            self._recently_resolved([r for r in wanted if r not in self._info])
+            todo = [r for r in wanted if r not in self._info]
         for i in range(0, len(todo), BYIDS_CHUNK):
             chunk = todo[i:i + BYIDS_CHUNK]
-            if self._outage is not None and time.monotonic() < self._outage[0]:
+            if self._outage is not None and self.clock() < self._outage[0]:
                 self._offline(chunk, self._outage[1])  # seen down moments ago: do not wait again
                 continue
             try:
                 metas = self.client.metadata_map(chunk)
             except ApiUnavailableError as exc:
-                self._outage = (time.monotonic() + OUTAGE_MEMORY_S, exc)
+                self._outage = (self.clock() + OUTAGE_MEMORY_S, exc)
                 self._offline(chunk, exc)
                 continue
             self._outage = None
@@ -208,12 +233,12 @@ class SegmentStore:
                     why = err
                 self._info[ref] = info = FileInfo(file_version(meta), meta.name, unsegmentable=why)
                 with _RESOLVED_LOCK:
-                    _RESOLVED[(self.origin, self.config.project, ref)] = (time.monotonic(), info)
+                    _RESOLVED[(self.origin, self.config.project, ref)] = (self.clock(), info)
         return {r: self._info[r] for r in wanted}
 
     def _recently_resolved(self, refs: Sequence[FileRef]) -> None:
         """Versions another store of this process resolved less than VERSION_TTL_S ago."""
-        now = time.monotonic()
+        now = self.clock()
         with _RESOLVED_LOCK:
             for ref in refs:
                 hit = _RESOLVED.get((self.origin, self.config.project, ref))
@@ -275,15 +300,19 @@ class SegmentStore:
         h, w = image_size(data, ref, self.max_pixels)
         return data, ImageRecord(ref, key, digest, h, w, info.name)
 
-    def records(self, refs: Sequence[FileRef]) -> list[ImageRecord | CogsegError]:
+    def records(self, refs: Sequence[FileRef], *, fresh: bool = False
+                ) -> list[ImageRecord | CogsegError]:
         """:meth:`image` for many files at once (one metadata call per 1000, downloads on
         ``download_workers`` threads shared by all calls); records in input order.
+
+        ``fresh=True`` asks CDF for every file's version first (see :meth:`resolve`), so a
+        file replaced moments ago is downloaded again; otherwise known versions are used.
 
         Raises:
             CacheError: the image store cannot be written (e.g. the disk is full): no file
                 could be stored, so this is not one file's failure.
         """
-        self.resolve(refs)
+        self.resolve(refs, fresh=fresh)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.download_workers,
                                             thread_name_prefix="cogseg-download")
