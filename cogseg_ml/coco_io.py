@@ -27,9 +27,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.mask_codec import Rle, area, bbox_of, decode, mask_to_rings, polygons_to_rle
+from cogseg_ml.mask_codec import (
+    Rle,
+    area,
+    bbox_of,
+    decode,
+    mask_to_rings,
+    polygons_to_rle,
+    run_lengths,
+)
 from cogseg_ml.prompts import FileRef
 from cogseg_ml.version import __version__
 
@@ -89,9 +98,9 @@ class CocoWriter:
         self._tmp = Path(name)
         self._out = os.fdopen(fd, "w", encoding="utf-8")
         self._anns = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.path.parent)
-        self._out.write('{"info":' + json.dumps({"description": description,
+        self._out.write('{"info":' + strict_json.dumps({"description": description,
                                                   "version": __version__}))
-        self._out.write(',"categories":' + json.dumps(categories))
+        self._out.write(',"categories":' + strict_json.dumps(categories))
         self._out.write(',"images":[')
 
     def __enter__(self) -> CocoWriter:
@@ -135,7 +144,7 @@ class CocoWriter:
         self._image_ids[key] = image_id
         self._taken.add(image_id)
         self._top_id = max(self._top_id, image_id)
-        self._out.write(("" if first else ",") + json.dumps(
+        self._out.write(("" if first else ",") + strict_json.dumps(
             {"id": image_id, "file_name": file_name, "height": height, "width": width,
              **extra}))
         return image_id
@@ -169,7 +178,7 @@ class CocoWriter:
         self._ann_ids.add(ann_id)
         self._top_ann_id = max(self._top_ann_id, ann_id)
         self.annotations += 1
-        self._anns.write(("," if self.annotations > 1 else "") + json.dumps({
+        self._anns.write(("," if self.annotations > 1 else "") + strict_json.dumps({
             "id": ann_id, "image_id": image_id, "category_id": category_id,
             "segmentation": geom, "area": a, "bbox": [float(v) for v in bbox_of([rle])[0]],
             "iscrowd": 0, "score": float(score), **extra}))
@@ -270,9 +279,10 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
             return "its RLE has no [height, width] size"
         if list(size) != [height, width]:
             return f"its RLE is {size[0]}x{size[1]} but its image is {height}x{width}"
-        if not isinstance(seg.get("counts"), str | list):
+        counts = seg.get("counts")
+        if not isinstance(counts, str | list):
             return "its RLE has no counts"
-        return None
+        return _check_runs(counts, height, width)
     if isinstance(seg, list) and seg:
         for poly in seg:
             if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
@@ -280,6 +290,27 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
                 return "its polygon is not a flat list of at least three x, y pairs"
         return None
     return "its segmentation is neither an RLE object nor a list of polygons"
+
+
+def _check_runs(counts: str | list[Any], height: int, width: int) -> str | None:
+    """Why RLE ``counts`` do not cover a ``height`` x ``width`` mask exactly, or ``None``
+    (a decoder fed such counts would write outside the mask)."""
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts):
+            return "its RLE counts are not whole numbers >= 0"
+        total = sum(counts)
+    else:
+        try:
+            runs = run_lengths(counts)
+        except (ValidationError, UnicodeEncodeError):
+            return "its RLE counts are corrupt (not COCO's compressed alphabet)"
+        if runs.size and int(runs.min()) < 0:
+            return "its RLE counts are corrupt (a negative run)"
+        total = int(runs.sum())
+    if total != height * width:
+        return (f"its RLE counts are corrupt: the runs add up to {total} pixels, not "
+                f"{height}x{width} = {height * width}")
+    return None
 
 
 def read_labels(path: str | Path) -> dict[str, Any]:
@@ -309,10 +340,10 @@ def read_labels(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ValidationError(f"{p} cannot be read ({exc.strerror or exc})") from None
     try:
-        coco = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"{p} is not JSON ({exc}); give the COCO file `cogseg label` "
-                              "wrote") from None
+        coco = strict_json.loads(raw, str(p))
+    except ValidationError as exc:
+        raise ValidationError(f"{exc}; give the COCO file `cogseg label` wrote",
+                              path=str(p)) from None
     not_ours = (f"{p} is not a cogseg_ml labels file: {{why}}; export and review read the COCO "
                 "files `cogseg label` writes (label the images with it first)")
     if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in

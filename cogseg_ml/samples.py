@@ -12,20 +12,22 @@ import logging
 import math
 import numbers
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import PromptValidationError, ValidationError
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt, box_corners
 
 if TYPE_CHECKING:
     from cogseg_ml.api.client import SegmentationClient
 
-__all__ = ["UNLABELLED", "BadPromptPolicy", "Category", "CategoryTable", "Instance",
-           "PromptRecords", "Sample", "image_ids", "load_records", "samples_from_annotations",
-           "samples_from_coco", "samples_from_records"]
+__all__ = ["UNLABELLED", "AnnotationSamples", "BadPromptPolicy", "Category", "CategoryTable",
+           "CocoSamples", "Instance", "PromptRecords", "Sample", "image_ids", "load_records",
+           "samples_from_annotations", "samples_from_coco", "samples_from_records"]
 
 UNLABELLED = "object"
 """The class of instances given without a category (a real foreground class, never 0)."""
@@ -225,6 +227,45 @@ class PromptRecords(list[dict[str, Any]]):
         self.locations = list(locations)
 
 
+class CocoSamples(list[Sample]):
+    """The samples of a COCO file (:func:`samples_from_coco`) with every category the file
+    lists, used by an annotation or not, in file order.
+
+    Pass ``categories=samples.categories`` to :class:`~cogseg_ml.labeler.SegmentationLabeler`
+    so the labels file (and every export of it) keeps the input's class numbering: a train and
+    a val split of one source then agree on every class id, whichever classes each uses.
+    """
+
+    def __init__(self, samples: Iterable[Sample], *, categories: Sequence[Category]) -> None:
+        super().__init__(samples)
+        self.categories = list(categories)
+
+
+class AnnotationSamples(list[Sample]):
+    """The samples of :func:`samples_from_annotations`, with what was read and skipped.
+
+    Attributes:
+        read: the annotations CDF returned (of the type and status asked for).
+        skipped: annotations that gave no prompt, counted by reason.
+        status: the status asked for (``None``: any).
+    """
+
+    def __init__(self, samples: Iterable[Sample], *, read: int, skipped: Counter[str],
+                 status: str | None) -> None:
+        super().__init__(samples)
+        self.read = read
+        self.skipped = skipped
+        self.status = status
+
+    def summary(self) -> str:
+        """One line: annotations read, prompts made, skipped by reason."""
+        which = f"{self.status} " if self.status else ""
+        prompts = sum(len(s.instances) for s in self)
+        skips = ", ".join(f"{n} with {why}" for why, n in self.skipped.most_common())
+        return (f"{self.read} {which}ObjectDetection annotations read: {prompts} box prompts"
+                f" on {len(self)} files" + (f"; skipped {skips}" if skips else ""))
+
+
 class _Triage:
     """Collects the bad prompts of one input and applies the ``on_bad_prompt`` policy."""
 
@@ -296,7 +337,6 @@ def _not_json(path: Path, exc: json.JSONDecodeError, where: str = "") -> Validat
 
 def _json_list(path: Path, text: str) -> tuple[list[Any], list[str]]:
     """The items of a JSON list with the 1-based record number and line of each."""
-    decoder = json.JSONDecoder()
     items: list[Any] = []
     locations: list[str] = []
     i = _WS.match(text, 0).end() + 1  # type: ignore[union-attr]  # past the "["
@@ -307,7 +347,7 @@ def _json_list(path: Path, text: str) -> tuple[list[Any], list[str]]:
     else:
         while True:
             try:
-                item, end = decoder.raw_decode(text, i)
+                item, end = strict_json.raw_decode(text, i, str(path))
             except json.JSONDecodeError as exc:
                 raise _not_json(path, exc) from None
             line += text.count("\n", counted, i)
@@ -334,8 +374,8 @@ def _json_list(path: Path, text: str) -> tuple[list[Any], list[str]]:
 def _one_document_hint(text: str) -> str:
     """Why a file whose first line is not a record might still be JSON."""
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
+        whole = strict_json.loads(text, "the file")
+    except ValidationError:
         return ""
     if isinstance(whole, Mapping) and "images" in whole and "annotations" in whole:
         return ("; the file is one JSON object that looks like a COCO file: read it with "
@@ -352,7 +392,11 @@ def _json_lines(path: Path, text: str) -> tuple[list[Any], list[str]]:
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
+            item, end = strict_json.raw_decode(line, len(line) - len(line.lstrip()),
+                                               f"{path} line {n}")
+            if line[end:].strip():
+                raise json.JSONDecodeError("Extra data", line, end)
+            items.append(item)
         except json.JSONDecodeError as exc:
             hint = _one_document_hint(text) if not items else ""
             raise ValidationError(f"{path} line {n}: not JSON ({exc.msg}, column {exc.colno})"
@@ -449,7 +493,10 @@ def samples_from_records(records: Iterable[Mapping[str, Any]], *,
         where = locations[i] if locations is not None and i < len(locations) else f"record {i}"
         here = f"{src} {where}" if src else where
         if not isinstance(rec, Mapping) or "file" not in rec:
-            raise ValidationError(f"{here}: needs a 'file' (id, external id or mapping)")
+            coco = isinstance(rec, Mapping) and "images" in rec and "annotations" in rec
+            raise ValidationError(f"{here}: needs a 'file' (id, external id or mapping)" + (
+                "; this looks like a COCO file: read its boxes with samples_from_coco (CLI: "
+                "--coco-boxes instead of --prompts)" if coco else ""))
         try:
             ref = FileRef.parse(rec["file"])
         except ValidationError as exc:
@@ -537,6 +584,15 @@ def _coco_categories(data: Mapping[str, Any], src: str) -> dict[int, str]:
         if not isinstance(c["name"], str) or not c["name"]:
             raise ValidationError(f"{src}: categories[{k}] has name {c['name']!r}: names are "
                                   "non-empty strings")
+        if c["id"] in cats:
+            raise ValidationError(f"{src}: categories[{k}] has id {c['id']}, which "
+                                  f"{cats[c['id']]!r} has already: each category needs its own "
+                                  "id; fix the categories list")
+        if c["name"] in cats.values():
+            first = next(i for i, n in cats.items() if n == c["name"])
+            raise ValidationError(f"{src}: categories[{k}] is named {c['name']!r} like "
+                                  f"category {first}: each category needs its own name; merge "
+                                  "them or rename one")
         cats[c["id"]] = c["name"]
     return cats
 
@@ -595,7 +651,7 @@ def _coco_file(img: Mapping[str, Any], iid: int, file_key: str, src: str) -> Fil
 
 
 def samples_from_coco(path: str | Path, *, file_key: str = "file_name",
-                      on_bad_prompt: BadPromptPolicy = "fail") -> list[Sample]:
+                      on_bad_prompt: BadPromptPolicy = "fail") -> CocoSamples:
     """Samples from a COCO detection file: each box becomes a box prompt.
 
     Args:
@@ -625,7 +681,9 @@ def samples_from_coco(path: str | Path, *, file_key: str = "file_name",
     triage = _Triage(on_bad_prompt, src)
     text = _read_text(p)
     try:
-        data = json.loads(text)
+        data, end = strict_json.raw_decode(text, len(text) - len(text.lstrip()), src)
+        if text[end:].strip():
+            raise json.JSONDecodeError("Extra data", text, end)
     except json.JSONDecodeError as exc:
         err = _not_json(p, exc)
         if exc.msg == "Extra data":
@@ -667,7 +725,7 @@ def samples_from_coco(path: str | Path, *, file_key: str = "file_name",
         img, width, height = images[iid]
         out.append(Sample(_coco_file(img, iid, file_key, src), tuple(insts),
                           meta={"coco_image_id": iid, "width": width, "height": height}))
-    return out
+    return CocoSamples(out, categories=[Category(i, n) for i, n in cats.items()])
 
 
 def _json_kind(value: object) -> str:
@@ -697,7 +755,7 @@ def _internal_ids(file_ids: object) -> list[int]:
 def samples_from_annotations(client: SegmentationClient, file_ids: Iterable[int], *,
                              status: str | None = "approved",
                              creating_app: str | None = None,
-                             on_bad_prompt: BadPromptPolicy = "fail") -> list[Sample]:
+                             on_bad_prompt: BadPromptPolicy = "fail") -> AnnotationSamples:
     """Samples from CDF ``images.ObjectDetection`` annotations that carry a bounding box.
 
     Each annotation's box becomes a box prompt and its label the category; annotations with a
@@ -719,22 +777,29 @@ def samples_from_annotations(client: SegmentationClient, file_ids: Iterable[int]
     ids = _internal_ids(file_ids)
     triage = _Triage(on_bad_prompt, "annotations/list")
     per_file: dict[int, list[Instance]] = {}
+    skipped: Counter[str] = Counter()
+    read = 0
     for ann in client.list_annotations(ids, annotation_type="images.ObjectDetection",
                                        status=status, creating_app=creating_app):
+        read += 1
         bb = ann.data.get("boundingBox")
         if not isinstance(bb, Mapping):
+            skipped["no bounding box (a polygon or polyline)"] += 1
             continue
         try:
             box, clipped = _unit_box(bb, triage)
         except PromptValidationError as exc:
             triage.reject(f"annotation {ann.id} on file {ann.annotated_resource_id}", exc)
+            skipped["a box that cannot be used"] += 1
             continue
         triage.clipped += clipped
         label = ann.data.get("label")
         per_file.setdefault(ann.annotated_resource_id, []).append(
             Instance(Prompt(box=box), None if label is None else str(label)))
     triage.finish()
-    return [Sample(FileRef(id=fid), tuple(insts)) for fid, insts in per_file.items()]
+    return AnnotationSamples([Sample(FileRef(id=fid), tuple(insts))
+                              for fid, insts in per_file.items()],
+                             read=read, skipped=skipped, status=status)
 
 
 def point_instance(x: float, y: float, category: str | None = None) -> Instance:

@@ -54,7 +54,8 @@ def _offences(sources: tuple[str, ...], allowed: tuple[str, ...]) -> list[str]:
     return bad
 
 
-FLOOR_1 = ("cogseg_ml.errors", "cogseg_ml.version", "cogseg_ml.progress")
+FLOOR_1 = ("cogseg_ml.errors", "cogseg_ml.version", "cogseg_ml.progress",
+           "cogseg_ml.strict_json")
 FLOOR_2 = FLOOR_1 + ("cogseg_ml.prompts", "cogseg_ml.config", "cogseg_ml.mask_codec")
 PRODUCTS = ("cogseg_ml.dataset", "cogseg_ml.labeler", "cogseg_ml.ray")
 

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "MergeReport",
-           "cache_file", "default_cache_dir"]
+           "cache_file", "check_cache_file", "default_cache_dir"]
 
 SCHEMA_VERSION = 1
 JOURNAL_SIZE_LIMIT = 64 * 1024**2
@@ -115,6 +115,44 @@ def cache_file(path: str | Path | None = None) -> Path:
     ``.sqlite3`` or ``.db``, else ``masks.sqlite`` inside it (default: the user cache dir)."""
     p = Path(path) if path is not None else default_cache_dir()
     return p if p.suffix in (".sqlite", ".db", ".sqlite3") else p / "masks.sqlite"
+
+
+def check_cache_file(path: str | Path | None, *, role: str = "cache") -> Path:
+    """The SQLite file of an existing, sound cogseg mask cache at ``path``, checked without
+    writing anything to it: it exists, is SQLite, has our schema version and passes SQLite's
+    ``PRAGMA quick_check``. Used before a merge touches anything.
+
+    Raises:
+        CacheError: naming ``role`` (e.g. "source") and what is wrong, and what to do.
+    """
+    db = cache_file(path)
+    shown = f"{path}" + (f" ({db})" if path is not None and db != Path(path) else "")
+    if not db.is_file():
+        raise CacheError(f"{role} {shown}: there is no mask cache there; check the path",
+                         path=str(db))
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise CacheError(f"{role} {shown} cannot be opened ({exc})", path=str(db)) from None
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            found = "no schema version" if row is None else f"schema version {row[0]}"
+            raise CacheError(f"{role} {shown} is not a cogseg mask cache this version reads "
+                             f"({found}, expected {SCHEMA_VERSION})", path=str(db))
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise CacheError(f"{role} {shown} is damaged (SQLite: {problems[0]}); move it "
+                             "away, or label its shard again", path=str(db))
+    except sqlite3.DatabaseError as exc:
+        if _is_busy(exc):
+            raise CacheError(f"{role} {shown} is locked by another process; run again when "
+                             "it is done", path=str(db)) from None
+        raise CacheError(f"{role} {shown} is not a cogseg mask cache ({exc})",
+                         path=str(db)) from None
+    finally:
+        conn.close()
+    return db
 
 
 @dataclass(frozen=True)

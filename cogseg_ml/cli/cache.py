@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, output_file
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.cli.common import EXIT_OK, count, guard_outputs, output_file
+from cogseg_ml.errors import CacheError, ValidationError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,17 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "merge":
         if not args.sources:
             raise ValidationError("cogseg cache merge needs one or more source caches")
-        target = cache_file(args.path)
-        for src in args.sources:  # every source exists before the target is touched
-            found = cache_file(src)
-            if not found.is_file():
-                where = f" ({found})" if found != Path(src) else ""
-                raise ValidationError(f"cache merge: there is no mask cache at {src}{where}; "
-                                      "check the path (nothing was merged or created)")
-            if found.resolve() == target.resolve() or (
-                    target.exists() and os.path.samefile(found, target)):
-                raise ValidationError(f"cache merge: {src} is the target cache itself; give "
-                                      "other caches (e.g. the shards') as sources")
+        _check_merge(args.path, args.sources)
         cache = MaskCache(args.path)
         ours = DetectionCache(detections_file(cache.path))  # opened on first use only
         entries = images = detections = 0
@@ -66,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.out:
             raise ValidationError("cogseg cache export needs --out FILE")
         out = output_file(args.out, "--out")
+        guard_outputs([("--out", out)], cache=args.path)
         n = export_cache(cache, out)
         print(f"wrote {n} annotations to {out}")
     elif args.action == "clear":
@@ -87,6 +78,48 @@ def run(args: argparse.Namespace) -> int:
 
 
 
+def _check_merge(path: str | None, sources: list[str]) -> None:
+    """Every source (and an existing target) is a sound cogseg cache, and none is the target,
+    before anything is merged or created: a refusal leaves the target as it was (or absent)."""
+    try:
+        _check_merge_inputs(path, sources)
+    except CacheError as exc:
+        raise CacheError(f"{exc} (nothing was merged or created)") from None
+
+
+def _check_merge_inputs(path: str | None, sources: list[str]) -> None:
+    from cogseg_ml.cache.mask_cache import cache_file, check_cache_file
+    from cogseg_ml.detect.detection_cache import detections_file
+
+    target = cache_file(path)
+    for src in sources:
+        found = check_cache_file(src, role="cache merge: source")
+        if found.resolve() == target.resolve() or (
+                target.exists() and os.path.samefile(found, target)):
+            raise ValidationError(f"cache merge: {src} is the target cache itself; give "
+                                  "other caches (e.g. the shards') as sources")
+        dets = detections_file(found)
+        if dets.is_file():
+            _check_sqlite(dets, f"cache merge: the text detections of source {src}")
+    if target.exists():
+        check_cache_file(path, role="cache merge: target")
+
+
+def _check_sqlite(path: Path, role: str) -> None:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        try:
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        problems = [str(exc)]
+    if problems != ["ok"]:
+        raise CacheError(f"{role} ({path}) is damaged (SQLite: {problems[0]}); move it away")
+
+
 def register(sub: Any) -> None:
     """Add ``cache`` to the subcommands ``sub``."""
     c = sub.add_parser("cache", help="inspect and maintain the mask cache",
@@ -102,7 +135,8 @@ def register(sub: Any) -> None:
     c.add_argument("--path", default=None,
                    help="cache file or folder (default: the user cache directory)")
     c.add_argument("--out", help="for export: the COCO JSON file to write")
-    c.add_argument("--limit", type=int, default=50, help="for ls: at most this many rows")
+    c.add_argument("--limit", type=count, default=50,
+                   help="for ls: at most this many rows (0: all)")
     c.add_argument("--images", action="store_true",
                    help="for clear: also remove the stored images (they are downloaded again "
                         "when needed)")

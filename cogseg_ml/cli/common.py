@@ -10,8 +10,9 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cogseg_ml.errors import ValidationError
 
@@ -69,7 +70,10 @@ def input_folder(path: str, flag: str) -> Path:
 
 def output_file(path: str, flag: str) -> Path:
     """A file to write later: its folder exists and takes a new file now (tried, then removed),
-    so a run never does all its work to fail at the end."""
+    so a run never does all its work to fail at the end. An empty path is refused (it would
+    name the current folder)."""
+    if not str(path).strip():
+        raise ValidationError(f"{flag} is empty; give a file name, e.g. {flag} labels.json")
     p = Path(path)
     if p.is_dir():
         raise ValidationError(f"{flag} {path} is a folder; give a file name, e.g. "
@@ -88,6 +92,90 @@ def output_file(path: str, flag: str) -> Path:
         raise ValidationError(f"{flag} {path}: cannot write in {folder} "
                               f"({exc.strerror or exc}); choose a writable location") from None
     return p
+
+
+def _real(path: str | Path) -> Path:
+    """``path`` with every symbolic link resolved (also for a path that does not exist yet)."""
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file: the same resolved path, or (hard links) the same inode."""
+    if _real(a) == _real(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return _real(folder) in _real(path).parents
+
+
+def cache_paths(cache: str | Path | None) -> tuple[list[Path], list[Path]]:
+    """``(files, folders)`` a mask cache at ``cache`` (``None``: the user cache) owns: its
+    SQLite file with SQLite's side files, its text-detection file, its image store, and the
+    folder itself when ``cache`` names a folder."""
+    from cogseg_ml.cache.mask_cache import cache_file
+    from cogseg_ml.detect.detection_cache import detections_file
+
+    db = cache_file(cache)
+    files: list[Path] = []
+    for base in (db, detections_file(db)):
+        files += [base, *(base.with_name(base.name + s) for s in ("-wal", "-shm", "-journal"))]
+    folders = [db.parent / "images"]
+    if cache is None or db != Path(cache):  # a folder was named: all of it is the cache's
+        folders.append(db.parent)
+    return files, folders
+
+
+def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
+                  inputs: Sequence[tuple[str, str | Path | None]] = (), *,
+                  cache: str | Path | Literal[False] | None = False,
+                  folders: Sequence[str] = ()) -> None:
+    """Refuse, before any work, a run that would write over its own inputs or its cache.
+
+    The one check every writing command makes. ``outputs`` and ``inputs`` are ``(flag, path)``
+    pairs (an input may be a file or a folder, e.g. a model; ``None`` is skipped); ``cache`` is
+    the run's mask cache path (``None``: the user cache; ``False``: the run uses none);
+    ``folders`` names the output flags that are folders. Paths are compared with symbolic
+    links resolved and hard links recognised. Refused: an output that is an input, lies inside
+    an input folder or the cache's folders, or is one of the cache's files; an output folder
+    that holds an input or the cache; two outputs that are one file.
+
+    Raises:
+        ValidationError: one line naming both paths; nothing was written.
+    """
+    given = [(f, Path(p)) for f, p in inputs if p is not None and str(p) != ""]
+    for i, (flag, out) in enumerate(outputs):
+        out = Path(out)
+        is_folder = flag in folders
+        for other_flag, other in outputs[:i]:
+            if _same(out, Path(other)):
+                raise ValidationError(f"{flag} {out} and {other_flag} {other} are the same "
+                                      "file; give each its own path")
+        for in_flag, src in given:
+            if _same(out, src) or (src.is_dir() and _inside(out, src)):
+                what = "is" if _same(out, src) else "lies inside"
+                raise ValidationError(f"{flag} {out} {what} the run's input {in_flag} {src}: "
+                                      "writing there would destroy it; choose another path "
+                                      "(nothing was written)")
+            if is_folder and _inside(src, out):
+                raise ValidationError(f"{flag} {out} holds the run's input {in_flag} {src}, "
+                                      "which writing the folder would destroy; choose another "
+                                      "folder (nothing was written)")
+        if cache is False:
+            continue
+        files, cache_folders = cache_paths(cache)
+        hit = next((f for f in files if _same(out, f)), None) or \
+            next((d for d in cache_folders if _same(out, d) or _inside(out, d)), None)
+        if hit is None and is_folder:
+            hit = next((f for f in files[:1] if _inside(f, out)), None)
+        if hit is not None:
+            raise ValidationError(f"{flag} {out} is part of the mask cache ({hit}): writing "
+                                  "there would damage the cache; choose a path outside it "
+                                  "(nothing was written)")
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -136,6 +224,33 @@ def files_filter(text: str) -> dict[str, Any]:
         raise ValidationError(f"{source} must be a JSON object of filter fields, got "
                               f"{type(value).__name__}")
     return value
+
+
+def positive(text: str) -> int:
+    """An option taking an integer >= 1 (argparse type: refused before any work)."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An option taking an integer >= 0 (argparse type: refused before any work)."""
+    t = text.strip()
+    if not t.isdigit() or len(t) > 12:
+        raise argparse.ArgumentTypeError(f"takes a whole number >= 0, got {text!r}")
+    return int(t)
+
+
+def fraction(text: str) -> float:
+    """An option taking a number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}")
+    return v
 
 
 def port(text: str) -> int:

@@ -31,13 +31,17 @@ from cogseg_ml.cli.common import (
     MODEL_HELP,
     RESUME_HINT,
     UNREACHABLE_HINT,
+    count,
     device,
     file_ids,
     files_filter,
+    fraction,
+    guard_outputs,
     hinted,
     input_file,
     local_model,
     output_file,
+    positive,
     retired_line,
     say,
     write_atomically,
@@ -56,28 +60,12 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
     return i, n
 
-def _unit(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}")
-    return v
-
-
 def _cross_class(text: str) -> float | None:
-    return None if text.lower() in ("off", "none") else _unit(text)
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
-    return int(text)
+    return None if text.lower() in ("off", "none") else fraction(text)
 
 
 def _partitions(text: str) -> int:
-    n = _positive(text)
+    n = positive(text)
     if n > 10:
         raise argparse.ArgumentTypeError(f"files/list splits into at most 10 partitions, got "
                                          f"{text!r}")
@@ -144,6 +132,42 @@ def _cdf_unusable(report: LabelingReport, retired: Any = None) -> int | None:
         say("CDF unreachable: " + hinted(reason, UNREACHABLE_HINT))
         return EXIT_UNAVAILABLE
     return None
+
+
+def _categories(text: Any, samples: Any) -> list[Any] | None:
+    """The run's classes: the class names given, or every category of a COCO input (used by
+    an annotation or not, so splits of one source agree on class ids); else the samples'."""
+    if text is not None:
+        return list(text[0])
+    return list(samples.categories) if hasattr(samples, "categories") else None
+
+
+def _no_annotations(client: Any, ids: list[int], got: Any) -> str:
+    """Why ``--from-annotations`` found nothing to label, with the statuses CDF does hold."""
+    from collections import Counter
+
+    line = f"nothing to label: {got.summary()}"
+    if got.status is not None and not got.read:
+        held = Counter(a.status for a in client.list_annotations(
+            ids, annotation_type="images.ObjectDetection", status=None))
+        if held:
+            found = ", ".join(f"{n} {st}" for st, n in sorted(held.items()))
+            line += (f"; these files hold {found} (choose with --annotation-status "
+                     "approved|suggested|rejected|any)")
+        else:
+            line += "; these files hold no ObjectDetection annotations at all"
+    return line + "; --out was not written"
+
+
+def _no_overwrites(args: argparse.Namespace, out: Any, report_path: Any) -> None:
+    """No output of the run may be one of its inputs or a file of its cache."""
+    at_file = args.files_filter[1:] if args.files_filter and \
+        args.files_filter.startswith("@") else None
+    inputs = [("--prompts", args.prompts), ("--coco-boxes", args.coco_boxes),
+              ("--file-ids", args.file_ids), ("--files-filter", at_file),
+              ("--detector", args.detector), ("--model", args.model)]
+    outputs = [("--out", out)] + ([("--report", report_path)] if report_path else [])
+    guard_outputs(outputs, inputs, cache=args.cache)
 
 
 def _text_input(args: argparse.Namespace) -> tuple[tuple[str, ...], Any, Any] | None:
@@ -235,12 +259,14 @@ def run(args: argparse.Namespace) -> int:
     ids = file_ids(args.from_annotations) if args.from_annotations else []
     out = output_file(args.out, "--out")
     report_path = output_file(args.report, "--report") if args.report else None
+    _no_overwrites(args, out, report_path)
     config = CdfConfig.from_env()
     detector = _detector(args) if text is not None else None
     backend, api = _label_backend(args, config)
     retired = None
     t0 = time.perf_counter()
     labeler: SegmentationLabeler | None = None
+    samples: Any = None
     with _signals_stop_the_run() as received:
         try:
             if prompts is not None:
@@ -252,10 +278,15 @@ def run(args: argparse.Namespace) -> int:
             elif text is None:
                 with SegmentationClient(config) as client:
                     samples = samples_from_annotations(client, ids,
-                                                       status=args.annotation_status,
+                                                       status=None if args.annotation_status
+                                                       == "any" else args.annotation_status,
                                                        on_bad_prompt=args.on_bad_prompt)
+                    if not samples:  # say why before the labeler says "nothing labelled"
+                        say(_no_annotations(client, ids, samples))
+                        return EXIT_PARTIAL
+                    print(samples.summary(), file=sys.stderr)
             labeler = SegmentationLabeler(backend, config=config, cache=args.cache,
-                                          categories=list(text[0]) if text else None,
+                                          categories=_categories(text, samples),
                                           min_score=args.min_score, min_area=args.min_area,
                                           keep=args.keep, concurrency=args.concurrency,
                                           shard=args.shard, progress=not args.no_progress)
@@ -268,6 +299,11 @@ def run(args: argparse.Namespace) -> int:
             failed_run = _cdf_unusable(report, retired)
             if failed_run is not None:
                 return failed_run  # --out is left as it was
+            if not report.labelled:  # nothing to write: --out is left as it was
+                print(report.summary(), file=sys.stderr)
+                say(f"nothing was labelled: {out} was not written"
+                    f"{' (left as it was)' if out.exists() else ''}")
+                return EXIT_PARTIAL
             if text is not None:  # atomic: all or nothing; the detector named per label
                 from cogseg_ml.text_labeling import write_coco
 
@@ -358,16 +394,16 @@ def register(sub: Any) -> None:
                                      "data-modeling space (Instances API) instead of files/list")
     txt.add_argument("--partitions", type=_partitions, default=None, metavar="N",
                      help="read files/list in N partitions at once (1..10)")
-    txt.add_argument("--box-threshold", type=_unit, default=0.3,
+    txt.add_argument("--box-threshold", type=fraction, default=0.3,
                      help="keep boxes scoring at least this (default 0.3)")
-    txt.add_argument("--text-threshold", type=_unit, default=0.25,
+    txt.add_argument("--text-threshold", type=fraction, default=0.25,
                      help="the class phrase must match at least this well (default 0.25)")
-    txt.add_argument("--nms-iou", type=_unit, default=0.5,
+    txt.add_argument("--nms-iou", type=fraction, default=0.5,
                      help="IoU at which two boxes of one class are one object (default 0.5)")
     txt.add_argument("--cross-class-iou", type=_cross_class, default=0.7, metavar="IOU|off",
                      help="IoU at which boxes of two classes are one object, which keeps the "
                           "better class (default 0.7; off keeps both)")
-    txt.add_argument("--max-per-image", type=_positive, default=100,
+    txt.add_argument("--max-per-image", type=positive, default=100,
                      help="at most this many boxes per image (default 100)")
     lab.add_argument("--on-bad-prompt", choices=["fail", "skip", "clip"], default="fail",
                      help="a malformed prompt (e.g. a zero-width box): fail the run listing "
@@ -375,7 +411,9 @@ def register(sub: Any) -> None:
     lab.add_argument("--coco-file-key", default="file_name",
                      help="COCO image field naming the CDF file (file_name = external id)")
     lab.add_argument("--annotation-status", default="approved",
-                     help="with --from-annotations: only annotations of this status")
+                     choices=["approved", "suggested", "rejected", "any"],
+                     help="with --from-annotations: only annotations of this status (CDF's "
+                          "three, or any)")
     lab.add_argument("--backend", choices=["api", "local", "fallback"], default="api",
                      help="where masks come from: api (CDF's Vision API, default), local (the "
                           "model of --model only), fallback (the API, the local model when the "
@@ -387,9 +425,10 @@ def register(sub: Any) -> None:
                           "cuda:N")
     lab.add_argument("--out", required=True, help="the COCO JSON file to write")
     lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
-    lab.add_argument("--concurrency", type=int, default=32, help="jobs in flight")
-    lab.add_argument("--min-score", type=float, default=0.0, help="drop segments below")
-    lab.add_argument("--min-area", type=int, default=0, help="drop segments under N pixels")
+    lab.add_argument("--concurrency", type=positive, default=32, help="jobs in flight")
+    lab.add_argument("--min-score", type=fraction, default=0.0,
+                     help="drop segments scoring below this (0..1)")
+    lab.add_argument("--min-area", type=count, default=0, help="drop segments under N pixels")
     lab.add_argument("--keep", choices=["best", "all"], default="best",
                      help="best segment per prompt, or all")
     lab.add_argument("--shard", type=_shard, default=None, metavar="I/N",

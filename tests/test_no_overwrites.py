@@ -1,0 +1,366 @@
+"""Nothing is lost: no command writes over one of its own inputs or a file of the mask cache,
+a run that labels nothing leaves ``--out`` as it was, and a merge that refuses a source
+changes nothing. Each case is a real command with real files; every file the user had is
+compared byte for byte afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.cli import main
+from cogseg_ml.emulator.server import Emulator
+from cogseg_ml.emulator.synthetic_images import SyntheticImage
+from tests.cache.test_mask_cache import key, result
+from tests.test_cli_input import cdf_env, records, run_process, write_prompts
+
+
+def snapshot(folder: Path, side_files: bool = False) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (SQLite's side files left out unless asked:
+    they come and go with connections)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and (side_files or not p.name.endswith(("-wal", "-shm")))}
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def env(make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    emu = make_emulator()
+    for k, v in cdf_env(emu).items():
+        monkeypatch.setenv(k, v)
+    return emu
+
+
+def _coco_boxes(path: Path, images: list[SyntheticImage]) -> Path:
+    cats = sorted({o.category for im in images for o in im.objects})
+    coco = {"images": [{"id": i + 1, "file_name": im.name, "width": im.width,
+                        "height": im.height} for i, im in enumerate(images)],
+            "categories": [{"id": k + 1, "name": c} for k, c in enumerate(cats)],
+            "annotations": []}
+    for i, im in enumerate(images):
+        for o in im.objects:
+            b = o.box()
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                "category_id": cats.index(o.category) + 1,
+                "bbox": [b.x_min * im.width, b.y_min * im.height,
+                         (b.x_max - b.x_min) * im.width, (b.y_max - b.y_min) * im.height]})
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _cache_with_entries(path: Path) -> Path:
+    cache = MaskCache(path)
+    cache.put_many([(key(i), result(i)) for i in range(3)])
+    cache.close()
+    return path
+
+
+# --- 1. an output that is an input of the run, or a file of the cache -------------------------
+
+def _label_cases(t: Path, images: list[SyntheticImage]) -> dict[str, list[str]]:
+    prompts = write_prompts(t / "prompts.jsonl", images)
+    boxes = _coco_boxes(t / "boxes.json", images)
+    cache = t / "cache"
+    MaskCache(cache).close()
+    db = cache / "masks.sqlite"
+    base = ["label", "--no-progress", "--cache", str(cache)]
+    link = t / "link.json"
+    link.symlink_to(prompts)
+    hard = t / "hard.json"
+    os.link(boxes, hard)
+    return {
+        "--out is --prompts": [*base, "--prompts", str(prompts), "--out", str(prompts)],
+        "--out is --coco-boxes": [*base, "--coco-boxes", str(boxes), "--out", str(boxes)],
+        "--out is a symlink to --prompts": [*base, "--prompts", str(prompts), "--out",
+                                            str(link)],
+        "--out is a hard link to --coco-boxes": [*base, "--coco-boxes", str(boxes), "--out",
+                                                 str(hard)],
+        "--out is the cache's SQLite file": [*base, "--prompts", str(prompts), "--out",
+                                             str(db)],
+        "--out is inside the cache folder": [*base, "--prompts", str(prompts), "--out",
+                                             str(cache / "labels.json")],
+        "--report is --prompts": [*base, "--prompts", str(prompts), "--out",
+                                  str(t / "labels.json"), "--report", str(prompts)],
+        "--report is --out": [*base, "--prompts", str(prompts), "--out", str(t / "l.json"),
+                              "--report", str(t / "l.json")],
+        "--out is the --files-filter @FILE": [
+            *base, "--classes", "square", "--detector", str(t), "--files-filter",
+            f"@{t / 'filter.json'}", "--out", str(t / "filter.json")],
+    }
+
+
+@pytest.mark.parametrize("case", ["--out is --prompts", "--out is --coco-boxes",
+                                  "--out is a symlink to --prompts",
+                                  "--out is a hard link to --coco-boxes",
+                                  "--out is the cache's SQLite file",
+                                  "--out is inside the cache folder", "--report is --prompts",
+                                  "--report is --out", "--out is the --files-filter @FILE"])
+def test_label_refuses_to_write_over_its_inputs_or_its_cache(
+        case: str, tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _label_cases(tmp_path, images)[case]
+    (tmp_path / "filter.json").write_text("{}")
+    before = snapshot(tmp_path)
+    code, err = run(argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "nothing was written" in err or "same file" in err, err
+    assert snapshot(tmp_path) == before
+    assert not env.requests  # refused before any request
+
+
+def test_label_into_a_fresh_path_beside_its_inputs_still_works(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The guard refuses only what it must: a new file in the inputs' folder is fine."""
+    prompts = write_prompts(tmp_path / "prompts.jsonl", images)
+    code, err = run(["label", "--no-progress", "--cache", str(tmp_path / "cache"),
+                     "--prompts", str(prompts), "--out", str(tmp_path / "labels.json")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "labels.json").read_text())["annotations"]
+
+
+@pytest.mark.parametrize("target", ["the SQLite file", "the image store", "the WAL file"])
+def test_cache_export_refuses_to_write_into_the_cache(
+        target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = _cache_with_entries(tmp_path / "cache")
+    (cache / "images").mkdir(exist_ok=True)
+    out = {"the SQLite file": cache / "masks.sqlite",
+           "the image store": cache / "images" / "x.json",
+           "the WAL file": cache / "masks.sqlite-wal"}[target]
+    before = (cache / "masks.sqlite").read_bytes()
+    code, err = run(["cache", "export", "--path", str(cache), "--out", str(out)], capsys)
+    assert code == 2 and "mask cache" in err and "Traceback" not in err, err
+    assert (cache / "masks.sqlite").read_bytes() == before
+    assert MaskCache(cache, create=False).integrity_check()
+
+
+def test_cache_export_beside_the_cache_file_works(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A cache named by its file: its folder is the user's, only the cache's files are off
+    limits."""
+    db = _cache_with_entries(tmp_path / "c.sqlite")
+    code, err = run(["cache", "export", "--path", str(db), "--out",
+                     str(tmp_path / "all.json")], capsys)
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "all.json").read_text())["annotations"]) == 3
+
+
+def test_an_empty_out_is_refused(tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+                                 capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    prompts = write_prompts(tmp_path / "prompts.jsonl", images)
+    before = snapshot(tmp_path)
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out", ""], capsys)
+    assert code == 2 and "--out is empty" in err, err
+    assert snapshot(tmp_path) == before
+
+
+# --- 2. a run that labels nothing leaves --out as it was ---------------------------------------
+
+def test_a_run_where_every_file_is_unknown_leaves_out_untouched(
+        tmp_path: Path, env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "labels.json"
+    out.write_text('{"precious": true}')
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps({"file": f"no-such-file-{i}", "box": [0.1, 0.1,
+                                                                                   0.5, 0.5]})
+                                 for i in range(3)))
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out", str(out)],
+                    capsys)
+    assert code == 1, err
+    assert out.read_text() == '{"precious": true}'
+    assert "nothing was labelled" in err and "left as it was" in err, err
+
+
+def test_a_run_where_every_file_is_unknown_writes_no_new_out(
+        tmp_path: Path, env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"file": "no-such-file", "box": [0.1, 0.1, 0.5, 0.5]}))
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out",
+                     str(tmp_path / "labels.json")], capsys)
+    assert code == 1, err
+    assert not (tmp_path / "labels.json").exists()
+
+
+def _annotate(emu: Emulator, images: list[SyntheticImage], status: str) -> list[int]:
+    from cogseg_ml.api.client import SegmentationClient
+    from cogseg_ml.api.wire_schema import Annotation
+    from cogseg_ml.config import CdfConfig
+
+    with SegmentationClient(CdfConfig.from_env()) as client:
+        ids = [m.id for m in client.file_metadata([im.name for im in images[:2]])]
+        anns = [Annotation(annotated_resource_type="file", annotated_resource_id=fid,
+                           annotation_type="images.ObjectDetection", creating_app="test",
+                           creating_app_version="1", creating_user=None, status=status,
+                           data={"label": "square", "boundingBox": {
+                               "xMin": 0.1, "yMin": 0.1, "xMax": 0.4, "yMax": 0.4}})
+                for fid in ids]
+        anns.append(Annotation(annotated_resource_type="file", annotated_resource_id=ids[0],
+                               annotation_type="images.ObjectDetection", creating_app="test",
+                               creating_app_version="1", creating_user=None, status=status,
+                               data={"label": "square", "polygon": {"vertices": [
+                                   {"x": 0.1, "y": 0.1}, {"x": 0.3, "y": 0.1},
+                                   {"x": 0.2, "y": 0.3}]}}))
+        client.create_annotations(anns)
+    return ids
+
+
+def test_from_annotations_with_no_match_says_which_statuses_exist_and_leaves_out(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ids = _annotate(env, images, "suggested")
+    out = tmp_path / "labels.json"
+    out.write_text("mine")
+    code, err = run(["label", "--no-progress", "--from-annotations",
+                     ",".join(map(str, ids)), "--out", str(out)], capsys)
+    assert code == 1, err
+    assert out.read_text() == "mine"
+    assert "0 approved" in err and "3 suggested" in err and "--annotation-status" in err, err
+    assert "--out was not written" in err
+
+
+def test_a_mistyped_annotation_status_is_refused_before_any_request(
+        tmp_path: Path, env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["label", "--from-annotations", "1", "--annotation-status", "aproved", "--out",
+              str(tmp_path / "l.json")])
+    assert exc.value.code == 2
+    assert "aproved" in capsys.readouterr().err
+
+
+def test_from_annotations_counts_what_it_skipped(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ids = _annotate(env, images, "approved")
+    code, err = run(["label", "--no-progress", "--from-annotations", ",".join(map(str, ids)),
+                     "--out", str(tmp_path / "l.json")], capsys)
+    assert code == 0, err
+    assert "3 approved ObjectDetection annotations read: 2 box prompts" in err, err
+    assert "skipped 1 with no bounding box" in err, err
+
+
+# --- 4. a merge checks every source before it touches anything --------------------------------
+
+def _garbage(path: Path) -> Path:
+    path.write_bytes(b"not a database " * 100)
+    return path
+
+
+def _damaged(path: Path) -> Path:
+    _cache_with_entries(path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    for i in range(page * 2, min(len(data), page * 4)):  # wreck the pages after the first
+        data[i] = 0xA5
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _foreign(path: Path) -> Path:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    return path
+
+
+BAD_SOURCES: dict[str, Callable[[Path], Path]] = {
+    "garbage": lambda t: _garbage(t / "garbage.sqlite"),
+    "damaged cache": lambda t: _damaged(t / "damaged.sqlite"),
+    "another SQLite database": lambda t: _foreign(t / "other.sqlite"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_SOURCES))
+def test_merge_with_a_bad_source_merges_nothing(bad: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    good = _cache_with_entries(tmp_path / "good.sqlite")
+    src = BAD_SOURCES[bad](tmp_path)
+    target = tmp_path / "target"
+    _cache_with_entries(target)
+    target_before = MaskCache(target, create=False).stats().entries
+    code, err = run(["cache", "merge", str(good), str(src), "--path", str(target)], capsys)
+    assert code == 2, err
+    assert src.name in err and "nothing was merged" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert MaskCache(target, create=False).stats().entries == target_before
+
+
+@pytest.mark.parametrize("bad", list(BAD_SOURCES))
+def test_merge_of_a_bad_source_alone_creates_no_target(
+        bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = BAD_SOURCES[bad](tmp_path)
+    code, err = run(["cache", "merge", str(src), "--path", str(tmp_path / "new")], capsys)
+    assert code == 2, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_checking_a_source_writes_nothing_to_it(tmp_path: Path) -> None:
+    from cogseg_ml.cache.mask_cache import check_cache_file
+
+    src = _cache_with_entries(tmp_path / "src.sqlite")
+    before = snapshot(tmp_path)
+    assert check_cache_file(src) == src
+    assert snapshot(tmp_path) == before
+
+
+def test_a_refused_merge_leaves_the_good_source_and_target_byte_for_byte(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _cache_with_entries(tmp_path / "good.sqlite")
+    _cache_with_entries(tmp_path / "target.sqlite")
+    _garbage(tmp_path / "garbage.sqlite")
+    def state() -> tuple[dict[str, bytes], dict[str, bytes]]:
+        every = snapshot(tmp_path, side_files=True)  # the target's WAL included
+        return snapshot(tmp_path), {k: v for k, v in every.items() if k.startswith("target")}
+
+    before = state()
+    code, err = run(["cache", "merge", str(tmp_path / "good.sqlite"),
+                     str(tmp_path / "garbage.sqlite"), "--path",
+                     str(tmp_path / "target.sqlite")], capsys)
+    assert code == 2, err
+    assert state() == before
+
+
+def test_a_damaged_target_is_refused_before_merging(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    good = _cache_with_entries(tmp_path / "good.sqlite")
+    target = _damaged(tmp_path / "target.sqlite")
+    before = target.read_bytes()
+    code, err = run(["cache", "merge", str(good), "--path", str(target)], capsys)
+    assert code == 2 and "target" in err and "damaged" in err, err
+    assert target.read_bytes() == before
+
+
+# --- through a real process ------------------------------------------------------------------
+
+def test_a_real_process_refuses_out_equal_to_coco_boxes(
+        tmp_path: Path, images: list[SyntheticImage], shared_emulator: Emulator) -> None:
+    boxes = _coco_boxes(tmp_path / "boxes.json", images)
+    before = boxes.read_bytes()
+    proc = run_process(["label", "--coco-boxes", str(boxes), "--out", str(boxes), "--cache",
+                        str(tmp_path / "cache")], env=cdf_env(shared_emulator))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("cogseg: "), proc.stderr
+    assert boxes.read_bytes() == before
+
+
+def test_records_helper_covers_every_image(images: list[SyntheticImage]) -> None:
+    """The prompts these tests write name every synthetic image (so a refusal is not an
+    artefact of an empty input)."""
+    assert {r["file"] for r in records(images)} == {im.name for im in images}
