@@ -71,7 +71,13 @@ def shard_of(file_key: str, n: int) -> int:
 
 @dataclass
 class LabelingReport:
-    """What a labeling run did; ``summary()`` for people, ``as_dict()`` for programs."""
+    """What a labeling run did; ``summary()`` for people, ``as_dict()`` for programs.
+
+    ``samples`` and ``instances`` count what was read; ``from_cache`` the prompts whose
+    result was already cached, ``jobs_run`` those answered (and stored) in this run, ``failed``
+    those that could not be labelled. ``interrupted`` is the signal's name when the run was
+    stopped (``None`` otherwise); :attr:`stored` is then what a re-run will not redo.
+    """
 
     samples: int = 0
     instances: int = 0
@@ -86,19 +92,44 @@ class LabelingReport:
     missing_at_export: int = 0
     seconds: float = 0.0
     shard: tuple[int, int] | None = None
+    interrupted: str | None = None
+    not_stored: int = 0  # answers of an interrupted run whose cache write failed
+
+    @property
+    def stored(self) -> int:
+        """Prompts whose result is in the cache: found there or answered (and stored) now."""
+        return self.from_cache + self.jobs_run - self.not_stored
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return {"samples": self.samples, "instances": self.instances,
                 "labelled": self.labelled, "from_cache": self.from_cache,
-                "jobs_run": self.jobs_run, "failed": self.failed,
+                "jobs_run": self.jobs_run, "stored": self.stored, "failed": self.failed,
                 "dropped": dict(self.dropped), "failure_reasons": dict(self.failure_reasons),
                 "failures": self.failures, "annotations": self.annotations,
                 "missing_at_export": self.missing_at_export,
-                "seconds": round(self.seconds, 3), "shard": self.shard}
+                "seconds": round(self.seconds, 3), "shard": self.shard,
+                "interrupted": self.interrupted}
 
     def summary(self) -> str:
-        """A few lines a person can read."""
+        """A few lines a person can read.
+
+        A run stopped by a signal (:attr:`interrupted`) starts with what is finished and
+        stored, e.g. ``stopped by SIGINT: 20 finished and stored; run the same command to
+        resume``, then what was read, finished and failed so far.
+        """
+        if self.interrupted is not None:
+            lines = [f"stopped by {self.interrupted}: {self.stored} finished and stored; run "
+                     "the same command to resume",
+                     f"{self.samples} images, {self.instances} prompts read: {self.stored} "
+                     f"finished ({self.from_cache} from cache, {self.jobs_run - self.not_stored}"
+                     f" jobs run), {self.failed} failed, in {self.seconds:.1f} s"]
+            if self.not_stored:
+                lines.append(f"  {self.not_stored} answers could not be stored (cache write "
+                             "failed): they are segmented again on resume")
+            for reason, n in self.failure_reasons.most_common(5):
+                lines.append(f"  failed x{n}: {reason}")
+            return "\n".join(lines)
         drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
         lines = [f"{self.samples} images, {self.instances} prompts: {self.labelled} labelled "
                  f"({self.from_cache} from cache, {self.jobs_run} jobs run), "
@@ -282,10 +313,13 @@ class SegmentationLabeler:
                 rep.seconds = time.perf_counter() - t0
                 sig = exc.args[0] if exc.args and exc.args[0] in ("SIGINT", "SIGTERM") \
                     else "SIGINT"
+                self._stopped(flow, sig)
                 raise RunInterrupted(
-                    f"labelling stopped by {sig}: {rep.jobs_run} jobs finished and stored, "
-                    "the jobs in flight were dropped; run it again to resume (the cache keeps "
-                    "what finished)", summary=rep.summary(), signal_name=sig) from None
+                    f"labelling stopped by {sig}: {rep.stored} finished and stored "
+                    f"({rep.jobs_run - rep.not_stored} jobs finished, {rep.from_cache} from the "
+                    "cache), the jobs in flight were dropped; run it again to resume (the "
+                    "cache keeps what finished)", summary=rep.summary(),
+                    signal_name=sig) from None
             finally:
                 stream.close()  # on every way out (a failed write too), not at GC
             write_ready()
@@ -293,6 +327,28 @@ class SegmentationLabeler:
                                                   self._category_examples.values())
         rep.seconds = time.perf_counter() - t0
         return rep
+
+    def _stopped(self, flow: _Flow, sig: str) -> None:
+        """Complete the report of a run stopped by ``sig`` (its stream already closed).
+
+        Failures of chunks not written to the manifest yet (failed jobs, unreadable images)
+        are counted, and answers whose cache write failed are not counted as stored.
+        """
+        rep = self.report
+        rep.interrupted = sig
+        with self.store._lock:
+            rep.not_stored = min(len(self.store._unsaved), rep.jobs_run)
+        with flow.lock:
+            unwritten = list(flow.chunks.values())
+        for chunk in unwritten:
+            for j, ((s, _), rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
+                if isinstance(rec, CogsegError):
+                    for k in range(len(s.instances)):
+                        self._fail(s, k, _reason(rec))
+                    continue
+                for k in range(len(s.instances)):
+                    if (j, k) in chunk.errors:
+                        self._fail(s, k, chunk.errors[(j, k)])
 
     def _jobs(self, samples: Iterator[tuple[Sample, int]], flow: _Flow, bar: Any,
               grow: bool = False) -> Iterator[tuple[ImageRecord, Prompt, tuple[int, int, int]]]:
