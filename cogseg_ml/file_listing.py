@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.api.client import COGNITE_FILE_VIEW, SegmentationClient
 from cogseg_ml.api.file_checks import SEGMENTABLE_EXTENSIONS, SEGMENTABLE_MIME_TYPES
 from cogseg_ml.api.wire_schema import FileFilter, NodeItem
@@ -275,7 +276,7 @@ def read_file_refs(path: str | Path) -> list[FileRef]:
             continue
         try:
             if line.startswith("{"):
-                refs.append(FileRef.parse(json.loads(line)))
+                refs.append(FileRef.parse(strict_json.loads(line, f"{p} line {n}")))
             elif line.isdigit():
                 refs.append(FileRef(id=int(line)))
             else:

@@ -141,6 +141,16 @@ def box_corners(value: object, name: str = "box") -> tuple[float, float, float, 
     return (x0, y0, x1, y1)
 
 
+def _text(value: str, name: str) -> None:
+    """Refuse a string that is not text: one holding a lone UTF-16 surrogate (``"\\ud800"``,
+    e.g. from a JSON escape) cannot be sent to CDF or stored."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(f"{name} {value!r} holds a lone UTF-16 surrogate at position "
+                              f"{exc.start}, which is not text; fix the name") from None
+
+
 @dataclass(frozen=True, slots=True)
 class InstanceId:
     """A data-modeling instance id (``space`` + ``external_id``)."""
@@ -153,6 +163,7 @@ class InstanceId:
             v = getattr(self, name)
             if not isinstance(v, str) or not v:
                 raise ValidationError(f"InstanceId.{name} must be a non-empty string, got {v!r}")
+            _text(v, f"InstanceId.{name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +199,8 @@ class FileRef:
             raise ValidationError(
                 f"FileRef.external_id must be a non-empty string, got {self.external_id!r}"
             )
+        if self.external_id is not None:
+            _text(self.external_id, "FileRef.external_id")
         if self.instance_id is not None and not isinstance(self.instance_id, InstanceId):
             raise ValidationError("FileRef.instance_id must be an InstanceId")
 

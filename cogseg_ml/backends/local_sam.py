@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import pickle
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -115,7 +116,7 @@ def build_sam(model_type: str, checkpoint: str | Path | None) -> torch.nn.Module
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise SamCheckpointError(f"SAM checkpoint {where!r} could not be read: "
-                                 f"{type(exc).__name__}: {exc}", path=where) from None
+                                 f"{_load_failure(exc)}", path=where) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # SAM 2.x style wrapper
     width = None
@@ -133,6 +134,20 @@ def build_sam(model_type: str, checkpoint: str | Path | None) -> torch.nn.Module
         raise SamCheckpointError(f"SAM checkpoint {where!r} does not fit model_type="
                                  f"{model_type!r}{hint}", path=where) from None
     return model  # type: ignore[no-any-return]
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in our words. torch's own message for a file of pickled
+    objects advises ``weights_only=False``, which runs whatever code the file holds: that
+    advice is never passed on."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text or \
+            isinstance(exc, pickle.UnpicklingError):
+        return ("it holds pickled Python objects besides tensors; loading those can run "
+                "arbitrary code, so only plain tensors are loaded. Save the model's state_dict "
+                "(torch.save(model.state_dict(), PATH)) and give that file")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def build_tiny_sam(seed: int = 0, image_size: int = 256) -> torch.nn.Module:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 from collections.abc import Sequence
 
 from cogseg_ml.cli import cache, demo, emulator, export, label, review
@@ -40,15 +41,24 @@ from cogseg_ml.cli.common import (
 from cogseg_ml.cli.emulator import emulator_from_args
 from cogseg_ml.errors import ValidationError
 
-__all__ = ["build_parser", "emulator_from_args", "main"]
+__all__ = ["build_parser", "emulator_from_args", "main", "plain"]
 
 # One module per subcommand, each with ``register(subparsers)``; the order is --help's order.
 COMMANDS = (emulator, label, cache, export, review, demo)
 
 
+_ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]*\.)?([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """Docstring text as a terminal shows it: reStructuredText's ``literal`` and
+    :role:`target` markup reduced to the words."""
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    p = argparse.ArgumentParser(prog="cogseg", description=__doc__,
+    p = argparse.ArgumentParser(prog="cogseg", description=plain(__doc__ or ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import os
 import signal
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import ValidationError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
@@ -215,11 +215,10 @@ def files_filter(text: str) -> dict[str, Any]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValidationError(f"{source} cannot be read as UTF-8 text ({exc})") from None
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"{source} is not JSON ({exc.msg} at column {exc.colno}); give a "
-                              'files/list filter object, e.g. \'{"directoryPrefix": "/a/"}\'') \
-            from None
+        value = strict_json.loads(text, source)
+    except ValidationError as exc:
+        raise ValidationError(f"{exc}; give a files/list filter object, e.g. "
+                              '\'{"directoryPrefix": "/a/"}\'') from None
     if not isinstance(value, dict):
         raise ValidationError(f"{source} must be a JSON object of filter fields, got "
                               f"{type(value).__name__}")
