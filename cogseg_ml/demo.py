@@ -10,24 +10,29 @@ the real client and mask cache, and writes to ``out``:
 * ``overlays/*.png``: the masks drawn over each image (every image);
 * ``review/index.html``: the review page of ``coco.json`` (see :mod:`cogseg_ml.review`), to
   open from disk, accept or reject masks and save the decisions;
-* ``report.md`` / ``report.json``: counts, timings, IoU and COCO mAP against the ground truth.
+* ``report.md`` / ``report.json``: counts, timings, IoU and COCO mAP against the ground truth;
+* ``cogseg-output.json``: the manifest of all of it (:mod:`cogseg_ml.output_folder`), so that
+  a demo run again into ``out`` replaces its own output whole and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cogseg_ml import strict_json
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import make_dataset
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.labelled_images import ImageFetcher
 from cogseg_ml.mask_codec import decode, encode, iou_matrix
 from cogseg_ml.metrics import coco_map
+from cogseg_ml.output_folder import output_folder
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 from cogseg_ml.review.images import fetched
 from cogseg_ml.review.page import write_review_page
@@ -53,12 +58,33 @@ def _photo() -> tuple[bytes, np.ndarray] | None:
         return data, np.asarray(img.convert("RGB"))
 
 
-def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
-    """Run the demo; returns 0 when every prompt was labelled, 1 otherwise."""
+def _finite(value: float, digits: int = 4) -> float | None:
+    """``value`` rounded, or ``None`` when it is not a number (the report is strict JSON)."""
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def run_demo(out: str | Path, n_images: int = 12, quiet: bool = False) -> int:
+    """Run the demo into the folder ``out``; returns 0 when every prompt was labelled, else 1.
+
+    ``out`` follows :mod:`cogseg_ml.output_folder`: it must be missing, empty, or an earlier
+    demo's unchanged output (replaced whole); the folder appears only when the demo is done.
+
+    Raises:
+        ValidationError: ``out`` cannot be used (a file, a folder holding anything the demo
+            did not write, ...), checked before the emulator starts; ``out`` is left as it was.
+    """
+    with output_folder(out, "demo") as work:
+        failed = _run(work, n_images, quiet)
+    if not quiet:
+        print((Path(out) / "report.md").read_text(encoding="utf-8"))
+    return 0 if failed == 0 else 1
+
+
+def _run(out: Path, n_images: int, quiet: bool) -> int:
+    """The demo, written into ``out`` (a new folder); how many prompts failed."""
     from PIL import Image
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(exist_ok=True)
+    (out / "overlays").mkdir()
     images = make_dataset(n_images, seed=2024)
     samples = [Sample(FileRef(external_id=im.name),
                       tuple(Instance(Prompt(box=o.box()), o.category) for o in im.objects))
@@ -89,6 +115,7 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
     with ImageFetcher(labeler.cache, offline=True) as fetcher:
         review = write_review_page(coco, out / "review", labels_name="coco.json",
                                    images=fetched(fetcher))
+    labeler.cache.close()  # before the manifest records the cache's files
 
     # Quality against the synthetic ground truth.
     truth = {im.name: im for im in images}
@@ -125,11 +152,11 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         "http_requests": http_requests, "photo_included": photo is not None,
         "mean_iou_synthetic": round(float(np.mean(ious)), 4) if ious else None,
         "min_iou_synthetic": round(float(np.min(ious)), 4) if ious else None,
-        "coco_segm_AP": round(m_ap["AP"], 4), "labeler": report.as_dict(),
+        "coco_segm_AP": _finite(m_ap["AP"]), "labeler": report.as_dict(),
         "review_page": str(review.index.relative_to(out)),
         "review_masks": review.masks, "review_without_picture": len(review.without_picture),
         "class_names": class_run}
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.json").write_text(strict_json.dumps(summary, indent=2), encoding="utf-8")
     (out / "report.md").write_text(
         "# cogseg demo\n\n"
         f"- images: {summary['images']} ({n_images} synthetic"
@@ -147,7 +174,6 @@ def run_demo(out: Path, n_images: int = 12, quiet: bool = False) -> int:
         f"skipped), {class_run['boxes']} boxes kept ({class_run['dropped']} dropped), "
         f"{class_run['labelled']} labelled, right class {class_run['right_class']} of "
         f"{class_run['objects']}, mask IoU mean {class_run['mean_iou']}: class_names/coco.json\n"
-        f"\nFiles: coco.json, overlays/*.png, review/index.html, class_names/, report.json\n")
-    if not quiet:
-        print((out / "report.md").read_text())
-    return 0 if report.failed == 0 else 1
+        f"\nFiles: coco.json, overlays/*.png, review/index.html, class_names/, report.json\n",
+        encoding="utf-8")
+    return report.failed

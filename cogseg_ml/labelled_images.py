@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from cogseg_ml.config import CdfConfig
     from cogseg_ml.store import SegmentStore
 
-__all__ = ["ImageFetcher", "describe_image"]
+__all__ = ["ImageFetcher", "describe_image", "existing_cache"]
 
 _log = logging.getLogger("cogseg_ml.labelled_images")
 MAX_LISTED = 5  # missing images named in one error
@@ -60,6 +60,19 @@ def describe_image(record: Mapping[str, Any]) -> str:
         except CogsegError:
             cdf = ""
     return f"image {record.get('id')} ({record.get('file_name')!r}{cdf})"
+
+
+def existing_cache(path: str | None, flag: str = "--cache") -> str | None:
+    """A cache path given on the command line, checked to hold a mask cache (a typo would
+    otherwise read as "no image is cached"); ``None`` (the user cache) stays ``None``.
+
+    Raises:
+        ValidationError: no mask cache at ``path``; the message says what to give.
+    """
+    if path is not None and not cache_file(path).exists():
+        raise ValidationError(f"{flag} {path}: no mask cache there; give the {flag} the labels "
+                              "were made with, or leave it out")
+    return path
 
 
 class ImageFetcher:

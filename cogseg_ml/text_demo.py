@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cogseg_ml import strict_json
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector
@@ -109,6 +110,7 @@ def run_class_name_demo(emulator: Emulator, out: str | Path, *, n_images: int = 
     report = labeler.label(samples)
     n_ann = write_coco(labeler, samples, root / "coco.json")
     labeler.store.close()
+    labeler.cache.close()
     coco = json.loads((root / "coco.json").read_text(encoding="utf-8"))
     summary: dict[str, Any] = {
         "classes": classes, "listed": listing.listed, "kept": len(listing),
@@ -117,5 +119,5 @@ def run_class_name_demo(emulator: Emulator, out: str | Path, *, n_images: int = 
         "labelled": report.labelled, "failed": report.failed, "annotations": n_ann,
         **score_against_truth(coco, images, CLASS_NAMES),
         "seconds": round(time.perf_counter() - t0, 2)}
-    (root / "report.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    (root / "report.json").write_text(strict_json.dumps(summary, indent=2), encoding="utf-8")
     return summary

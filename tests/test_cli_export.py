@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.cli import main
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
@@ -82,6 +83,7 @@ def _not_ours(tmp: Path, ls: LabelSet) -> list[str]:
 
 
 def _missing_image(tmp: Path, ls: LabelSet) -> list[str]:
+    MaskCache(tmp / "empty-cache").close()
     return [str(ls.holey), "--to", "yolo", "--cache", str(tmp / "empty-cache")]
 
 
@@ -154,6 +156,7 @@ def test_a_real_process_exports_and_reports_cdf_trouble(
                       str(tmp_path / "y"), "--cache", str(labelset.cache)], env={})
     assert ok.returncode == 0 and (tmp_path / "y" / "data.yaml").is_file(), ok.stderr
     # Images not cached, CDF unreachable: 3; credentials refused: 4. Nothing written.
+    MaskCache(tmp_path / "empty-cache").close()
     base = ["export", str(labelset.holey), "--to", "coco", "--out", str(tmp_path / "c"),
             "--cache", str(tmp_path / "empty-cache")]
     down = run_process(base, env={"COGNITE_PROJECT": "p", "COGNITE_TOKEN": "t",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, input_file
+from cogseg_ml.cli.common import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, input_file, say
 
 
 def _fraction(text: str) -> float:
@@ -20,15 +20,35 @@ def _fraction(text: str) -> float:
     return v
 
 
+def stopped(received: list[str], out: str) -> int:
+    """One line and the exit code for a command stopped by SIGINT or SIGTERM while writing
+    its output folder (which is left whole: as it was, or complete)."""
+    name = received[-1] if received else "SIGINT"
+    say(f"stopped by {name}: nothing half-written was left in --out {out}")
+    return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+
+
 def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.cli.label import _signals_stop_the_run
+
+    with _signals_stop_the_run() as received:
+        try:
+            return _export(args)
+        except KeyboardInterrupt:
+            return stopped(received, args.out)
+
+
+def _export(args: argparse.Namespace) -> int:
     from cogseg_ml.errors import ValidationError
     from cogseg_ml.exports import export_labels
-    from cogseg_ml.exports.folder import check_out
+    from cogseg_ml.labelled_images import existing_cache
+    from cogseg_ml.output_folder import check_out
 
     # Every path is checked before any work: an export never fails at its end on a typo.
     labels = input_file(args.labels, "LABELS")
     decisions = input_file(args.decisions, "--decisions") if args.decisions else None
-    check_out(args.out, "--out")
+    cache = existing_cache(args.cache)
+    check_out(args.out, "export", flag="--out", inputs=(labels, decisions, cache))
     if args.undecided != "drop" and decisions is None:
         raise ValidationError("--undecided goes with --decisions FILE (a review decisions file)")
     options: dict[str, Any] = {}
@@ -40,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValidationError(f"{flag} goes with --to {fmt}, not --to {args.to}")
         options[name] = value
     report = export_labels(labels, args.to, args.out, decisions=decisions,
-                           undecided=args.undecided, cache=args.cache, **options)
+                           undecided=args.undecided, cache=cache, **options)
     print(report.summary(), file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK
@@ -63,22 +83,25 @@ def register(sub: Any) -> None:
                     "images/train, labels/train), --to labelstudio (tasks.json with the masks "
                     "as predictions, label_config.xml, images/). Images come from the mask "
                     "cache, else from CDF (COGNITE_* variables). Masks keep their holes and "
-                    "every part. The folder appears only when complete; an existing non-empty "
-                    "--out is refused. Exit 0: written; 2: bad input (not a cogseg labels "
-                    "file, decisions for another labels file, a missing image, a non-empty "
-                    "--out); 3: CDF unreachable; 4: credentials refused.")
+                    "every part. The folder appears only when complete, with a manifest "
+                    "(cogseg-output.json); an earlier export there is replaced whole, and a "
+                    "folder holding anything else is refused. Exit 0: written; 2: bad input "
+                    "(not a cogseg labels file, decisions for another labels file, a missing "
+                    "image, an --out that is not ours); 3: CDF unreachable; 4: credentials "
+                    "refused; 130/143: stopped by SIGINT/SIGTERM (nothing half-written).")
     exp.add_argument("labels", metavar="LABELS.json", help="the COCO file `cogseg label` wrote")
     exp.add_argument("--to", required=True, choices=["coco", "yolo", "labelstudio"],
                      help="the format to write")
     exp.add_argument("--out", required=True, metavar="DIR",
-                     help="the folder to create (must not exist, or be empty)")
+                     help="the folder to write: new, empty, or an earlier export (replaced)")
     exp.add_argument("--decisions", metavar="FILE",
                      help="a review decisions file (from `cogseg review`): write only the "
                           "accepted masks")
     exp.add_argument("--undecided", choices=["drop", "keep"], default="drop",
                      help="with --decisions: drop (default) or keep masks without a decision")
     exp.add_argument("--cache", default=None,
-                     help="the mask cache the labelling used (default: the user cache)")
+                     help="the mask cache the labelling used (default: the user cache); it "
+                          "must exist")
     exp.add_argument("--segmentation", choices=["rle", "polygon"], default=None,
                      help="--to coco: compressed RLE (default) or polygons that keep holes")
     exp.add_argument("--val-fraction", type=_fraction, default=None, metavar="F",

@@ -12,14 +12,10 @@ from cogseg_ml.errors import ValidationError
 
 def _image_source(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """The cache (when there is one), then CDF (when configured and not --offline)."""
-    from cogseg_ml.cache.mask_cache import cache_file
     from cogseg_ml.config import CdfConfig
     from cogseg_ml.labelled_images import ImageFetcher
     from cogseg_ml.review.images import fetched
 
-    if args.cache is not None and not cache_file(args.cache).exists():
-        raise ValidationError(f"--cache {args.cache}: no mask cache there; give the --cache "
-                              "the labels were made with, or leave it out")
     config = None
     if not args.offline:
         try:
@@ -31,15 +27,29 @@ def _image_source(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cogseg_ml.cli.export import stopped
+    from cogseg_ml.cli.label import _signals_stop_the_run
+
+    with _signals_stop_the_run() as received:
+        try:
+            return _review(args)
+        except KeyboardInterrupt:
+            return stopped(received, args.out)
+
+
+def _review(args: argparse.Namespace) -> int:
     from cogseg_ml.coco_io import read_labels
+    from cogseg_ml.labelled_images import existing_cache
+    from cogseg_ml.output_folder import check_out
     from cogseg_ml.review.page import write_review_page
 
     labels = input_file(args.labels, "LABELS")
+    existing_cache(args.cache)
+    check_out(args.out, "review", flag="--out", inputs=(labels, args.cache))
     coco = read_labels(labels)
-    out = Path(args.out)
     images, opened = _image_source(args)
     try:
-        page = write_review_page(coco, out, labels_name=labels.name, images=images,
+        page = write_review_page(coco, args.out, labels_name=labels.name, images=images,
                                  progress=not args.no_progress)
     finally:
         for thing in reversed(opened):
@@ -64,11 +74,15 @@ def register(sub: Any) -> None:
                     "score, area and source (API or local model). Open it from disk (no "
                     "server), accept or reject masks by click or key, and save the decisions; "
                     "`cogseg export LABELS --decisions FILE` then keeps the accepted masks. "
-                    "Images come from the mask cache, else from CDF (COGNITE_* variables).")
+                    "Images come from the mask cache, else from CDF (COGNITE_* variables). "
+                    "DIR appears only when complete, with a manifest (cogseg-output.json); an "
+                    "earlier review page there is replaced whole, and a folder holding anything "
+                    "else is refused (exit 2). Exit 130/143: stopped by SIGINT/SIGTERM.")
     r.add_argument("labels", metavar="LABELS", help="the COCO labels file (e.g. from cogseg "
                                                      "label)")
-    r.add_argument("--out", required=True, metavar="DIR", help="folder for index.html and its "
-                                                               "thumbnails (created)")
+    r.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for index.html and its thumbnails: new, empty, or an earlier "
+                        "review page (replaced)")
     r.add_argument("--cache", default=None,
                    help="the mask cache the labels were made with (default: the user cache)")
     r.add_argument("--offline", action="store_true",

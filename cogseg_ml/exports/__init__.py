@@ -12,10 +12,11 @@ writes one self-contained folder:
 * ``labelstudio``: ``tasks.json`` with the masks as predictions (pre-annotations), its
   ``label_config.xml`` and ``images/`` (:mod:`cogseg_ml.exports.labelstudio`).
 
-The folder is built under a temporary name beside ``out`` and renamed into place at the end; an
-existing ``out`` that is not empty is refused before any work, and a failed export leaves
-nothing behind. Every image is located before the first byte is written, so a missing one is
-refused up front, by name.
+The folder follows :mod:`cogseg_ml.output_folder`: built under a temporary name beside ``out``
+and put in place whole at the end, with a manifest (``cogseg-output.json``); ``out`` must be
+missing, empty, or an earlier export's unchanged output (then replaced whole), else it is
+refused before any work; a failed or stopped export leaves nothing behind. Every image is
+located before the first byte is written, so a missing one is refused up front, by name.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.exports.folder import check_out, output_folder
 from cogseg_ml.exports.labelled import Labelled, Undecided
 from cogseg_ml.exports.report import ExportReport
 from cogseg_ml.labelled_images import ImageFetcher
+from cogseg_ml.output_folder import check_out, output_folder
 
 if TYPE_CHECKING:
     from cogseg_ml.cache.mask_cache import MaskCache
@@ -44,11 +45,14 @@ FORMATS: tuple[str, ...] = ("coco", "yolo", "labelstudio")
 def _run(fmt: str, labels: str | Path, out: str | Path, decisions: str | Path | None,
          undecided: Undecided, cache: str | Path | MaskCache | None, config: CdfConfig | None,
          write: Any) -> ExportReport:
-    check_out(out)  # before reading anything
+    from cogseg_ml.cache.mask_cache import MaskCache
+
+    inputs = (labels, decisions, cache.path if isinstance(cache, MaskCache) else cache)
+    check_out(out, "export", inputs=inputs)  # before reading anything
     labelled = Labelled(labels, decisions, undecided)
     with ImageFetcher(cache, config) as fetcher:
         fetcher.check(labelled.images)
-        with output_folder(out) as folder:
+        with output_folder(out, "export", inputs=inputs) as folder:
             report: ExportReport = write(labelled, fetcher, folder)
         report.out = Path(out)
         report.format = fmt
@@ -65,7 +69,8 @@ def to_coco(labels: str | Path, out: str | Path, *, segmentation: SegmentationFo
 
     Args:
         labels: the COCO file a labelling run wrote (``cogseg label --out``).
-        out: the folder to create (missing or empty).
+        out: the folder to write: missing, empty, or an earlier export's unchanged output
+            (replaced whole); see :mod:`cogseg_ml.output_folder`.
         segmentation: ``"rle"`` (compressed RLE) or ``"polygon"`` (one ring per part, holes
             joined in by zero-width cuts); both rasterise back to the exact mask.
         decisions: a review decisions file saved for ``labels``: only accepted masks are
@@ -82,7 +87,9 @@ def to_coco(labels: str | Path, out: str | Path, *, segmentation: SegmentationFo
     Raises:
         ValidationError: the labels are not ours or malformed, the decisions belong to
             another labels file, an image is neither cached nor in CDF (or was replaced
-            there since labelling), or ``out`` exists and is not empty. Nothing is written.
+            there since labelling), or ``out`` cannot be written: a file, a folder holding
+            anything an earlier export did not write (or changed since), an input inside it,
+            a write that fails (a full disk). Nothing is written; ``out`` is left as it was.
         ApiUnavailableError: CDF cannot be reached for images not in the cache.
         AuthenticationError: CDF refused the credentials.
     """

@@ -25,12 +25,12 @@ the outline. Points are pixel corners, written with enough decimals to land with
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from cogseg_ml import strict_json
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports.labelled import Labelled, LabelledImage
 from cogseg_ml.exports.report import ExportReport
@@ -102,6 +102,12 @@ def write_labelstudio(labelled: Labelled, fetcher: ImageFetcher, folder: Path, *
                                   "and -")
     if not isinstance(image_prefix, str):
         raise ValidationError(f"image_prefix must be a string, got {type(image_prefix).__name__}")
+    for ann in labelled.coco["annotations"]:
+        score = ann.get("score", 1.0)
+        if not (isinstance(score, int | float) and math.isfinite(score)):
+            raise ValidationError(f"{labelled.path}: annotation {ann.get('id')!r} has score "
+                                  f"{score!r}, which is not a JSON number (tasks.json is read "
+                                  "by browsers); give a finite score")
     version = model_version or _model_version(labelled)
     names = {int(c["id"]): str(c["name"]) for c in labelled.categories}
     report = ExportReport(folder, "labelstudio")
@@ -112,7 +118,7 @@ def write_labelstudio(labelled: Labelled, fetcher: ImageFetcher, folder: Path, *
             (folder / "images" / item.file_name).write_bytes(item.data)
             one, empty = task(item, names, image=image_prefix + item.file_name,
                               model_version=version, from_name=from_name, to_name=to_name)
-            f.write(("," if n else "") + "\n" + json.dumps(one, ensure_ascii=False))
+            f.write(("," if n else "") + "\n" + strict_json.dumps(one, ensure_ascii=False))
             report.images += 1
             report.objects += len(one["predictions"][0]["result"]) if one["predictions"] else 0
             report.empty += empty

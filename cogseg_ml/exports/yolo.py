@@ -27,11 +27,11 @@ with enough decimals to land within 0.01 pixel.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from cogseg_ml import strict_json
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports.labelled import Labelled, LabelledImage
 from cogseg_ml.exports.report import ExportReport
@@ -73,7 +73,7 @@ def _splits(records: list[dict[str, Any]], val_fraction: float) -> dict[int, str
     With a fraction above 0 and two images or more, each split gets at least one image.
     """
     def rank(record: dict[str, Any]) -> float:
-        key = json.dumps(record.get("cdf_file"), sort_keys=True) + f"#{record['id']}"
+        key = strict_json.dumps(record.get("cdf_file"), sort_keys=True) + f"#{record['id']}"
         return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0 ** 64
 
     ranks = {int(r["id"]): rank(r) for r in records}
@@ -111,13 +111,13 @@ def write_yolo(labelled: Labelled, fetcher: ImageFetcher, folder: Path, *, final
         report.objects += len(lines)
         report.empty += empty
     val = "images/val" if "val" in splits else "images/train"
-    names = "".join(f"  {i}: {json.dumps(c['name'], ensure_ascii=False)}\n"
+    names = "".join(f"  {i}: {strict_json.dumps(c['name'], ensure_ascii=False)}\n"
                     for i, c in enumerate(labelled.categories))
     (folder / "data.yaml").write_text(
         f"# Ultralytics YOLO segmentation dataset, written by cogseg_ml {__version__}.\n"
         "# One polygon per object: an object's parts and holes are joined into one ring by\n"
         "# zero-width cuts (filled by pixel centres, the ring gives back the mask exactly).\n"
-        f"path: {json.dumps(str(final), ensure_ascii=False)}\n"
+        f"path: {strict_json.dumps(str(final), ensure_ascii=False)}\n"
         "train: images/train\n"
         f"val: {val}\n"
         f"nc: {len(labelled.categories)}\n"

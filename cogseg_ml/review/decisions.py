@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cogseg_ml import strict_json
 from cogseg_ml.errors import ValidationError
 
 __all__ = ["DECISIONS_FORMAT", "DECISIONS_VERSION", "Decisions", "apply_decisions",
@@ -72,7 +72,7 @@ def labels_digest(coco: Mapping[str, Any]) -> str:
                   for a in _records(coco, "annotations"))
     images = sorted((_int_field(im, "id", "images"), str(im.get("file_name", "")))
                     for im in _records(coco, "images"))
-    canonical = json.dumps({"annotations": anns, "images": images}, separators=(",", ":"),
+    canonical = strict_json.dumps({"annotations": anns, "images": images}, separators=(",", ":"),
                            ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -104,19 +104,27 @@ class Decisions:
         decisions = {str(i): "accept" for i in self.accepted}
         decisions.update({str(i): "reject" for i in self.rejected})
         ordered = dict(sorted(decisions.items(), key=lambda kv: int(kv[0])))
-        return json.dumps({"format": DECISIONS_FORMAT, "version": DECISIONS_VERSION,
+        return strict_json.dumps({"format": DECISIONS_FORMAT, "version": DECISIONS_VERSION,
                            "labels_file": self.labels_file,
                            "labels_digest": self.labels_digest,
                            "decisions": ordered}, indent=1) + "\n"
 
 
+def _is_id(key: str) -> bool:
+    """A whole number as JSON writes it: digits, no leading zero, no longer than an id read
+    from a labels file can be (so ``int`` never meets Python's digit limit)."""
+    return (0 < len(key) <= strict_json.MAX_INT_DIGITS and key.isascii() and key.isdigit()
+            and (key == "0" or not key.startswith("0")))
+
+
+def _shown(key: str) -> str:
+    """A key for a message: a hostile one is cut short."""
+    return repr(key) if len(key) <= 60 else f"{key[:40]!r}... ({len(key)} characters)"
+
+
 def _parse(text: str, path: Path) -> Decisions:
     """A decisions file's content, checked for shape (not yet against the labels)."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ValidationError(f"decisions file {path.name} is not JSON ({exc}); save it again "
-                              "from the review page") from None
+    data = strict_json.loads(text, f"decisions file {path.name}")
     if not isinstance(data, dict) or data.get("format") != DECISIONS_FORMAT:
         raise ValidationError(f"{path.name} is not a review decisions file (its \"format\" must "
                               f"be {DECISIONS_FORMAT!r}); save one with the review page's "
@@ -135,9 +143,9 @@ def _parse(text: str, path: Path) -> Decisions:
     accepted: set[int] = set()
     rejected: set[int] = set()
     for key, value in raw.items():
-        if not (key.isascii() and key.isdigit() and str(int(key)) == key):
-            raise ValidationError(f"decisions file {path.name}: {key!r} is not an annotation id "
-                                  "(a whole number)")
+        if not _is_id(key):
+            raise ValidationError(f"decisions file {path.name}: {_shown(key)} is not an "
+                                  "annotation id (a whole number)")
         if value not in _VALUES:
             raise ValidationError(f"decisions file {path.name}: annotation {key} is {value!r}; "
                                   "each decision is \"accept\" or \"reject\"")
@@ -166,6 +174,12 @@ def load_decisions(path: str | Path, coco: Mapping[str, Any], labels_name: str) 
         raise ValidationError(f"decisions file {p} cannot be read ({reason})") from None
     decisions = _parse(text, p)
     digest = labels_digest(coco)
+    if decisions.labels_digest != digest and decisions.labels_file == labels_name:
+        raise ValidationError(
+            f"decisions file {p.name} was saved for an earlier version of {labels_name}: "
+            f"{labels_name} changed since the decisions were saved (its masks or images "
+            f"differ), so they may name the wrong masks; review it again with `cogseg review "
+            f"{labels_name} --out DIR` and save new decisions")
     if decisions.labels_digest != digest:
         raise ValidationError(
             f"decisions file {p.name} was saved for labels file {decisions.labels_file!r}, "

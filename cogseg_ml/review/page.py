@@ -9,28 +9,26 @@ accepts or rejects masks by click or key, and saves the decisions as a JSON file
 the labels file's name and digest, so its decisions name the labels they were made on.
 
 The page needs no server and no network: its script and style are inlined, its pictures are
-files beside it. Written so that an open page is never half-replaced: thumbnails go to a new
-folder first, then ``index.html`` is moved into place, then the previous folder is removed.
+files beside it. The folder is written whole (:mod:`cogseg_ml.output_folder`): built aside and
+put in place at once, replacing an earlier page there; the thumbnails folder has a new name each
+time, so a browser never mixes an old page's pictures with a new one's.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import os
-import re
 import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cogseg_ml import strict_json
 from cogseg_ml.backends.api_backend import API_BACKEND
 from cogseg_ml.errors import CogsegError, ValidationError
 from cogseg_ml.image_decode import decode_array
+from cogseg_ml.output_folder import output_folder
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.review.decisions import labels_digest
 from cogseg_ml.review.images import ImageSource
@@ -38,7 +36,6 @@ from cogseg_ml.review.thumbnails import annotation_mask, thumbnail
 
 __all__ = ["ReviewPage", "provenance_of", "write_review_page"]
 
-THUMBS = re.compile(r"^thumbs-[0-9a-f]{8}$")
 PROVENANCE_LABELS = {"api": "API", "local": "local model", "unknown": "unknown source"}
 
 
@@ -247,7 +244,7 @@ def _html(coco: Mapping[str, Any], labels_name: str, digest: str, thumbs: str,
     stem = Path(labels_name).stem or "labels"
     meta = {"labels_file": labels_name, "labels_digest": digest,
             "download_name": f"{stem}.decisions.json"}
-    meta_json = json.dumps(meta).replace("</", "<\\/")
+    meta_json = strict_json.dumps(meta).replace("</", "<\\/")
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -303,8 +300,9 @@ def write_review_page(coco: Mapping[str, Any], out: str | Path, *, labels_name: 
 
     Args:
         coco: the labels file's content (RLE or polygon segmentations).
-        out: the folder (created if missing); ``index.html`` and a ``thumbs-*`` folder go in
-            it, replacing a previous page there.
+        out: the folder to write (see :mod:`cogseg_ml.output_folder`): missing, empty, or an
+            earlier review page's unchanged output, which is replaced whole; ``index.html``
+            and a ``thumbs-*`` folder (a new name each time) go in it.
         labels_name: the labels file's name, shown on the page and saved with its decisions.
         images: where image bytes come from (see :mod:`cogseg_ml.review.images`); an image
             whose bytes cannot be had gets its masks drawn on grey, and is reported.
@@ -312,42 +310,19 @@ def write_review_page(coco: Mapping[str, Any], out: str | Path, *, labels_name: 
         progress: show a progress bar while the thumbnails are drawn.
 
     Raises:
-        ValidationError: the labels are not a consistent COCO file, or ``out`` cannot be used.
+        ValidationError: the labels are not a consistent COCO file, or ``out`` cannot be used
+            (a file, a folder holding anything the review did not write, a failed write);
+            ``out`` is then left as it was.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValidationError(f"--out {out} is a file; give a folder for the review page")
     plan, names, colours = _plan(coco)
     digest = labels_digest(coco)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_hex(4)
-        thumbs = f"thumbs-{token}"
-        work = Path(tempfile.mkdtemp(prefix=f".{thumbs}.", suffix=".incomplete", dir=out))
-    except OSError as exc:
-        raise ValidationError(f"--out {out}: cannot write there ({exc.strerror or exc}); "
-                              "choose a writable folder") from None
-    try:
-        sizes, missing = _write_thumbs(plan, colours, work, images, max_side, progress)
-        os.chmod(work, 0o755)  # mkdtemp makes it owner-only; the page is for any reader
-        os.replace(work, out / thumbs)
+    thumbs = f"thumbs-{secrets.token_hex(4)}"
+    with output_folder(out, "review") as folder:
+        (folder / thumbs).mkdir()
+        sizes, missing = _write_thumbs(plan, colours, folder / thumbs, images, max_side,
+                                       progress)
         page = _html(coco, labels_name, digest, thumbs, plan, names, sizes, missing)
-        fd, tmp = tempfile.mkstemp(prefix=".index.html.", suffix=".incomplete", dir=out)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(page)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out / "index.html")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(out / thumbs, ignore_errors=True)
-        raise
-    for old in out.iterdir():  # the previous page's thumbnails
-        if old.is_dir() and THUMBS.match(old.name) and old.name != thumbs:
-            shutil.rmtree(old, ignore_errors=True)
+        (folder / "index.html").write_text(page, encoding="utf-8")
     by_id = {int(r["id"]): str(r.get("file_name", r["id"])) for r, _ in plan}
-    return ReviewPage(out / "index.html", sum(len(g) for _, g in plan), len(plan),
+    return ReviewPage(Path(out) / "index.html", sum(len(g) for _, g in plan), len(plan),
                       {by_id[i]: why for i, why in missing.items()})

@@ -1,0 +1,65 @@
+"""What the output-folder tests share: a folder's exact content, the one-line error of a
+refused command, and a real ``cogseg`` process stopped by a signal at a known point.
+
+The stop point needs no sleeps: the process starts with ``tests/exports/gate`` on its
+``PYTHONPATH``, whose ``sitecustomize`` makes the image fetch numbered ``COGSEG_TEST_GATE_AT``
+say ``gate`` on stderr and wait on stdin; the test reads that line, then sends the signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+GATE = Path(__file__).parent / "gate"
+COGSEG = Path(sys.executable).parent / "cogseg"
+MANIFEST = "cogseg-output.json"
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under ``folder`` by relative path: a file's bytes, ``None`` for a folder."""
+    found: dict[str, bytes | None] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        found[rel] = None if path.is_dir() and not path.is_symlink() else path.read_bytes()
+    return found
+
+
+def one_line(err: str) -> str:
+    """The one ``cogseg: ...`` line a refused or stopped command writes (asserted so)."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cogseg: "), err
+    return lines[0]
+
+
+def siblings(folder: Path) -> list[str]:
+    """Names in ``folder`` (what a run left beside its output, temporary folders included)."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def stopped_at_image(args: list[str], at: int, signum: int = signal.SIGINT,
+                     cwd: Path | None = None) -> tuple[int, str]:
+    """Run ``cogseg ARGS``, send ``signum`` while it fetches image number ``at``; its exit
+    code and stderr after the gate line."""
+    env = {**os.environ, "COGSEG_TEST_GATE_AT": str(at),
+           "PYTHONPATH": os.pathsep.join([str(GATE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([str(COGSEG), *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=cwd)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        if line != "gate\n":  # it ended (or failed) before reaching the image
+            _, rest = proc.communicate(timeout=120)
+            raise AssertionError(f"never reached image {at}: {line}{rest}")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
