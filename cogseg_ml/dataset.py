@@ -58,7 +58,10 @@ that size are dropped (counted in ``num_dropped``). ``mask_format="rle"`` return
 ``target["masks"]`` as :class:`~cogseg_ml.masks_at_size.CompactMasks` (a few hundred bytes per
 mask between processes); :func:`~cogseg_ml.masks_at_size.decode_masks` makes them dense in the
 main process, on any device. Dense masks are checked against ``mask_budget_bytes`` before they
-are built (:class:`~cogseg_ml.masks_at_size.MaskBudgetError`).
+are built (:class:`~cogseg_ml.masks_at_size.MaskBudgetError`), and the returned image against
+``image_budget_bytes`` (default 2 GiB) before it is decoded
+(:class:`~cogseg_ml.masks_at_size.ImageBudgetError`); a ``size=`` that no image could fit
+(``size=10**6``: at least 3 TB an image) is refused when the dataset is built.
 """
 
 from __future__ import annotations
@@ -90,9 +93,13 @@ from cogseg_ml.image_decode import (
 )
 from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
 from cogseg_ml.masks_at_size import (
+    DEFAULT_IMAGE_BUDGET,
     CompactMasks,
+    ImageBudgetError,
+    check_image_budget,
     check_mask_budget,
     compact_at_size,
+    fewest_pixels,
     target_size,
 )
 from cogseg_ml.progress import progress_bar
@@ -209,6 +216,14 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             returned size) would exceed this, with
             :class:`~cogseg_ml.masks_at_size.MaskBudgetError` naming the sample; ``None``
             checks nothing. Default 1 GiB. Not checked for ``mask_format="rle"``.
+        image_budget_bytes: the most one returned image may take (``3 * H * W`` times the
+            bytes of ``image_dtype``, at the returned size, before ``transforms``); default
+            :data:`~cogseg_ml.masks_at_size.DEFAULT_IMAGE_BUDGET` (2 GiB: the largest image
+            the default ``max_pixels`` admits, as float32), ``None`` checks nothing. Over it,
+            :class:`~cogseg_ml.masks_at_size.ImageBudgetError` (a ``ValidationError``) says
+            what to change: raised here when ``size``/``max_size`` alone make every image too
+            large (e.g. ``size=10**6``), else by the sample whose shape does, once its header
+            is read and before its pixels are decoded.
 
     Attributes:
         category_table: the :class:`~cogseg_ml.samples.CategoryTable` labels come from.
@@ -225,7 +240,8 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                  image_dtype: torch.dtype = torch.uint8,
                  size: int | Sequence[int] | None = None, max_size: int | None = None,
                  mask_format: MaskFormat = "dense",
-                 mask_budget_bytes: int | None = DEFAULT_MASK_BUDGET) -> None:
+                 mask_budget_bytes: int | None = DEFAULT_MASK_BUDGET,
+                 image_budget_bytes: int | None = DEFAULT_IMAGE_BUDGET) -> None:
         if on_miss not in ("fetch", "raise", "skip"):
             raise ValidationError(f"on_miss must be 'fetch', 'raise' or 'skip', got {on_miss!r}")
         if not isinstance(image_dtype, torch.dtype) or not (
@@ -247,6 +263,19 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                 or mask_budget_bytes < 0):
             raise ValidationError(f"mask_budget_bytes must be a non-negative int (bytes) or "
                                   f"None, got {mask_budget_bytes!r}")
+        if image_budget_bytes is not None and (
+                isinstance(image_budget_bytes, bool) or not isinstance(image_budget_bytes, int)
+                or image_budget_bytes < 0):
+            raise ValidationError(f"image_budget_bytes must be a non-negative int (bytes) or "
+                                  f"None, got {image_budget_bytes!r}")
+        if image_budget_bytes is not None and (size is not None or max_size is not None):
+            # Where the size alone decides, refuse now (before any I/O), not per sample.
+            low_h, low_w, exact = fewest_pixels(size, max_size)
+            setting = ", ".join(f"{k}={v!r}" for k, v in (("size", size), ("max_size", max_size))
+                                if v is not None)
+            check_image_budget(low_h, low_w, image_budget_bytes, setting,
+                               itemsize=image_dtype.itemsize, dtype=_dtype_name(image_dtype),
+                               at_least=not exact)
         self.samples = list(samples)
         for i, s in enumerate(self.samples):
             if not isinstance(s, Sample):
@@ -267,6 +296,7 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         self.max_size = max_size
         self.mask_format: MaskFormat = mask_format
         self.mask_budget_bytes = mask_budget_bytes
+        self.image_budget_bytes = image_budget_bytes
         self._image_ids = [iid for _, iid in image_ids(self.samples)]
         self._sizes: dict[int, tuple[int, int]] = {}  # (height, width) of samples seen
         self._warned_unaligned = False
@@ -361,11 +391,18 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             data, rec = self.store.image(sample.file)
             self._remember_size(index, rec)
             out_h, out_w = self.output_size(rec.height, rec.width)
+            if self.image_budget_bytes is not None:  # before decoding
+                check_image_budget(out_h, out_w, self.image_budget_bytes,
+                                   f"sample {index} ({sample.file.describe()})",
+                                   itemsize=self.image_dtype.itemsize,
+                                   dtype=_dtype_name(self.image_dtype))
             if (out_h, out_w) == (rec.height, rec.width):
                 pixels = decode_image(data, sample.file, self.max_pixels)
             else:
                 pixels = decode_image_at_size(data, out_h, out_w, sample.file, self.max_pixels)
             return rec, tv_tensors.Image(pixels)
+        except ImageBudgetError:
+            raise  # names the sample already; its type says what to change
         except CogsegError as exc:
             raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
 
@@ -586,6 +623,10 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                         report.jobs_run += 1
         report.failures.sort(key=lambda f: (f[0], -1 if f[1] is None else f[1]))
         return report
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 # --- instance indices through the user's transforms ------------------------------------------

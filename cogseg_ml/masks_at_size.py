@@ -26,7 +26,11 @@ cumulative sum down each column then leaves exactly 0 or 1 in every pixel. All a
 ``uint8`` modulo 256, which is exact here because every true prefix sum is 0 or 1.
 
 :func:`check_mask_budget` refuses a sample whose dense masks would exceed a byte budget, with
-:class:`MaskBudgetError`, naming the sample, the bytes and the knobs that fix it.
+:class:`MaskBudgetError`, naming the sample, the bytes and the knobs that fix it;
+:func:`check_image_budget` does the same for the returned image (:class:`ImageBudgetError`,
+default budget :data:`DEFAULT_IMAGE_BUDGET`), and :func:`fewest_pixels` says how small a
+``size=``/``max_size=`` combination can make any image, so a size that no image could fit is
+refused before any image is read.
 """
 
 from __future__ import annotations
@@ -46,12 +50,16 @@ from cogseg_ml.errors import SampleError, ValidationError
 from cogseg_ml.mask_codec import Rle, polygons_to_rle, run_lengths
 
 __all__ = [
+    "DEFAULT_IMAGE_BUDGET",
     "CompactMasks",
+    "ImageBudgetError",
     "MaskBudgetError",
+    "check_image_budget",
     "check_mask_budget",
     "compact_at_size",
     "decode_masks",
     "decode_rle_batch",
+    "fewest_pixels",
     "polygons_at_size",
     "rle_at_size",
     "source_indices",
@@ -64,6 +72,10 @@ DeviceLike = torch.device | str | None
 _MODES = ("nearest", "nearest-exact")
 _INT32_MAX = 2**31 - 1
 T = TypeVar("T")
+#: Default ``image_budget_bytes``: the most one returned image may take (2 GiB). Room for the
+#: largest image the default ``max_pixels`` admits (178,956,970 pixels) as float32 RGB, so only
+#: images made larger by ``size=``/``max_size=`` (or a larger ``max_pixels``) are refused.
+DEFAULT_IMAGE_BUDGET = 2**31
 
 
 class MaskBudgetError(SampleError, ValidationError):
@@ -82,6 +94,28 @@ class MaskBudgetError(SampleError, ValidationError):
     n: int
     height: int
     width: int
+
+
+class ImageBudgetError(SampleError, ValidationError):
+    """A returned image would exceed the image budget (``image_budget_bytes``).
+
+    Raised when the dataset is built where ``size=``/``max_size=`` alone make every image too
+    large, else for the sample whose shape does, before its pixels are decoded.
+
+    Attributes:
+        what: the sample (or the setting), as the caller named it.
+        needed_bytes: what the ``(3, height, width)`` image would take.
+        budget_bytes: the budget.
+        height, width: the image's size (the smallest possible one, for a setting).
+        dtype: the image's dtype, as text.
+    """
+
+    what: str
+    needed_bytes: int
+    budget_bytes: int
+    height: int
+    width: int
+    dtype: str
 
 
 # --- sizes and the sampling rule ---------------------------------------------------------------
@@ -734,3 +768,74 @@ def check_mask_budget(n: int, h: int, w: int, budget_bytes: int | None, what: st
         f"size with size=...{hint}, keep masks compact until the batch is decoded with "
         f'mask_format="rle" and cogseg_ml.decode_masks, or raise the budget ({knob}=...)',
         what=what, needed_bytes=needed, budget_bytes=budget, n=n, height=h, width=w)
+
+
+def fewest_pixels(size: int | Sequence[int] | None, max_size: int | None = None
+                  ) -> tuple[int, int, bool]:
+    """The smallest ``(h, w)`` any image can have after ``Resize(size, max_size=max_size)``.
+
+    Returns ``(h, w, exact)``: ``exact`` when every image gets exactly that size (a pair);
+    otherwise a lower bound on ``h * w``: an int ``size`` gives every image at least that
+    short side (``size x size``); with ``max_size`` the long side is at most ``max_size`` and
+    the short side may be as small as 1 (``1 x max_size``, or ``size x size`` if smaller).
+    Arguments are checked as :func:`target_size` checks them.
+    """
+    target_size(4096, 4096, size, max_size)  # the combination's errors
+    sides: list[int] | None
+    if size is None:
+        sides = None
+    elif isinstance(size, Sequence):
+        sides = [int(s) for s in size]
+    else:
+        sides = [int(size)]
+    if sides is not None and len(sides) == 2:
+        return sides[0], sides[1], True
+    short = None if sides is None else sides[0]
+    if max_size is None:
+        assert short is not None
+        return short, short, False
+    if short is not None and short * short <= max_size:
+        return short, short, False
+    return 1, int(max_size), False
+
+
+def check_image_budget(height: int, width: int, budget_bytes: int | None, what: str, *,
+                       itemsize: int = 1, dtype: str = "uint8", at_least: bool = False,
+                       knob: str = "image_budget_bytes") -> int:
+    """Refuse a ``(3, height, width)`` image of ``itemsize``-byte channels over ``budget_bytes``.
+
+    Args:
+        height, width: the image's size (with ``at_least``, the smallest it can be).
+        budget_bytes: the most bytes allowed; ``None`` checks nothing.
+        what: the sample or the setting, as it should appear in the message.
+        itemsize, dtype: the bytes per channel value and the dtype's name, for the message.
+        at_least: the size is a lower bound (the message says so).
+        knob: the name of the parameter that sets the budget, for the message.
+
+    Returns:
+        The bytes the image takes.
+
+    Raises:
+        ImageBudgetError: (a ``ValidationError`` and a ``SampleError``) over the budget; the
+            message names the sample, the bytes and the knobs that fix it: a smaller
+            ``size=``, a ``max_size=``, or the budget.
+        ValidationError: ``budget_bytes`` is not a non-negative integer or ``None``.
+    """
+    h, w = _positive_int(height, "height"), _positive_int(width, "width")
+    needed = 3 * h * w * int(itemsize)
+    if budget_bytes is None:
+        return needed
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) \
+            or budget_bytes < 0:
+        raise ValidationError(f"{knob} must be a non-negative integer (bytes) or None, got "
+                              f"{budget_bytes!r}")
+    budget = int(budget_bytes)
+    if needed <= budget:
+        return needed
+    shape = f"at least {h}x{w} pixels" if at_least else f"{h}x{w} pixels"
+    raise ImageBudgetError(
+        f"{what}: the image would be {shape}, {_human(needed)} as {dtype} RGB, over the image "
+        f"budget of {_human(budget)}; train at a smaller size with size=... (e.g. size=800, "
+        "max_size=1333, what torchvision's detection models resize to) or cap the long side "
+        f"with max_size=..., or raise the budget ({knob}=...; None checks nothing)",
+        what=what, needed_bytes=needed, budget_bytes=budget, height=h, width=w, dtype=dtype)
