@@ -6,6 +6,7 @@ import argparse
 import errno
 import json
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -22,25 +23,22 @@ from cogseg_ml.errors import ValidationError
 
 
 def _faults(path: str) -> list[Any]:
-    """The fault rules of a ``--faults`` file, each checked (the message names the rule)."""
-    from cogseg_ml.emulator.faults import Fault
+    """The fault rules of a ``--faults`` file, read strictly and each checked (the message
+    names the rule, its field and what the field allows)."""
+    from cogseg_ml.emulator.faults import FaultRuleError, faults_from_json
 
-    text = input_file(path, "--faults").read_text(encoding="utf-8")
+    source = f"--faults {path}"
+    data = input_file(path, "--faults").read_bytes()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"--faults {path} is not valid JSON: {exc.msg} at line "
-                              f"{exc.lineno} column {exc.colno}") from None
-    if not isinstance(data, list):
-        raise ValidationError(f"--faults {path} must hold a JSON list of fault rules, e.g. "
-                              '[{"kind": "status", "status": 503, "probability": 0.1}]')
-    faults = []
-    for i, rule in enumerate(data):
-        try:
-            faults.append(Fault.from_dict(rule))
-        except (ValueError, TypeError) as exc:
-            raise ValidationError(f"--faults {path}: rule {i}: {exc}") from None
-    return faults
+        return faults_from_json(data, source)
+    except FaultRuleError:
+        raise
+    except ValidationError as exc:
+        message = str(exc)
+        if message.startswith(f"{source} is not JSON ("):
+            message = f"{source} is not valid JSON (" + message[len(source) + 14:]
+            raise ValidationError(message, path=path) from None
+        raise
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -68,9 +66,12 @@ def _engine(args: argparse.Namespace) -> Any:
 def emulator_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~cogseg_ml.emulator.server.Emulator` ``cogseg emulator`` serves (not
     started); every argument checked (exit 2 material: a ValidationError)."""
-    from cogseg_ml.emulator.server import Emulator
+    from cogseg_ml.emulator.faults import check_seed
+    from cogseg_ml.emulator.server import Emulator, check_host
     from cogseg_ml.emulator.synthetic_images import make_dataset
 
+    host = check_host(args.host, "--host")
+    seed = check_seed(args.seed, "--seed")
     folder = input_folder(args.images, "--images") if args.images else None
     faults = _faults(args.faults) if args.faults else []
     if args.synthetic < 0:
@@ -85,7 +86,7 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
         raise ValidationError(f"--rate-limit takes requests/s > 0 (leave it out for no "
                               f"limit), got {args.rate_limit:g}")
     engine = _engine(args)
-    images = make_dataset(args.synthetic, seed=args.seed) if args.synthetic else None
+    images = make_dataset(args.synthetic, seed=seed) if args.synthetic else None
     if folder is not None:
         taken = {im.name for im in images or ()}
         clash = sorted(p.name for p in folder.iterdir() if p.name in taken)
@@ -96,11 +97,35 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
                 "serve fewer synthetic images")
     emu = Emulator(images=images, project=args.project, processing_time_s=args.processing_time,
                    concurrency=args.concurrency, rate_limit_rps=args.rate_limit, faults=faults,
-                   seed=args.seed, host=args.host, port=args.port, engine=engine,
+                   seed=seed, host=host, port=args.port, engine=engine,
                    retired=args.retired)
     if folder is not None:
         emu.add_folder(folder)
     return emu
+
+
+def _listen_error(exc: OSError, host: str, port: int) -> ValidationError:
+    """What to fix when the emulator cannot listen on ``host``:``port``: the flag at fault."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror):
+        return ValidationError(f"--host {host}: no such host ({reason}); give an address of "
+                               "this machine, e.g. 127.0.0.1 (the default) or ::1")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ValidationError(f"--host {host}: not an address of this machine ({reason}); "
+                               "give one of its addresses, e.g. 127.0.0.1 (the default) or ::1")
+    if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+        return ValidationError(f"--host {host}: this machine cannot listen on that kind of "
+                               f"address ({reason}; IPv6 switched off?); try 127.0.0.1")
+    url_host = f"[{host}]" if ":" in host else host
+    if exc.errno == errno.EADDRINUSE:
+        return ValidationError(f"--port {port}: {url_host}:{port} is already in use; stop what "
+                               "listens there or choose another port (--port 0: any free one)")
+    if exc.errno == errno.EACCES:
+        return ValidationError(f"--port {port}: listening on {url_host}:{port} is not "
+                               f"permitted ({reason}); ports below 1024 need privileges, "
+                               "choose a higher one (--port 0: any free one)")
+    return ValidationError(f"--host {host} --port {port}: cannot listen on {url_host}:{port} "
+                           f"({reason})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,9 +133,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         emu.start()
     except OSError as exc:
-        what = ("is already in use; stop what listens there or choose another port (--port 0: "
-                "any free one)" if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc}")
-        raise ValidationError(f"--port {args.port}: {args.host}:{args.port} {what}") from None
+        raise _listen_error(exc, emu.host, args.port) from None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -137,7 +160,9 @@ def register(sub: Any) -> None:
                        description="Serve the CDF emulator until interrupted. Prints one JSON "
                                    "line with base_url, project and token_url once ready.")
     e.add_argument("--port", type=port, default=8765, help="port (0: an ephemeral one)")
-    e.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    e.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on: IPv4, IPv6 (e.g. ::1) or a host name "
+                        "(default 127.0.0.1, loopback)")
     e.add_argument("--project", default="emulated-project")
     e.add_argument("--images", help="folder of .png/.jpg/.jpeg files to serve")
     e.add_argument("--synthetic", type=int, default=0,
@@ -146,8 +171,13 @@ def register(sub: Any) -> None:
                    help="seconds each job takes (default 0.05)")
     e.add_argument("--concurrency", type=int, default=8, help="jobs processed at once")
     e.add_argument("--rate-limit", type=float, default=None, help="requests/s before 429")
-    e.add_argument("--faults", help="JSON file with a list of fault rules")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--faults", metavar="FILE",
+                   help='JSON file with a list of fault rules, e.g. [{"kind": "status", '
+                        '"status": 503, "probability": 0.1}]; every rule is checked before '
+                        "serving (kinds and fields: the cogseg_ml.emulator.faults module)")
+    e.add_argument("--seed", type=int, default=0,
+                   help=f"seed of the synthetic images and of the faults drawn, 0..{2**32 - 1} "
+                        "(default 0)")
     e.add_argument("--engine", choices=["region-growing", "sam", "sam2"],
                    default="region-growing",
                    help="segmentation engine (sam: Meta's SAM 1 .pth file from --checkpoint; "

@@ -81,6 +81,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cogseg_ml import strict_json
 from cogseg_ml.api.wire_schema import (
     AnnotationCreateRequest,
     AnnotationListRequest,
@@ -92,7 +93,13 @@ from cogseg_ml.api.wire_schema import (
     SegmentFileRef,
     SegmentJobCreateRequest,
 )
-from cogseg_ml.emulator.faults import REQUEST_FAULT_KINDS, Fault, FaultInjector
+from cogseg_ml.emulator.faults import (
+    NO_BODY_STATUSES,
+    REQUEST_FAULT_KINDS,
+    FaultInjector,
+    check_seed,
+    faults_from_data,
+)
 from cogseg_ml.emulator.job_engine import JobEngine
 from cogseg_ml.emulator.state import (
     COGNITE_FILE_VIEW,
@@ -100,6 +107,7 @@ from cogseg_ml.emulator.state import (
     FilterProblem,
     RequestLogEntry,
 )
+from cogseg_ml.errors import ValidationError
 from cogseg_ml.prompts import Box, Point
 
 __all__ = ["ApiProblem", "Availability", "ConnectionDropped", "build_app"]
@@ -465,13 +473,23 @@ class Handlers:
         return JSONResponse(rec.metadata().to_wire(), status_code=201)
 
     async def admin_faults(self, request: Request) -> Response:
-        """Replace the fault rules: ``{"seed": int, "faults": [Fault as dict, ...]}``."""
+        """Replace the fault rules: ``{"seed": int, "faults": [Fault as dict, ...]}``.
+
+        Everything is checked first (strict JSON, every rule's fields, the seed in
+        0..:data:`~cogseg_ml.emulator.faults.MAX_SEED`): a 400 naming the rule and field
+        leaves the rules in force unchanged."""
         try:
-            data = json.loads(await request.body())
-            faults = [Fault.from_dict(d) for d in data.get("faults", [])]
-        except (ValueError, TypeError) as exc:
+            data = strict_json.loads(await request.body(), "the fault list")
+            if not isinstance(data, dict):
+                raise ValidationError('the fault list must be a JSON object {"seed": int, '
+                                      '"faults": [rule, ...]}')
+            seed = data.get("seed")
+            if seed is not None:
+                seed = check_seed(seed, "'seed'")
+            faults = faults_from_data(data.get("faults", []), "'faults'")
+        except ValidationError as exc:
             raise ApiProblem(400, f"bad fault list: {exc}") from None
-        self.faults.reset(faults, data.get("seed"))
+        self.faults.reset(faults, seed)
         return JSONResponse({"faults": len(faults)})
 
     async def admin_stats(self, request: Request) -> Response:
@@ -575,8 +593,11 @@ class FaultAndLogMiddleware:
             if reject is not None:
                 fault_name = f"status-{reject.status}"
                 headers = {"Retry-After": reject.retry_after} if reject.retry_after else None
-                await error_response(ApiProblem(reject.status, reject.message, headers=headers))(
-                    scope, receive, send_with_id)
+                answer = (Response(status_code=reject.status, headers=headers)
+                          if reject.status in NO_BODY_STATUSES else
+                          error_response(ApiProblem(reject.status, reject.message,
+                                                    headers=headers)))
+                await answer(scope, receive, send_with_id)
             elif self._rate_limited():
                 fault_name = "rate-limit"
                 await error_response(ApiProblem(429, "Too many requests: rate limit exceeded"))(

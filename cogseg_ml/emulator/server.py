@@ -12,6 +12,7 @@ ephemeral port unless told otherwise; leaving the ``with`` block stops it and jo
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import socket
@@ -31,8 +32,9 @@ from cogseg_ml.emulator.job_engine import JobEngine, JobRecord
 from cogseg_ml.emulator.segmentation_engines import RegionGrowingEngine, SegmentationEngine
 from cogseg_ml.emulator.state import EmulatorState, FileRecord, RequestLogEntry
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
+from cogseg_ml.errors import ValidationError
 
-__all__ = ["Emulator"]
+__all__ = ["Emulator", "check_host"]
 
 _log = logging.getLogger("cogseg_ml.emulator")
 
@@ -43,6 +45,30 @@ class _QuietDrops(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not isinstance(exc, ConnectionDropped)
+
+
+def check_host(host: str, name: str = "host") -> str:
+    """``host`` as an address to listen on: an IPv4 or IPv6 address (``::1``; brackets as in a
+    URL are taken off) or a host name, without a port or a scheme.
+
+    Raises:
+        ValidationError: empty, a URL, ``host:port`` or holding spaces; the message names
+            ``name`` (e.g. ``--host``).
+    """
+    if not isinstance(host, str) or not host.strip():
+        raise ValidationError(f"{name} is empty: give an address to listen on, e.g. 127.0.0.1 "
+                              "or ::1")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if "/" in bare or any(c.isspace() for c in bare):
+        raise ValidationError(f"{name} {host}: give an address or a host name (e.g. "
+                              "127.0.0.1 or ::1), not a URL or a path")
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ValidationError(f"{name} {host}: give the address alone (e.g. 127.0.0.1 or "
+                                  "::1); the port goes in --port") from None
+    return bare
 
 
 class Emulator:
@@ -60,7 +86,8 @@ class Emulator:
         token_ttl_s: lifetime of issued tokens.
         engine: the segmentation engine (default :class:`RegionGrowingEngine`).
         image_format: how synthetic images are stored, ``"png"`` or ``"jpeg"``.
-        host, port: where to listen (``port=0``: an ephemeral port).
+        host, port: where to listen: an IPv4 or IPv6 address or a host name (see
+            :func:`check_host`), and a port (``port=0``: an ephemeral one).
         retired: start with the Vision API retired: both segment routes answer 404 with
             CDF's error body and no ``missing``, as unknown routes do (files, tokens and
             annotations keep working). Switch it while serving with :attr:`retired`.
@@ -84,7 +111,7 @@ class Emulator:
         client_id: str = "cogseg-emulator",
         retired: bool = False,
     ) -> None:
-        self.host = host
+        self.host = check_host(host)
         self._port = port
         self.image_format = image_format
         self.state = EmulatorState(project, client_id=client_id,
@@ -115,22 +142,35 @@ class Emulator:
         """Start serving; returns when the server accepts connections.
 
         Raises:
-            OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is in use).
+            socket.gaierror: the host name does not resolve (an :class:`OSError`).
+            OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is in use;
+                ``errno.EADDRNOTAVAIL``: the host is not an address of this machine).
         """
         import uvicorn
 
         if self._thread is not None:
             raise RuntimeError("the emulator is already running")
+        where = f"{self._url_host}:{self._port}"
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                self.host, self._port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+        except socket.gaierror as exc:
+            raise socket.gaierror(exc.errno, f"cannot listen on {where}: the host does not "
+                                             f"resolve ({exc.strerror or exc})") from exc
         # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
         # says TCP, and without it every response waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        except OSError as exc:  # e.g. IPv6 switched off
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}"
+                          ) from exc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self.host, self._port))
+            sock.bind(address)
         except OSError as exc:  # e.g. the port is in use: say where, and free the socket
             sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.host}:{self._port}: "
-                                     f"{exc.strerror or exc}") from exc
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror or exc}"
+                          ) from exc
         self._socket = sock
         config = uvicorn.Config(self._app, log_level="warning", access_log=False,
                                 lifespan="on", timeout_keep_alive=30, backlog=2048)
@@ -184,9 +224,14 @@ class Emulator:
         return int(self._socket.getsockname()[1])
 
     @property
+    def _url_host(self) -> str:
+        """The host as a URL writes it (an IPv6 address in brackets)."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:{port}``."""
-        return f"http://{self.host}:{self.port}"
+        """``http://127.0.0.1:{port}`` (``http://[::1]:{port}`` on IPv6)."""
+        return f"http://{self._url_host}:{self.port}"
 
     @property
     def token_url(self) -> str:
