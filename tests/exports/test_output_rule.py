@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cogseg_ml import output_folder
 from cogseg_ml.cli import main
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
@@ -142,3 +143,15 @@ def test_a_write_that_fails_midway_is_exit_2_and_leaves_nothing(
     assert done.returncode == 2, done.stderr
     assert str(out) in one_line(done.stderr)
     assert siblings(tmp_path) == ["set"]
+
+
+def test_without_an_atomic_exchange_its_output_is_still_replaced_whole(
+        labelset: LabelSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the system cannot swap two folders in one step (not Linux), two renames do."""
+    monkeypatch.setattr(output_folder, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    to_coco(labelset.labels, out, cache=labelset.cache)
+    to_coco(labelset.holey, out, cache=labelset.cache, segmentation="polygon")
+    coco = json.loads((out / "annotations.json").read_text())
+    assert isinstance(coco["annotations"][0]["segmentation"], list)  # the second export's
+    assert siblings(tmp_path) == ["out"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cogseg_ml.cli import main
-from tests.exports.outputs import COGSEG, MANIFEST, one_line, siblings, snapshot
+from tests.exports.outputs import COGSEG, MANIFEST, one_line, siblings, snapshot, stopped_at_image
 
 
 def demo(out: Path | str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -62,3 +62,11 @@ def test_its_own_output_is_replaced_and_then_a_users_file_protects_it(
     code, err = demo(out, capsys)
     assert code == 2 and "coco.decisions.json" in one_line(err)
     assert snapshot(out) == before
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_demo_is_130_and_leaves_no_folder(tmp_path: Path) -> None:
+    code, err = stopped_at_image(["demo", "--out", str(tmp_path / "out"), "--images", "1",
+                                  "--quiet"], at=1)
+    assert code == 130 and "stopped by SIGINT" in one_line(err)
+    assert siblings(tmp_path) == []
