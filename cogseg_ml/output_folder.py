@@ -188,8 +188,8 @@ def check_out(out: str | Path, command: str, *, flag: str = "out",
         here = Path.cwd().resolve()
         if _inside(here, target.resolve()):
             raise ValidationError(f"{flag} {out} is the current folder or holds it; give a new "
-                                  f"folder inside it, e.g. {flag} {command}_out (cogseg "
-                                  "replaces its output folder whole)")
+                                  f"folder, e.g. {flag} {command}_out (cogseg replaces its "
+                                  "output folder whole)")
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise ValidationError(f"{flag} {out} exists and is not a folder; give a new folder "
                                   "name")
