@@ -108,7 +108,8 @@ Credentials = StaticToken | TokenProvider | ClientCredentials
 
 @dataclass(frozen=True)
 class RetryConfig:
-    """Retry budget for one HTTP call (defaults follow the official SDK).
+    """Retry budgets, and how the session recognizes outages, storms and stuck jobs (the
+    per-call budget's defaults follow the official SDK).
 
     Attributes:
         max_attempts: attempts in all, the first included.
@@ -126,6 +127,37 @@ class RetryConfig:
         unreachable_cooldown_s: how long every request of the session fails at once after
             the host was found unreachable (or the credentials refused), before one is tried
             again. Any answer from the host ends the outage earlier.
+        storm_failures: failed requests in a row, across all the session's calls to one
+            service (CDF's Vision API, or the rest of CDF), that make a *storm*: 500/502/503/
+            504 answers, timeouts, dropped answers, requests without an answer after
+            ``stall_s``, with no good answer between and each within ``storm_window_s`` of
+            now. A 429 whose Retry-After asks for a longer wait than ``max_backoff_s`` is a
+            storm by itself. A storm is said in one WARNING (calls keep their retry budget);
+            :class:`~cogseg_ml.backends.fallback.FallbackBackend` hands its queued and
+            in-flight jobs to the local model at once instead. See
+            :mod:`cogseg_ml.api.health`.
+        storm_window_s: failures older than this no longer count towards a storm.
+        stall_s: a request to CDF's Vision API (a job's creation or poll, answered in well
+            under a second when all is well) still unanswered after this long counts as a
+            failed request for the storm, so that a server that stopped answering is
+            recognized in seconds rather than after the request timeout
+            (``CdfConfig.timeout_s``, 60 s); the request itself keeps waiting. For the token
+            endpoint it only brings a WARNING saying what the session waits for.
+        token_attempts: failed token requests in a row (5xx, 429, dropped or timed-out
+            answers), across the session's calls, after which the token endpoint counts as
+            unavailable: every request of the session then fails at once with
+            :class:`~cogseg_ml.errors.CdfUnreachableError` for ``unreachable_cooldown_s``.
+            The first failure is said at once in a WARNING. With the default backoff the
+            budget is spent within about 8 s plus the requests' own time (the waits between
+            token requests are those of the calls that need the token: at most 0.5, 1, 2
+            and 4 s). Connection failures keep the smaller ``connect_attempts`` budget.
+        job_timeout_s: how long a segmentation job may take from its creation until it is
+            ``Completed`` or ``Failed`` when the caller gives no timeout (``segment``,
+            ``wait``, ``segment_many``, the API backend, ``cogseg label``); then its item
+            fails with :class:`~cogseg_ml.errors.JobTimeoutError`. ``None`` waits as long as
+            it takes. The default, 900 s (15 minutes), is far beyond a healthy job (seconds,
+            a few minutes when the project's jobs queue behind each other) yet bounds a job
+            stuck ``Queued`` or ``Running``, which would otherwise hold a run forever.
     """
 
     max_attempts: int = 10
@@ -136,17 +168,30 @@ class RetryConfig:
     connect_attempts: int = 3
     connect_backoff_s: float = 0.25
     unreachable_cooldown_s: float = 10.0
+    storm_failures: int = 5
+    storm_window_s: float = 10.0
+    stall_s: float = 3.0
+    token_attempts: int = 5
+    job_timeout_s: float | None = 900.0
 
     def __post_init__(self) -> None:
-        for name in ("max_attempts", "connect_attempts"):
+        for name in ("max_attempts", "connect_attempts", "storm_failures", "token_attempts"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValidationError(f"RetryConfig.{name} must be an integer >= 1, got {v!r}")
         for name in ("max_backoff_s", "total_timeout_s", "backoff_base_s", "connect_backoff_s",
-                     "unreachable_cooldown_s"):
+                     "unreachable_cooldown_s", "storm_window_s"):
             v = getattr(self, name)
             if not (_is_number(v) and math.isfinite(v) and v >= 0):
                 raise ValidationError(f"RetryConfig.{name} must be a finite number >= 0")
+        for name, none_ok in (("stall_s", False), ("job_timeout_s", True)):
+            v = getattr(self, name)
+            if none_ok and v is None:
+                continue
+            if not (_is_number(v) and math.isfinite(v) and v > 0):
+                what = " or None (no limit)" if none_ok else ""
+                raise ValidationError(f"RetryConfig.{name} must be a finite number of seconds "
+                                      f"> 0{what}, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ credentials is an :class:`~cogseg_ml.errors.AuthenticationError` naming the clie
 secret); a token provider that raises, or returns something that is not a token, is an
 ``AuthenticationError`` carrying its message, before any request is sent. With a
 :class:`~cogseg_ml.api.health.SessionHealth`, an unreachable token endpoint and refused
-credentials are recognized once for the whole session.
+credentials are recognized once for the whole session; the first failed token request (5xx,
+429, an answer dropped or timed out) and a token request unanswered after
+``RetryConfig.stall_s`` are said at once in a WARNING, and ``RetryConfig.token_attempts``
+failures in a row make the token endpoint down for the session.
 """
 
 from __future__ import annotations
@@ -143,14 +146,27 @@ class BearerAuth(httpx.Auth):
             if isinstance(self.credentials, ClientCredentials):
                 self.health.check(TOKEN_ENDPOINT, self._token_host())
 
+    def _stall_s(self) -> float | None:
+        """After how long an unanswered token request is said (``RetryConfig.stall_s``)."""
+        return self.health.retry.stall_s if self.health is not None else None
+
+    def _waiting(self, waited_s: float) -> None:
+        """A token request has had no answer for ``waited_s``: the session says so."""
+        if self.health is not None:
+            self.health.token_waiting(self._token_host(), waited_s,
+                                      self._timeout.read or waited_s)
+
     def _not_reached(self, exc: httpx.TransportError) -> TokenEndpointUnavailable:
         """The error for a token request that got no answer (recorded in the session)."""
         host = self._token_host()
         reason = describe_transport_error(exc)
         unreachable = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-        if unreachable and self.health is not None:
-            self.health.failed_to_connect(TOKEN_ENDPOINT, host, reason)
         what = f"{'cannot be reached' if unreachable else 'did not answer'} ({reason})"
+        if self.health is not None:
+            if unreachable:
+                self.health.failed_to_connect(TOKEN_ENDPOINT, host, reason)
+            elif not isinstance(exc, httpx.PoolTimeout):  # a pool timeout is ours, not its
+                self.health.token_failed(host, what)
         return TokenEndpointUnavailable(f"the token endpoint at {host} {what}", host=host,
                                         reason=what, unreachable=unreachable)
 
@@ -171,6 +187,8 @@ class BearerAuth(httpx.Auth):
         host = self._token_host()
         if response.status_code >= 500 or response.status_code == 429:
             what = f"answered {status_text(response.status_code)}"
+            if self.health is not None:
+                self.health.token_failed(host, what)
             raise TokenEndpointUnavailable(f"the token endpoint at {host} {what}", host=host,
                                            reason=what, status_code=response.status_code)
         if self.health is not None:  # it answers, and not with a failure of its own
@@ -228,11 +246,20 @@ class BearerAuth(httpx.Auth):
         if self._sync_http is None:
             self._sync_http = httpx.Client(timeout=self._timeout, verify=self._verify,
                                            transport=self._token_transport)
+        stall = self._stall_s()
+        timer = (threading.Timer(stall, self._waiting, args=(stall,)) if stall is not None
+                 else None)
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             resp = self._sync_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:
             # Not chained: the request it carries holds the client secret in its body.
             raise self._not_reached(exc) from None
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._accept_token(resp)
 
     async def _async_fetch(self) -> str:
@@ -249,10 +276,16 @@ class BearerAuth(httpx.Auth):
         if self._async_http is None:
             self._async_http = httpx.AsyncClient(timeout=self._timeout, verify=self._verify,
                                                  transport=self._async_token_transport)
+        stall = self._stall_s()
+        timer = (asyncio.get_running_loop().call_later(stall, self._waiting, stall)
+                 if stall is not None else None)
         try:
             resp = await self._async_http.post(creds.token_url, data=self._token_form(creds))
         except httpx.TransportError as exc:
             raise self._not_reached(exc) from None  # the request holds the secret: not chained
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._accept_token(resp)
 
     def sync_token(self, stale: str | None = None) -> str:

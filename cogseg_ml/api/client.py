@@ -24,7 +24,14 @@ from tenacity import AsyncRetrying
 
 from cogseg_ml.api.auth import BearerAuth, host_of
 from cogseg_ml.api.file_checks import check_segmentable
-from cogseg_ml.api.health import CDF, DOWNLOADS, TOKEN_ENDPOINT, HealthKey, SessionHealth
+from cogseg_ml.api.health import (
+    CDF,
+    DOWNLOADS,
+    TOKEN_ENDPOINT,
+    VISION,
+    HealthKey,
+    SessionHealth,
+)
 from cogseg_ml.api.http_core import Call, ClientCore, LimitedBody, rebuilt
 from cogseg_ml.api.job_pipeline import run_jobs
 from cogseg_ml.api.job_polling import PollSchedule, WaitPlan, checked_timeout
@@ -40,6 +47,8 @@ from cogseg_ml.api.retry_policy import (
     CONNECT_FAILURES,
     describe_transport_error,
     is_connect_failure,
+    is_retryable,
+    parse_retry_after,
     retrying_kwargs,
 )
 from cogseg_ml.api.session import SegmentationSession, Transport, as_async_transport, session_for
@@ -55,7 +64,7 @@ from cogseg_ml.api.wire_schema import (
     NodeListResponse,
     SegmentJob,
 )
-from cogseg_ml.config import CdfConfig, ClientCredentials, StaticToken
+from cogseg_ml.config import CdfConfig, ClientCredentials, RetryConfig, StaticToken
 from cogseg_ml.errors import (
     ApiError,
     ApiRetiredError,
@@ -67,6 +76,7 @@ from cogseg_ml.errors import (
     RetryableStatus,
     TokenEndpointUnavailable,
     ValidationError,
+    status_text,
 )
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 
@@ -101,6 +111,27 @@ def _checked_listing(flt: Mapping[str, Any] | None, limit: int, partitions: int 
                                    or not 1 <= partitions <= MAX_PARTITIONS):
         raise ValidationError(f"partitions must be an integer in 1..{MAX_PARTITIONS} (files/list "
                               f"answers 400 beyond {MAX_PARTITIONS}), got {partitions!r}")
+
+
+class _Stall:
+    """A request's stall watch: ``fired`` once it counted as failed for having no answer."""
+
+    def __init__(self, handle: asyncio.TimerHandle | None) -> None:
+        self.handle = handle
+        self.fired = False
+
+    def cancel(self) -> None:
+        """The request ended (or never needed watching)."""
+        if self.handle is not None:
+            self.handle.cancel()
+
+
+def _next(exc: BaseException, call: Call, n: int, retry: RetryConfig) -> tuple[int, int] | None:
+    """``(next attempt, attempts in all)`` when a call whose attempt ``n`` failed with
+    ``exc`` will be tried again, for messages."""
+    if n >= retry.max_attempts or not is_retryable(exc, call.kind, retry.create_retry):
+        return None
+    return (n + 1, retry.max_attempts)
 
 
 class _Failed:
@@ -222,6 +253,7 @@ class AsyncSegmentationClient(ClientCore):
         if call.attempts is not None:
             retry = dataclasses.replace(retry, max_attempts=call.attempts)
         service, host = where = self._where(call)
+        storm = self.storm_key(call)
         watched = [where] + ([self._token_key] if self._token_key and call.authenticated
                              else [])
         health = self.health
@@ -232,6 +264,7 @@ class AsyncSegmentationClient(ClientCore):
                 with attempt:
                     if self._gate is None:
                         self._gate = asyncio.Semaphore(self.config.max_connections)
+                    n = attempt.retry_state.attempt_number
                     async with self._gate:
                         # What the session already knows fails here, before anything is sent.
                         health.check(service, host)
@@ -239,13 +272,24 @@ class AsyncSegmentationClient(ClientCore):
                             health.check_credentials()
                         if call.segment_route:
                             health.check_retired()
+                            if call.authenticated:  # the token's wait is not the route's
+                                await self._auth.async_token()
                         self.requests_sent += 1
+                        stalled = self._watch_stall(call, storm, n, retry)
                         try:
                             resp = await self._exchange(call)
                         except CONNECT_FAILURES as exc:
                             health.failed_to_connect(service, host, describe_transport_error(exc))
                             raise
+                        except httpx.TransportError as exc:  # timed out, dropped: no answer
+                            if not isinstance(exc, httpx.PoolTimeout) and not stalled.fired:
+                                health.failed(*storm, type(exc).__name__,
+                                              attempt=_next(exc, call, n, retry))
+                            raise
+                        finally:
+                            stalled.cancel()
                     health.answered(service, host)
+                    self._judge(resp, call, storm, n, retry, counted=stalled.fired)
                     if call.authenticated and self.is_api(call):
                         if resp.status_code in (401, 403):
                             refused = self.refused(resp, call)
@@ -261,6 +305,50 @@ class AsyncSegmentationClient(ClientCore):
             # else (a bug in a transport or hook) propagates as it is, cause and all.
             raise self._gave_up(exc, call) from (None if call.url in str(exc) else exc)
         return resp
+
+    def storm_key(self, call: Call) -> HealthKey:
+        """Which service a call's failures count against for storms: CDF's Vision API for
+        the segment routes (watched apart: the rest of CDF may work on), else the host's."""
+        service, host = self._where(call)
+        return (VISION if call.segment_route else service, host)
+
+    @property
+    def storm_keys(self) -> tuple[HealthKey, HealthKey]:
+        """The services a segmentation job needs: CDF's Vision API and CDF itself."""
+        return ((VISION, self.host), (CDF, self.host))
+
+    def _watch_stall(self, call: Call, storm: HealthKey, n: int, retry: RetryConfig) -> _Stall:
+        """For the Vision API's requests (small and quick when all is well): count one still
+        unanswered after ``stall_s`` as failed (it keeps waiting)."""
+        if not call.segment_route:
+            return _Stall(None)
+        stall_s = retry.stall_s
+        stalled = _Stall(None)
+
+        def fire() -> None:
+            stalled.fired = True
+            self.health.failed(*storm, f"no answer within {stall_s:g} s",
+                               attempt=_next(httpx.ReadTimeout("no answer"), call, n, retry))
+
+        stalled.handle = asyncio.get_running_loop().call_later(stall_s, fire)
+        return stalled
+
+    def _judge(self, resp: httpx.Response, call: Call, storm: HealthKey, n: int,
+               retry: RetryConfig, *, counted: bool) -> None:
+        """Tell the session whether an answer was a failure of the service (for storms)."""
+        status = resp.status_code
+        if status >= 500:
+            if not counted:
+                self.health.failed(*storm, status_text(status), status=status,
+                                   attempt=_next(RetryableStatus(resp, None), call, n, retry))
+        elif status == 429:
+            wait = parse_retry_after(resp.headers.get("retry-after"))
+            if wait is not None and wait > retry.max_backoff_s:
+                self.health.failed(
+                    *storm, f"429 Too Many Requests with Retry-After {wait:g} s", status=status,
+                    attempt=_next(RetryableStatus(resp, wait), call, n, retry), decisive=True)
+        else:
+            self.health.succeeded(*storm)
 
     async def _send_segment(self, call: Call) -> httpx.Response:
         """:meth:`_send` for the segment endpoint, recognizing a retired route (404 or 410 for
@@ -335,7 +423,8 @@ class AsyncSegmentationClient(ClientCore):
     async def wait(self, job: SegmentJob | int, timeout: float | None = None,
                    request: SegmentRequest | None = None) -> SegmentationResult:
         """See :meth:`SegmentationClient.wait`."""
-        plan = WaitPlan(self.schedule, job, checked_timeout(timeout))
+        plan = WaitPlan(self.schedule, job, checked_timeout(timeout),
+                        default_timeout=self.config.retry.job_timeout_s, clock=self.health.clock)
         while (delay := plan.next_delay()) is not None:
             await asyncio.sleep(delay)
             plan.update(await self.retrieve_job(plan.job_id))
@@ -356,11 +445,12 @@ class AsyncSegmentationClient(ClientCore):
         return await self.wait(job, timeout=timeout, request=SegmentRequest(ref, p))
 
     def segment_many(self, requests: Iterable[RequestLike], *, concurrency: int = 32,
-                     timeout: float | None = None, check_files: bool = True
-                     ) -> AsyncIterator[JobOutcome]:
+                     timeout: float | None = None, check_files: bool = True,
+                     until_storm: bool = False) -> AsyncIterator[JobOutcome]:
         """See :meth:`SegmentationClient.segment_many` (an async iterator here)."""
         return run_jobs(self, requests, concurrency=concurrency,
-                        timeout=checked_timeout(timeout), check_files=check_files)
+                        timeout=checked_timeout(timeout), check_files=check_files,
+                        until_storm=until_storm)
 
     async def file_metadata(self, files: Iterable[FileLike], *, ignore_unknown: bool = False
                             ) -> list[FileMetadata]:
@@ -692,10 +782,13 @@ class SegmentationClient:
              request: SegmentRequest | None = None) -> SegmentationResult:
         """Poll until the job is terminal; returns its result.
 
+        ``timeout``: seconds from now; ``None``: the config's ``RetryConfig.job_timeout_s``
+        (900 s by default; set it to ``None`` to wait as long as it takes).
+
         Raises:
             ValidationError: ``timeout`` is not ``None`` or a finite number of seconds > 0.
             JobFailedError: the job failed as a whole (per-item failures are in the result).
-            JobTimeoutError: not terminal after ``timeout`` seconds.
+            JobTimeoutError: not terminal within the timeout.
         """
         timeout = checked_timeout(timeout)
         return self.session.run(lambda c: c.wait(job, timeout=timeout, request=request))
@@ -706,11 +799,14 @@ class SegmentationClient:
         """Segment one file: check it, create the job, wait for the result.
 
         Use ``result.item.best`` for the top segment; ``result.item`` raises
-        :class:`~cogseg_ml.errors.JobFailedError` if the file failed.
+        :class:`~cogseg_ml.errors.JobFailedError` if the file failed. ``timeout``: seconds
+        the job may take from its creation; ``None``: ``RetryConfig.job_timeout_s`` (900 s by
+        default).
 
         Raises:
             ValidationError: bad prompts, or a ``timeout`` that is not ``None`` or a finite
                 number of seconds > 0 (before any request is sent).
+            JobTimeoutError: the job did not finish within the timeout.
             NotFoundError: CDF does not know the file (the message names it).
             CdfUnreachableError: CDF or its token endpoint cannot be reached (an
                 ``ApiUnavailableError``).
@@ -724,8 +820,8 @@ class SegmentationClient:
                                                     check_file=check_file))
 
     def segment_many(self, requests: Iterable[RequestLike], *, concurrency: int = 32,
-                     timeout: float | None = None, check_files: bool = True
-                     ) -> Iterator[JobOutcome]:
+                     timeout: float | None = None, check_files: bool = True,
+                     until_storm: bool = False) -> Iterator[JobOutcome]:
         """Run many jobs at once; yields one :class:`JobOutcome` per request as each finishes.
 
         At most ``concurrency`` jobs are in flight (created and not yet handed to you). One
@@ -737,13 +833,25 @@ class SegmentationClient:
         API has no cancel). Once CDF is found unreachable (or the credentials refused), the
         remaining requests fail at once, each an outcome with that error.
 
+        Args:
+            timeout: seconds a job may take from its creation (then its outcome is a
+                :class:`~cogseg_ml.errors.JobTimeoutError`); ``None``: the config's
+                ``RetryConfig.job_timeout_s`` (900 s by default).
+            until_storm: when the Vision API (or CDF) storms, i.e. answers only failures
+                (see :mod:`cogseg_ml.api.health`), end every job still queued or in flight
+                at once with :func:`~cogseg_ml.api.health.storm_error` instead of waiting out
+                its retries (for a caller with somewhere else to send them, such as
+                :class:`~cogseg_ml.backends.fallback.FallbackBackend`). Without it, calls keep
+                their retry budget and the storm is said in one WARNING.
+
         Raises:
             ValidationError: ``timeout`` is not ``None`` or a finite number of seconds > 0
                 (raised here, at the call).
         """
         timeout = checked_timeout(timeout)
         return self.session.iterate(lambda c: c.segment_many(
-            requests, concurrency=concurrency, timeout=timeout, check_files=check_files))
+            requests, concurrency=concurrency, timeout=timeout, check_files=check_files,
+            until_storm=until_storm))
 
     # --- files ---------------------------------------------------------------------------------
     def file_metadata(self, files: Iterable[FileLike], *, ignore_unknown: bool = False

@@ -22,6 +22,25 @@ remembered :class:`AuthenticationError`) without being sent, for
 host ends the outage. One WARNING on the ``cogseg_ml.api`` logger says so per outage, not one
 per request. The clock is injectable (``clock``), so tests need no sleeps.
 
+A *storm* is a service that answers, but only with failures: ``RetryConfig.storm_failures``
+(5) failed requests in a row across all the session's calls to it (500/502/503/504, timeouts,
+answers dropped mid-way, requests of the Vision API still without an answer after
+``RetryConfig.stall_s``), each within ``RetryConfig.storm_window_s`` (10 s), with no good answer
+between; a 429 whose Retry-After asks for more than the longest wait of a call
+(``RetryConfig.max_backoff_s``) is one by itself. CDF's Vision API (the segment routes) is
+watched apart from the rest of CDF, which may work on. A storm does not stop requests: who
+watches for it decides (:meth:`SessionHealth.listen`; the fallback backend's pipeline hands its
+queued and in-flight jobs to the local model at once, :func:`storm_error`); with nobody
+watching, calls keep their retry budget and one WARNING says so when the storm is recognized,
+one INFO when the service answers again. Failures older than the window do not count, so
+the first requests after a pause probe the service again.
+
+The token endpoint has a budget of its own: ``RetryConfig.token_attempts`` (5) failed token
+requests in a row (5xx, 429, answers dropped or timed out) across the session, then it counts
+as down like an unreachable host. Its first failure is said at once in a WARNING (what failed,
+and that the session retries: "attempt 2/5"), as is a token request still unanswered after
+``RetryConfig.stall_s``.
+
 A retired Vision API (:class:`~cogseg_ml.errors.ApiRetiredError`: the segment endpoint answered
 404 or 410 for the route) is remembered for the session's lifetime, with no cool-down: an
 endpoint that is gone does not come back, so it is never asked again; every segmentation call
@@ -36,25 +55,34 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypeGuard
 
 from cogseg_ml.config import RetryConfig
-from cogseg_ml.errors import ApiRetiredError, AuthenticationError, CdfUnreachableError
+from cogseg_ml.errors import (
+    ApiRetiredError,
+    ApiUnavailableError,
+    AuthenticationError,
+    CdfUnreachableError,
+)
 
-__all__ = ["CDF", "DOWNLOADS", "TOKEN_ENDPOINT", "HealthKey", "Service", "SessionHealth"]
+__all__ = ["CDF", "DOWNLOADS", "TOKEN_ENDPOINT", "VISION", "HealthKey", "Service",
+           "SessionHealth", "is_storm", "storm_error", "storm_summary"]
 
 _log = logging.getLogger("cogseg_ml.api")
 
-Service = Literal["CDF", "the token endpoint", "the download host"]
+Service = Literal["CDF", "CDF's Vision API", "the token endpoint", "the download host"]
 CDF: Service = "CDF"
+VISION: Service = "CDF's Vision API"  # its segment routes: storms are watched apart from CDF's
 TOKEN_ENDPOINT: Service = "the token endpoint"
 DOWNLOADS: Service = "the download host"
 HealthKey = tuple[Service, str]  # (what, "host:port")
 
 _HINTS: dict[str, str] = {
     CDF: "check base_url (the cluster URL) and the network",
+    VISION: "check base_url (the cluster URL) and the network",
     TOKEN_ENDPOINT: "check the token URL and the network",
     DOWNLOADS: "check the network",
 }
@@ -69,14 +97,72 @@ class _Watch:
     down_at: float = 0.0  # clock() when the outage was (last) confirmed
     state: str = "unreachable"  # or "unavailable": it answers, but only with failures
     warned: bool = False
+    failing: int = 0  # token requests that failed in a row (5xx, 429, dropped, timed out)
+    failing_said: bool = False
+    waiting_said: bool = False
+
+
+def storm_error(message: str, *, service: str, host: str, failures: int, reason: str,
+                since: float, status_code: int | None = None) -> ApiUnavailableError:
+    """The error of a job handed over because its service storms (see :func:`is_storm`):
+    an :class:`~cogseg_ml.errors.ApiUnavailableError` carrying ``storm=True``, ``service``,
+    ``host``, ``failures`` (failed requests in a row), ``reason`` (e.g. ``"503 Service
+    Unavailable x5"``), ``since`` (when recognized, seconds since the epoch) and
+    ``status_code`` (the last failing status, if any)."""
+    return ApiUnavailableError(message, storm=True, service=service, host=host,
+                               failures=failures, reason=reason, since=since,
+                               status_code=status_code)
+
+
+def is_storm(error: object) -> TypeGuard[ApiUnavailableError]:
+    """Whether ``error`` says its job was handed over because the service storms."""
+    return isinstance(error, ApiUnavailableError) and getattr(error, "storm", False) is True
+
+
+def storm_summary(error: ApiUnavailableError) -> str:
+    """``"CDF's Vision API at host:port failed 5 requests in a row (503 Service Unavailable
+    x5)"``, for a storm's error (see :func:`is_storm`); else the error's text."""
+    if not is_storm(error):
+        return str(error)
+    return _storm_text(getattr(error, "service", ""), getattr(error, "host", ""),
+                       getattr(error, "failures", 0), getattr(error, "reason", ""))
+
+
+def _storm_text(service: str, host: str, failures: int, reason: str) -> str:
+    return (f"{service} at {host} failed {failures} request"
+            f"{'s in a row' if failures > 1 else ''} ({reason})")
+
+
+@dataclass
+class _Storm:
+    """One service's failed requests since its last good answer."""
+
+    times: deque[float] = field(default_factory=deque)  # clock() of those within the window
+    reasons: Counter[str] = field(default_factory=Counter)
+    status: int | None = None  # the last failing status, if any
+    since: float | None = None  # wall() when the storm was recognized
+    said: bool = False
+
+    def describe(self) -> str:
+        """``"503 Service Unavailable x5"``, the commonest reasons first."""
+        return ", ".join(f"{r} x{n}" if n > 1 else r for r, n in self.reasons.most_common(3))
+
+    @property
+    def count(self) -> int:
+        """Failed requests in a row."""
+        return sum(self.reasons.values())
+
+
+StormListener = Callable[[ApiUnavailableError], None]
 
 
 class SessionHealth:
     """Outages and refused credentials seen by one session (thread-safe).
 
     Args:
-        retry: supplies ``connect_attempts`` and ``unreachable_cooldown_s``.
-        clock: monotonic seconds (for the cool-down).
+        retry: supplies ``connect_attempts``, ``unreachable_cooldown_s``, the storm rule
+            (``storm_failures``, ``storm_window_s``) and ``token_attempts``.
+        clock: monotonic seconds (for the cool-down, the storm window, and job timeouts).
         wall: seconds since the epoch (for the ``since`` users are shown).
     """
 
@@ -84,9 +170,12 @@ class SessionHealth:
                  wall: Callable[[], float] = time.time) -> None:
         self.threshold = retry.connect_attempts
         self.cooldown_s = retry.unreachable_cooldown_s
+        self.retry = retry
         self.clock = clock
         self.wall = wall
         self._watch: dict[HealthKey, _Watch] = {}
+        self._storms: dict[HealthKey, _Storm] = {}
+        self._listeners: list[tuple[frozenset[HealthKey], StormListener]] = []
         self._refused: tuple[float, AuthenticationError] | None = None
         self._refused_tokens: set[int] = set()  # hashes of tokens refused since an accept
         self._retired: ApiRetiredError | None = None
@@ -202,11 +291,115 @@ class SessionHealth:
         return copy.copy(outage)
 
     def answered(self, service: Service, host: str) -> None:
-        """``host`` answered (any status): it is reachable, whatever it said."""
+        """``host`` answered (any status): it is reachable, whatever it said.
+
+        For the token endpoint, call it only for answers that are not failures of its own
+        (not 5xx or 429): it also ends a run of failed token requests.
+        """
         with self._lock:
             w = self._watch.pop((service, host), None)
-        if w is not None and w.outage is not None:
+        if w is not None and (w.outage is not None or w.failing_said or w.waiting_said):
             _log.info("%s at %s answers again", service, host)
+
+    # --- storms --------------------------------------------------------------------------------
+    def listen(self, keys: Collection[HealthKey], listener: StormListener) -> Callable[[], None]:
+        """Call ``listener(error)`` on every failed request to one of ``keys`` while that
+        service storms (from the thread that recorded it). Returns the function that stops
+        it. While anyone listens for a service, its storm is logged at INFO only: the
+        listener says what it does about it."""
+        entry = (frozenset(keys), listener)
+        with self._lock:
+            self._listeners.append(entry)
+
+        def stop() -> None:
+            with self._lock:
+                if entry in self._listeners:
+                    self._listeners.remove(entry)
+
+        return stop
+
+    def failed(self, service: Service, host: str, reason: str, *, status: int | None = None,
+               attempt: tuple[int, int] | None = None, decisive: bool = False) -> None:
+        """A request to ``service`` failed: a 5xx, a timeout, an answer dropped, no answer
+        yet after ``stall_s``, or (``decisive``) a 429 asking for a longer wait than a call
+        makes. Enough in a row make a storm (see the module docstring).
+
+        Args:
+            reason: what happened, in a few words (``"503 Service Unavailable"``).
+            status: the HTTP status, if there was an answer.
+            attempt: ``(next attempt, attempts in all)`` of the call, when it will retry.
+            decisive: a storm by itself.
+        """
+        key = (service, host)
+        with self._lock:
+            s = self._storms.setdefault(key, _Storm())
+            now = self.clock()
+            s.times.append(now)
+            while s.times and now - s.times[0] > self.retry.storm_window_s:
+                s.times.popleft()
+            s.reasons[reason] += 1
+            if status is not None:
+                s.status = status
+            if not decisive and len(s.times) < self.retry.storm_failures:
+                return
+            if s.since is None:
+                s.since = self.wall()
+            listeners = [fn for keys, fn in self._listeners if key in keys]
+            say, s.said = not s.said, True
+            what = _storm_text(service, host, s.count, s.describe())
+            error = storm_error(f"{what}; the job was handed over at once instead of waiting "
+                                "out its retries", service=service, host=host, failures=s.count,
+                                reason=s.describe(), since=s.since, status_code=s.status)
+        if say and listeners:
+            _log.info("%s: its jobs are handed over at once", what)
+        elif say:
+            r = self.retry
+            budget = f"each call stops after {r.max_attempts} attempts or {r.total_timeout_s:.0f} s"
+            _log.warning("%s; retrying (%s): %s", what,
+                         f"attempt {attempt[0]}/{attempt[1]} next" if attempt else
+                         "where the retry rule allows", budget)
+        for fn in listeners:
+            fn(error)
+
+    def succeeded(self, service: Service, host: str) -> None:
+        """``service`` gave an answer that is not a failure: any storm of it is over."""
+        if (service, host) not in self._storms:  # the common case: nothing to end
+            return
+        with self._lock:
+            s = self._storms.pop((service, host), None)
+        if s is not None and s.said:
+            _log.info("%s at %s answers again (after %d failed requests in a row)", service,
+                      host, s.count)
+
+    # --- the token endpoint --------------------------------------------------------------------
+    def token_failed(self, host: str, reason: str) -> None:
+        """A token request failed (5xx, 429, an answer dropped or timed out): said at the
+        first; after ``token_attempts`` in a row the token endpoint is down (see
+        :meth:`give_up`)."""
+        budget = self.retry.token_attempts
+        with self._lock:
+            w = self._watch.setdefault((TOKEN_ENDPOINT, host), _Watch())
+            w.failing += 1
+            n = w.failing
+            say = not w.failing_said and n < budget
+            w.failing_said = w.failing_said or say
+        if n >= budget:
+            self.give_up(TOKEN_ENDPOINT, host, f"{reason}, {n} times in a row",
+                         unreachable=False)
+        elif say:
+            _log.warning("%s at %s %s; retrying (attempt %d/%d): after %d failed token "
+                         "requests in a row the session stops asking for %.0f s", TOKEN_ENDPOINT,
+                         host, reason, n + 1, budget, budget, self.cooldown_s)
+
+    def token_waiting(self, host: str, waited_s: float, timeout_s: float) -> None:
+        """A token request has had no answer for ``waited_s``: say so, once per episode."""
+        with self._lock:
+            w = self._watch.setdefault((TOKEN_ENDPOINT, host), _Watch())
+            say, w.waiting_said = not w.waiting_said, True
+        if say:
+            _log.warning("%s at %s has not answered in %g s; waiting up to %g s (the request "
+                         "timeout), then retrying (up to %d failed token requests in a row)",
+                         TOKEN_ENDPOINT, host, waited_s, timeout_s, self.retry.token_attempts)
 
     def refuse(self, error: AuthenticationError, *, token: str | None = None,
                confirmations: int = 1) -> None:

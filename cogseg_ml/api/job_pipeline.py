@@ -12,10 +12,18 @@ Flow for ``segment_many``:
    consumer slows submission instead of piling up results in memory.
 
 Every failure of a job (a :class:`~cogseg_ml.errors.CogsegError`, malformed answers included)
-is an outcome. Once the client has recognized CDF as unreachable (or the credentials as
-refused, or the Vision API as retired), every job still queued or in flight fails at once
-with that error, so a stream of
-thousands ends in moments instead of each job spending its own retry budget.
+is an outcome. A job not ``Completed`` or ``Failed`` within the timeout from its creation (the
+caller's, else ``RetryConfig.job_timeout_s``, 900 s by default; read from the session's clock)
+ends with :class:`~cogseg_ml.errors.JobTimeoutError`.
+
+With ``until_storm`` (the fallback backend's way), a storm of the Vision API or of CDF (see
+:mod:`cogseg_ml.api.health`) ends every job still queued or in flight at once with
+:func:`~cogseg_ml.api.health.storm_error`: their requests are cancelled, their retries not
+waited out, and the requests not yet started are not sent.
+
+Once the client has recognized CDF as unreachable (or the credentials as refused, or the
+Vision API as retired), every job still queued or in flight fails at once with that error, so
+a stream of thousands ends in moments instead of each job spending its own retry budget.
 
 Anything else raised by a background task is a bug, not a job's fate: it ends the
 stream at once, raised to the consumer with its traceback, rather than leaving it waiting.
@@ -69,9 +77,19 @@ class _Tracked:
     seq: int
     job_id: int = field(compare=False)
     request: SegmentRequest = field(compare=False)
-    started: float = field(compare=False)
+    started: float = field(compare=False)  # the session clock's time of the job's creation
+    key: int = field(default=0, compare=False)
     polls: int = field(default=0, compare=False)
     errors: int = field(default=0, compare=False)
+
+
+@dataclass
+class _Active:
+    """A job not yet delivered: its request, its id once created, the task working on it."""
+
+    request: SegmentRequest
+    job_id: int | None = None
+    task: asyncio.Task[Any] | None = None
 
 
 @dataclass
@@ -91,18 +109,32 @@ class _Crashed:
 
 async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLike], *,
                    concurrency: int = 32, timeout: float | None = None,
-                   check_files: bool = True) -> AsyncIterator[JobOutcome]:
-    """Async generator behind ``segment_many`` (see the module docstring)."""
+                   check_files: bool = True, until_storm: bool = False
+                   ) -> AsyncIterator[JobOutcome]:
+    """Async generator behind ``segment_many`` (see the module docstring).
+
+    ``timeout``: seconds from a job's creation; ``None``: ``RetryConfig.job_timeout_s``.
+    """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValidationError(f"concurrency must be a positive integer, got {concurrency!r}")
     timeout = checked_timeout(timeout)
+    limit = "the timeout given"  # what a JobTimeoutError names as the limit
+    if timeout is None:
+        timeout = client.config.retry.job_timeout_s
+        limit = "RetryConfig.job_timeout_s"
+    clock = client.health.clock
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(concurrency)
     results: asyncio.Queue[tuple[JobOutcome, bool] | _FeedDone | _Crashed] = asyncio.Queue()
     heap: list[_Tracked] = []
     wake = asyncio.Event()
     seq = itertools.count()
+    keys = itertools.count()
     tasks: set[asyncio.Task[Any]] = set()
+    active: dict[int, _Active] = {}  # with until_storm: the jobs a storm hands over
+    stormed: list[ApiUnavailableError] = []
+    checking: list[asyncio.Future[Any]] = []  # the feeder's file check in flight, if any
+    closed = False
 
     def spawn(coro: Any) -> None:
         t = asyncio.create_task(guarded(coro))
@@ -120,31 +152,62 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
         except BaseException as exc:  # a bug: end the stream with it, never hang
             results.put_nowait(_Crashed(exc))
 
-    def finish(outcome: JobOutcome, held: bool = True) -> None:
+    def finish(outcome: JobOutcome, held: bool = True, key: int | None = None) -> None:
+        if key is not None:
+            active.pop(key, None)
         results.put_nowait((outcome, held))
 
+    def hand_over(error: ApiUnavailableError) -> None:
+        """The storm: every job not yet delivered ends now with ``error`` (on the loop)."""
+        if closed or stormed:
+            return
+        stormed.append(error)
+        me = asyncio.current_task()
+        for a in active.values():
+            if a.task is not None and a.task is not me:
+                a.task.cancel()
+            finish(JobOutcome(a.request, error=error, job_id=a.job_id))
+        active.clear()
+        heap.clear()
+        for check in checking:
+            check.cancel()
+        wake.set()
+
     async def create(req: SegmentRequest) -> None:
+        if stormed:  # not sent: the storm was recognized while it waited for its turn
+            finish(JobOutcome(req, error=stormed[0]))
+            return
+        key = next(keys)
+        if until_storm:
+            active[key] = _Active(req, task=asyncio.current_task())
         try:
             job = await client.create_job(req.file, prompt=req.prompt)
         except CogsegError as exc:
-            finish(JobOutcome(req, error=exc))
+            finish(JobOutcome(req, error=exc), key=key)
             return
-        now = loop.time()
         if job.status.is_terminal:
-            settle(job, req)
+            settle(job, req, key)
             return
-        heapq.heappush(heap, _Tracked(now + client.schedule.first_delay(), next(seq), job.job_id,
-                                      req, now))
+        if key in active:
+            active[key].job_id, active[key].task = job.job_id, None
+        heapq.heappush(heap, _Tracked(loop.time() + client.schedule.first_delay(), next(seq),
+                                      job.job_id, req, clock(), key))
         wake.set()
 
-    def settle(job: SegmentJob, req: SegmentRequest) -> None:
+    def settle(job: SegmentJob, req: SegmentRequest, key: int) -> None:
         client.schedule.observe((job.status_time - job.created_time) / 1000.0)
         try:
-            finish(JobOutcome(req, result=result_from_job(job, req), job_id=job.job_id))
+            outcome = JobOutcome(req, result=result_from_job(job, req), job_id=job.job_id)
         except CogsegError as exc:
-            finish(JobOutcome(req, error=exc, job_id=job.job_id))
+            outcome = JobOutcome(req, error=exc, job_id=job.job_id)
+        finish(outcome, key=key)
 
     async def poll(t: _Tracked) -> None:
+        if stormed:  # spawned before the storm, started after: already handed over
+            return
+        a = active.get(t.key)
+        if a is not None:
+            a.task = asyncio.current_task()
         try:
             job = await client.retrieve_job(t.job_id)
         except CogsegError as exc:
@@ -153,26 +216,29 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
             # job's outcome is due now.
             if (t.errors >= POLL_ERRORS_TOLERATED or not isinstance(exc, ApiUnavailableError)
                     or isinstance(exc, (CdfUnreachableError, ApiRetiredError))):
-                finish(JobOutcome(t.request, error=exc, job_id=t.job_id))
+                finish(JobOutcome(t.request, error=exc, job_id=t.job_id), key=t.key)
                 return
             reschedule(t)
             return
         t.polls += 1
         if job.status.is_terminal:
-            settle(job, t.request)
+            settle(job, t.request, t.key)
             return
-        if timeout is not None and loop.time() - t.started >= timeout:
+        if timeout is not None and clock() - t.started >= timeout:
             finish(JobOutcome(t.request, job_id=t.job_id, error=JobTimeoutError(
-                f"job {t.job_id} for {t.request.file.describe()} not finished after "
-                f"{timeout:.1f} s (last status {job.status.value})",
-                job_id=t.job_id, last_status=job.status.value)))
+                f"job {t.job_id} for {t.request.file.describe()} still {job.status.value} "
+                f"{timeout:g} s after its creation: over the job timeout ({limit})",
+                job_id=t.job_id, last_status=job.status.value)), key=t.key)
             return
         reschedule(t)
 
     def reschedule(t: _Tracked) -> None:
+        a = active.get(t.key)
+        if a is not None:
+            a.task = None
         delay = client.schedule.next_delay(t.polls)
         if timeout is not None:
-            delay = min(delay, max(0.0, t.started + timeout - loop.time()))
+            delay = min(delay, max(0.0, t.started + timeout - clock()))
         t.due = loop.time() + delay
         t.seq = next(seq)
         heapq.heappush(heap, t)
@@ -223,8 +289,20 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
                     except CogsegError as exc:
                         req = raw if isinstance(raw, SegmentRequest) else _placeholder(raw)
                         reject(JobOutcome(req, error=exc))
-                if check_files and valid:
-                    valid = await _checked(client, valid, reject)
+                if check_files and valid and not stormed:
+                    check = asyncio.ensure_future(_checked(client, valid, reject))
+                    checking.append(check)
+                    try:
+                        await asyncio.wait({check})  # a storm cancels the check, not the feeder
+                    finally:
+                        checking.remove(check)
+                        check.cancel()  # when the feeder itself is cancelled
+                    if not check.cancelled():
+                        valid = check.result()
+                if stormed:
+                    for req in valid:
+                        reject(JobOutcome(req, error=stormed[0]))
+                    valid = []
                 for req in valid:
                     await slots.acquire()
                     promised += 1
@@ -238,6 +316,12 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
         # When reading the requests failed, what was read is delivered first, then the cause.
         results.put_nowait(_FeedDone(promised, read_error))
 
+    stop_listening: Any = None
+    if until_storm:
+        def heard(error: ApiUnavailableError) -> None:  # from the thread that recorded the failure
+            loop.call_soon_threadsafe(hand_over, error)
+
+        stop_listening = client.health.listen(client.storm_keys, heard)
     spawn(feed())
     spawn(poll_loop())
     delivered = 0
@@ -259,6 +343,9 @@ async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLi
         if feed_error is not None:  # the jobs already running were delivered; now the cause
             raise feed_error
     finally:
+        closed = True
+        if stop_listening is not None:
+            stop_listening()
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,14 +88,25 @@ class WaitPlan:
     """
 
     def __init__(self, schedule: PollSchedule, job: SegmentJob | int,
-                 timeout: float | None) -> None:
+                 timeout: float | None, *, default_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """
+        Args:
+            schedule: the client's poll schedule.
+            job: the job (as created or last seen) or its id.
+            timeout: seconds from now; ``None``: ``default_timeout``.
+            default_timeout: the config's ``RetryConfig.job_timeout_s`` (``None``: no limit).
+            clock: monotonic seconds (the session's, injectable in tests).
+        """
         from cogseg_ml.api.wire_schema import SegmentJob
 
         self.schedule = schedule
         self.current = job if isinstance(job, SegmentJob) else None
         self.job_id = job.job_id if isinstance(job, SegmentJob) else int(job)
-        self.timeout = timeout
-        self.start = time.monotonic()
+        self.limit = "the timeout given" if timeout is not None else "RetryConfig.job_timeout_s"
+        self.timeout = timeout if timeout is not None else default_timeout
+        self.clock = clock
+        self.start = clock()
         self.polls = 0
         self._delay = schedule.first_delay()
 
@@ -108,12 +120,12 @@ class WaitPlan:
             return None
         if self.timeout is None:
             return self._delay
-        left = self.timeout - (time.monotonic() - self.start)
+        left = self.timeout - (self.clock() - self.start)
         if left <= 0:
             last = self.current.status.value if self.current else "unknown"
-            raise JobTimeoutError(f"job {self.job_id} not finished after {self.timeout:.1f} s "
-                                  f"(last status {last})", job_id=self.job_id,
-                                  last_status=last if self.current else "")
+            raise JobTimeoutError(f"job {self.job_id} still {last} {self.timeout:g} s after "
+                                  f"waiting began: over the job timeout ({self.limit})",
+                                  job_id=self.job_id, last_status=last if self.current else "")
         return min(self._delay, left)
 
     def update(self, job: SegmentJob) -> None:

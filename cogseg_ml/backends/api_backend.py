@@ -47,7 +47,9 @@ class ApiBackend:
     :class:`~cogseg_ml.errors.CdfUnreachableError`, so a fallback takes them over without
     waiting for each job's retries. Likewise once the segment endpoint is gone (the Vision API
     retired): every job fails at once with :class:`~cogseg_ml.errors.ApiRetiredError`, for
-    good (see :attr:`retired`).
+    good (see :attr:`retired`). A service that answers only failures (a storm, see
+    :mod:`cogseg_ml.api.health`) is said once; :meth:`run_until_storm` also ends the run's
+    remaining jobs at once with :func:`~cogseg_ml.api.health.storm_error`.
     """
 
     name = API_BACKEND
@@ -98,8 +100,24 @@ class ApiBackend:
         """See :class:`~cogseg_ml.backends.base.SegmentationBackend`.
 
         Jobs whose files the caller checked (``file_checked``) send no ``files/byids``; the
-        first job decides for the stream.
+        first job decides for the stream. A job that does not finish within
+        ``RetryConfig.job_timeout_s`` of its creation (900 s by default) fails with
+        :class:`~cogseg_ml.errors.JobTimeoutError`. When the Vision API storms (answers
+        nothing but failures), the jobs keep their retry budget; the session says so in
+        one WARNING.
         """
+        return self._run(jobs, until_storm=False)
+
+    def run_until_storm(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        """:meth:`run`, but once the Vision API (or CDF) storms, every job still queued or in
+        flight fails at once with :func:`~cogseg_ml.api.health.storm_error` (an
+        ``ApiUnavailableError``) rather than waiting out its retries: for a caller with
+        somewhere else to send them (:class:`~cogseg_ml.backends.fallback.FallbackBackend`).
+        """
+        return self._run(jobs, until_storm=True)
+
+    def _run(self, jobs: Iterable[BackendJob], *, until_storm: bool
+             ) -> Iterator[BackendOutcome]:
         it = iter(jobs)
         first = next(it, None)
         if first is None:
@@ -107,7 +125,8 @@ class ApiBackend:
         requests = (SegmentRequest(j.request.file, j.request.prompt, tag=j)
                     for j in itertools.chain([first], it))
         for outcome in self.client.segment_many(requests, concurrency=self.concurrency,
-                                                check_files=not first.file_checked):
+                                                check_files=not first.file_checked,
+                                                until_storm=until_storm):
             job: BackendJob = outcome.request.tag
             if outcome.error is not None or outcome.result is None:
                 yield BackendOutcome(job, error=outcome.error or JobFailedError(

@@ -10,7 +10,14 @@ chunk's retry budget (minutes with the default :class:`~cogseg_ml.config.RetryCo
 An outage that starts in the middle of a chunk costs the connect budget once, not a retry
 budget per job: the API client's session recognizes the unreachable host and fails the rest of
 the chunk at once (:class:`~cogseg_ml.errors.CdfUnreachableError`), and the fallback takes
-those jobs over.
+those jobs over. Likewise an API that answers, but only with failures (a *storm*: 5 failed
+requests in a row across the session's jobs, 500/502/503/504, timeouts, requests unanswered
+after ``RetryConfig.stall_s``, or a 429 whose Retry-After is longer than a call would wait; see
+:mod:`cogseg_ml.api.health`): the primary's jobs queued and in flight end at once
+(:func:`~cogseg_ml.api.health.storm_error`, through ``run_until_storm`` where the primary has
+it), the fallback does them, and the breaker opens: one WARNING per switch, the API probed
+again after ``cooldown_s``. With default settings the switch takes well under a second for
+answers that are failures and about ``stall_s`` (3 s) for requests that get no answer.
 Results keep their provenance (the backend's name and model version are in their cache keys),
 so a later API run replaces local masks rather than being answered by them.
 
@@ -33,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cogseg_ml.api.health import is_storm, storm_summary
 from cogseg_ml.backends.base import BackendJob, BackendOutcome, SegmentationBackend
 from cogseg_ml.errors import ApiRetiredError, ApiUnavailableError, ValidationError
 
@@ -185,11 +193,15 @@ class FallbackBackend:
 
     def _primary_chunk(self, chunk: Sequence[BackendJob]) -> Iterator[BackendOutcome]:
         unavailable: list[BackendJob] = []
-        for out in self.primary.run(chunk):
+        why: ApiUnavailableError | None = None  # a storm's account, else the first failure's
+        run = getattr(self.primary, "run_until_storm", self.primary.run)
+        for out in run(chunk):
             if isinstance(out.error, ApiRetiredError):
                 self._retire(out.error)
             if isinstance(out.error, ApiUnavailableError):
                 unavailable.append(out.job)
+                if why is None or (is_storm(out.error) and not is_storm(why)):
+                    why = out.error
             else:
                 yield out
         assert self.fallback is not None
@@ -199,7 +211,8 @@ class FallbackBackend:
             return
         if unavailable:
             self._verified = False
-            self.breaker.failure(f"{len(unavailable)} jobs could not reach it")
+            self.breaker.failure(storm_summary(why) if is_storm(why) else
+                                 f"{len(unavailable)} jobs could not reach it: {why}")
             yield from self.fallback.run(unavailable)
         else:
             self.breaker.success()
