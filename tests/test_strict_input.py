@@ -284,6 +284,8 @@ def test_load_records_refuses_deep_json_lines(tmp_path: Path) -> None:
     ["label", "--prompts", "p.jsonl", "--out", "o.json", "--min-score", "1.5"],
     ["label", "--prompts", "p.jsonl", "--out", "o.json", "--min-area", "-1"],
     ["cache", "ls", "--limit", "-1"],
+    ["demo", "--images", "-3", "--out", "d"],
+    ["demo", "--images", "0", "--out", "d"],
 ])
 def test_bad_numeric_options_are_exit_2_before_any_work(
         argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],

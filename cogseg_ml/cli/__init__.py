@@ -9,7 +9,8 @@ Exit codes: 0 all done; 1 the work ran but some items failed (summarized); 2 bad
 input, a path that cannot be used, a cache that cannot be written (full disk, read-only), a
 local model folder that cannot be used: one line saying what to fix; 3 CDF unreachable, or its
 Vision API retired (``--backend api``); 4 credentials refused; 130/143 stopped by
-SIGINT/SIGTERM (finished work is kept: run the same command again to resume).
+SIGINT/SIGTERM (finished work is kept: run the same command again to resume; export,
+review and demo leave nothing half-written).
 
 Where masks come from (``cogseg label --backend``): ``api`` (default) the CDF Vision API;
 ``local`` a local SAM 2.1 (or SAM) model from ``--model DIR``, images still read from CDF files;

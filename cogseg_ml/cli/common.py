@@ -9,8 +9,11 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import cogseg_ml.strict_json as strict_json
@@ -40,6 +43,44 @@ def hinted(message: str, hint: str) -> str:
     """``message`` and the hint in the command line's terms (its environment variables),
     unless the message already names them."""
     return message if "COGNITE_" in message else f"{message}; {hint}"
+
+
+@contextmanager
+def signals_stop_the_run() -> Iterator[list[str]]:
+    """SIGTERM (and SIGINT) raise ``KeyboardInterrupt("SIGTERM")`` in the main thread, so a
+    run stops the same way for both; the names received are collected. A second signal while
+    stopping ends the process at once. Outside the main thread nothing is installed."""
+    received: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        received.append(name)
+        if len(received) > 1:
+            say(f"{name} again: stopping at once")
+            os._exit(128 + signum)
+        raise KeyboardInterrupt(name)
+
+    previous: dict[int, Any] = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:  # leave an ignored or custom handler alone
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stopped(received: list[str], out: str) -> int:
+    """One line and the exit code for a command stopped by SIGINT or SIGTERM while writing
+    its output folder (which is left whole: as it was, or complete)."""
+    name = received[-1] if received else "SIGINT"
+    say(f"stopped by {name}: nothing half-written was left in --out {out}")
+    return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
 
 
 # --- paths: checked before any work starts -----------------------------------------------------

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from cogseg_ml.cli.common import positive, signals_stop_the_run, stopped
+
 
 def run(args: argparse.Namespace) -> int:
-    from cogseg_ml.cli.export import stopped
-    from cogseg_ml.cli.label import _signals_stop_the_run
     from cogseg_ml.demo import run_demo
     from cogseg_ml.output_folder import check_out
 
     check_out(args.out, "demo", flag="--out")  # before the emulator starts
-    with _signals_stop_the_run() as received:
+    with signals_stop_the_run() as received:
         try:
             return run_demo(args.out, n_images=args.images, quiet=args.quiet)
         except KeyboardInterrupt:
@@ -31,6 +31,6 @@ def register(sub: Any) -> None:
                                    "refused (exit 2).")
     d.add_argument("--out", default="demo_out",
                    help="output folder: new, empty, or an earlier demo's (default demo_out)")
-    d.add_argument("--images", type=int, default=12, help="synthetic images to label")
+    d.add_argument("--images", type=positive, default=12, help="synthetic images to label")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, input_file, say
+from cogseg_ml.cli.common import EXIT_OK, input_file, signals_stop_the_run, stopped
 
 
 def _fraction(text: str) -> float:
@@ -20,18 +20,8 @@ def _fraction(text: str) -> float:
     return v
 
 
-def stopped(received: list[str], out: str) -> int:
-    """One line and the exit code for a command stopped by SIGINT or SIGTERM while writing
-    its output folder (which is left whole: as it was, or complete)."""
-    name = received[-1] if received else "SIGINT"
-    say(f"stopped by {name}: nothing half-written was left in --out {out}")
-    return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
-
-
 def run(args: argparse.Namespace) -> int:
-    from cogseg_ml.cli.label import _signals_stop_the_run
-
-    with _signals_stop_the_run() as received:
+    with signals_stop_the_run() as received:
         try:
             return _export(args)
         except KeyboardInterrupt:

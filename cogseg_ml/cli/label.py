@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from cogseg_ml.cli.common import (
@@ -44,6 +38,7 @@ from cogseg_ml.cli.common import (
     positive,
     retired_line,
     say,
+    signals_stop_the_run,
     write_atomically,
 )
 from cogseg_ml.errors import ValidationError
@@ -70,36 +65,6 @@ def _partitions(text: str) -> int:
         raise argparse.ArgumentTypeError(f"files/list splits into at most 10 partitions, got "
                                          f"{text!r}")
     return n
-
-
-@contextmanager
-def _signals_stop_the_run() -> Iterator[list[str]]:
-    """SIGTERM (and SIGINT) raise ``KeyboardInterrupt("SIGTERM")`` in the main thread, so a
-    run stops the same way for both; the names received are collected. A second signal while
-    stopping ends the process at once. Outside the main thread nothing is installed."""
-    received: list[str] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        received.append(name)
-        if len(received) > 1:
-            say(f"{name} again: stopping at once")
-            os._exit(128 + signum)
-        raise KeyboardInterrupt(name)
-
-    previous: dict[int, Any] = {}
-    for sig, default in ((signal.SIGINT, signal.default_int_handler),
-                         (signal.SIGTERM, signal.SIG_DFL)):
-        if signal.getsignal(sig) is default:  # leave an ignored or custom handler alone
-            previous[sig] = signal.signal(sig, stop)
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _stopped(summary: str | None, name: str) -> int:
@@ -267,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     labeler: SegmentationLabeler | None = None
     samples: Any = None
-    with _signals_stop_the_run() as received:
+    with signals_stop_the_run() as received:
         try:
             if prompts is not None:
                 samples = samples_from_records(load_records(prompts),

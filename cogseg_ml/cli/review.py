@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, input_file, say
+from cogseg_ml.cli.common import EXIT_OK, input_file, say, signals_stop_the_run, stopped
 from cogseg_ml.errors import ValidationError
 
 
@@ -27,10 +27,8 @@ def _image_source(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cogseg_ml.cli.export import stopped
-    from cogseg_ml.cli.label import _signals_stop_the_run
 
-    with _signals_stop_the_run() as received:
+    with signals_stop_the_run() as received:
         try:
             return _review(args)
         except KeyboardInterrupt:
