@@ -364,3 +364,61 @@ def test_records_helper_covers_every_image(images: list[SyntheticImage]) -> None
     """The prompts these tests write name every synthetic image (so a refusal is not an
     artefact of an empty input)."""
     assert {r["file"] for r in records(images)} == {im.name for im in images}
+
+
+# --- 1 (cont.): the folder-writing commands -----------------------------------------------------
+
+def _labelled(t: Path, images: list[SyntheticImage]) -> tuple[Path, Path, Path]:
+    """A labels file, a decisions file for it, and the cache the labels were made with."""
+    from cogseg_ml.review.decisions import Decisions, labels_digest
+
+    boxes = _coco_boxes(t / "boxes.json", images[:2])
+    cache = t / "cache"
+    assert main(["label", "--no-progress", "--coco-boxes", str(boxes), "--out",
+                 str(t / "labels.json"), "--cache", str(cache)]) == 0
+    labels = t / "labels.json"
+    coco = json.loads(labels.read_text())
+    decisions = t / "labels.decisions.json"
+    decisions.write_text(Decisions(labels.name, labels_digest(coco),
+                                   frozenset(a["id"] for a in coco["annotations"]),
+                                   frozenset()).to_json())
+    return labels, decisions, cache
+
+
+FOLDER_CASES: dict[str, Callable[[Path, Path, Path], list[str]]] = {
+    "export --out LABELS": lambda lab, dec, c: ["export", str(lab), "--to", "coco", "--cache",
+                                                str(c), "--out", str(lab)],
+    "export --out --decisions": lambda lab, dec, c: ["export", str(lab), "--to", "yolo",
+                                                     "--decisions", str(dec), "--cache", str(c),
+                                                     "--out", str(dec)],
+    "export --out the cache file": lambda lab, dec, c: [
+        "export", str(lab), "--to", "labelstudio", "--cache", str(c), "--out",
+        str(c / "masks.sqlite")],
+    "export --out the cache folder": lambda lab, dec, c: ["export", str(lab), "--to", "coco",
+                                                          "--cache", str(c), "--out", str(c)],
+    "export --out a new folder inside the cache": lambda lab, dec, c: [
+        "export", str(lab), "--to", "coco", "--cache", str(c), "--out", str(c / "exp")],
+    "export --out the folder holding LABELS": lambda lab, dec, c: [
+        "export", str(lab), "--to", "coco", "--cache", str(c), "--out", str(lab.parent)],
+    "review --out LABELS": lambda lab, dec, c: ["review", str(lab), "--cache", str(c),
+                                                "--no-progress", "--out", str(lab)],
+    "review --out the cache folder": lambda lab, dec, c: ["review", str(lab), "--cache", str(c),
+                                                          "--no-progress", "--out", str(c)],
+    "review --out inside the image store": lambda lab, dec, c: [
+        "review", str(lab), "--cache", str(c), "--no-progress", "--out",
+        str(c / "images" / "page")],
+    "demo --out the labels file": lambda lab, dec, c: ["demo", "--quiet", "--out", str(lab)],
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDER_CASES))
+def test_folder_commands_refuse_to_write_over_their_inputs_or_the_cache(
+        case: str, tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    labels, decisions, cache = _labelled(tmp_path, images)
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    code, err = run(FOLDER_CASES[case](labels, decisions, cache), capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert snapshot(tmp_path) == before

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, input_file, signals_stop_the_run, stopped
+from cogseg_ml.cli.common import EXIT_OK, guard_outputs, input_file, signals_stop_the_run, stopped
 
 
 def _fraction(text: str) -> float:
@@ -38,6 +38,8 @@ def _export(args: argparse.Namespace) -> int:
     labels = input_file(args.labels, "LABELS")
     decisions = input_file(args.decisions, "--decisions") if args.decisions else None
     cache = existing_cache(args.cache)
+    guard_outputs([("--out", args.out)], [("LABELS", labels), ("--decisions", decisions)],
+                  cache=cache, folders=["--out"])
     check_out(args.out, "export", flag="--out", inputs=(labels, decisions, cache))
     if args.undecided != "drop" and decisions is None:
         raise ValidationError("--undecided goes with --decisions FILE (a review decisions file)")

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, input_file, say, signals_stop_the_run, stopped
+from cogseg_ml.cli.common import (
+    EXIT_OK,
+    guard_outputs,
+    input_file,
+    say,
+    signals_stop_the_run,
+    stopped,
+)
 from cogseg_ml.errors import ValidationError
 
 
@@ -43,6 +50,8 @@ def _review(args: argparse.Namespace) -> int:
 
     labels = input_file(args.labels, "LABELS")
     existing_cache(args.cache)
+    guard_outputs([("--out", args.out)], [("LABELS", labels)], cache=args.cache,
+                  folders=["--out"])
     check_out(args.out, "review", flag="--out", inputs=(labels, args.cache))
     coco = read_labels(labels)
     images, opened = _image_source(args)
