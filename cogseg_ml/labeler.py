@@ -115,12 +115,12 @@ class LabelingReport:
         """A few lines a person can read.
 
         A run stopped by a signal (:attr:`interrupted`) starts with what is finished and
-        stored, e.g. ``stopped by SIGINT: 20 finished and stored; run the same command to
-        resume``, then what was read, finished and failed so far.
+        stored, e.g. ``stopped by SIGINT: 20 finished and stored; run the same command
+        again to resume``, then what was read, finished and failed so far.
         """
         if self.interrupted is not None:
             lines = [f"stopped by {self.interrupted}: {self.stored} finished and stored; run "
-                     "the same command to resume",
+                     "the same command again to resume",
                      f"{self.samples} images, {self.instances} prompts read: {self.stored} "
                      f"finished ({self.from_cache} from cache, {self.jobs_run - self.not_stored}"
                      f" jobs run), {self.failed} failed, in {self.seconds:.1f} s"]

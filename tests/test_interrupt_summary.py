@@ -71,7 +71,7 @@ def test_sigint_summary_counts_what_was_finished_and_stored(shared_emulator, ima
     summary = info.value.summary
     assert stored(cache) == 20
     assert summary.splitlines()[0] == (
-        "stopped by SIGINT: 20 finished and stored; run the same command to resume")
+        "stopped by SIGINT: 20 finished and stored; run the same command again to resume")
     assert "0 labelled" not in summary
     assert lab.report.interrupted == "SIGINT" and lab.report.stored == 20
     assert lab.report.as_dict()["stored"] == 20
@@ -93,7 +93,8 @@ def test_sigint_summary_counts_cached_results_and_failures(shared_emulator, imag
     summary = info.value.summary
     assert stored(cache) == 25
     first = summary.splitlines()[0]
-    assert first == "stopped by SIGINT: 25 finished and stored; run the same command to resume"
+    assert first == ("stopped by SIGINT: 25 finished and stored; run the same command again "
+                     "to resume")
     assert re.search(r"\b25 finished \(15 from cache, 10 jobs run\), 2 failed\b", summary)
     assert "NotFoundError" in summary  # why the two failed
     assert "25 finished and stored" in str(info.value)
