@@ -354,10 +354,10 @@ class SessionHealth:
             _log.info("%s: its jobs are handed over at once", what)
         elif say:
             r = self.retry
-            budget = f"each call stops after {r.max_attempts} attempts or {r.total_timeout_s:.0f} s"
-            _log.warning("%s; retrying (%s): %s", what,
-                         f"attempt {attempt[0]}/{attempt[1]} next" if attempt else
-                         "where the retry rule allows", budget)
+            _log.warning("%s; retrying%s, each call gives up after %d attempts or %.0f s",
+                         what, f": attempt {attempt[0]}/{attempt[1]} of this call next"
+                         if attempt else " where the retry rule allows", r.max_attempts,
+                         r.total_timeout_s)
         for fn in listeners:
             fn(error)
 
