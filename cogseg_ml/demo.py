@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cogseg_ml import strict_json
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import make_dataset
 from cogseg_ml.labeler import SegmentationLabeler

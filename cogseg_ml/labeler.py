@@ -51,7 +51,7 @@ from cogseg_ml.image_decode import check_declared_size
 from cogseg_ml.mask_codec import area, decode, mask_to_polygons
 from cogseg_ml.progress import add_total, progress_bar
 from cogseg_ml.prompts import FileRef, Prompt
-from cogseg_ml.samples import Category, CategoryTable, Sample, image_ids
+from cogseg_ml.samples import Category, CategoryTable, CocoSamples, Sample, image_ids
 from cogseg_ml.store import ImageRecord, SegmentStore
 from cogseg_ml.version import __version__
 
@@ -270,9 +270,16 @@ class SegmentationLabeler:
         Every call asks CDF for the files' current versions (never a version resolved earlier
         in this process), so a file replaced in CDF moments ago is downloaded and segmented
         as it is now.
+
+        Samples read from a COCO file (:class:`~cogseg_ml.samples.CocoSamples`) bring every
+        category of that file, used or not: when the labeler was given no ``categories``,
+        those are the labels file's, so splits of one source agree on class ids.
         """
         t0 = time.perf_counter()
         rep = self.report = LabelingReport(shard=self.shard)
+        run_categories = self.categories
+        if run_categories is None and isinstance(samples, CocoSamples):
+            run_categories = list(samples.categories)
         self._category_examples: dict[tuple[str | None, int | None], Sample] = {}
         flow = _Flow()
         # A list's size is known up front (ETA from the start); a stream's grows chunk by chunk.
@@ -323,7 +330,7 @@ class SegmentationLabeler:
             finally:
                 stream.close()  # on every way out (a failed write too), not at GC
             write_ready()
-        self.category_table = CategoryTable.build(self.categories,
+        self.category_table = CategoryTable.build(run_categories,
                                                   self._category_examples.values())
         rep.seconds = time.perf_counter() - t0
         return rep

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cogseg_ml import strict_json
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector

@@ -199,7 +199,7 @@ def _chunk(refs: Sequence[FileRef], names: tuple[str, ...], detector: TextBoxDet
     """Detections of one chunk of files (``None`` for a file that failed), appending the
     samples to ``out`` in input order."""
     ident = detector.identity
-    infos = store.resolve(refs)
+    infos = store.resolve(refs, fresh=True)  # an explicit run: the versions of now
     wanted: list[FileRef] = []
     for ref in refs:  # a file the segment endpoint refuses is not even downloaded
         info = infos[ref]

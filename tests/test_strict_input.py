@@ -240,6 +240,21 @@ def test_unused_categories_of_a_coco_input_are_kept_in_labels_and_exports(
     assert len(yaml_names["train"]) == len(names)
 
 
+def test_the_python_labeler_keeps_every_category_of_a_coco_input(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator) -> None:
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.labeler import SegmentationLabeler
+
+    names = sorted({o.category for im in images for o in im.objects})
+    samples = samples_from_coco(_split(tmp_path, images, "one", names[-1]))
+    labeler = SegmentationLabeler(CdfConfig.from_env(), cache=tmp_path / "cache",
+                                  progress=False)
+    labeler.label(samples)
+    labeler.to_coco(tmp_path / "labels.json")
+    got = json.loads((tmp_path / "labels.json").read_text())["categories"]
+    assert [c["name"] for c in got] == names
+
+
 def test_samples_from_coco_carries_every_category(tmp_path: Path,
                                                   images: list[SyntheticImage]) -> None:
     names = sorted({o.category for im in images for o in im.objects})

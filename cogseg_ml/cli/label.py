@@ -68,9 +68,12 @@ def _partitions(text: str) -> int:
 
 
 def _stopped(summary: str | None, name: str) -> int:
+    """The run's summary (its first line says what was finished and stored and how to
+    resume), or one line when no labelling had started."""
     if summary:
         print(summary, file=sys.stderr)
-    say(f"stopped by {name}: {RESUME_HINT}")
+    else:
+        say(f"stopped by {name}: {RESUME_HINT}")
     return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
 
 
@@ -286,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             summary = None
             if labeler is not None:
                 labeler.report.seconds = time.perf_counter() - t0
+                labeler.report.interrupted = name
                 summary = labeler.report.summary()
             return _stopped(summary, name)
     details = report.as_dict()

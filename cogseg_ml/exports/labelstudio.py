@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from cogseg_ml import strict_json
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports.labelled import Labelled, LabelledImage
 from cogseg_ml.exports.report import ExportReport

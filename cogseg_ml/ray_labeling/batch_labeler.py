@@ -234,7 +234,7 @@ class PromptLabeler:
             self._fail_open(rows, _reason(fatal))
             return
         refs = [p.ref for p in rows if p.ref is not None]
-        recs = dict(zip(refs, self.store.records(refs), strict=True))
+        recs = dict(zip(refs, self.store.records(refs, fresh=True), strict=True))
         todo: list[tuple[ImageRecord, Prompt, _Item]] = []
         cached: list[tuple[ImageRecord, list[_Item]]] = []
         for p in rows:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cogseg_ml import strict_json
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import ValidationError
 
 __all__ = ["DECISIONS_FORMAT", "DECISIONS_VERSION", "Decisions", "apply_decisions",

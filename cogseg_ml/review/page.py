@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cogseg_ml import strict_json
+import cogseg_ml.strict_json as strict_json
 from cogseg_ml.backends.api_backend import API_BACKEND
 from cogseg_ml.errors import CogsegError, ValidationError
 from cogseg_ml.image_decode import decode_array
