@@ -23,7 +23,7 @@ host ends the outage. One WARNING on the ``cogseg_ml.api`` logger says so per ou
 per request. The clock is injectable (``clock``), so tests need no sleeps.
 
 A *storm* is a service that answers, but only with failures: ``RetryConfig.storm_failures``
-(5) failed requests in a row across all the session's calls to it (500/502/503/504, timeouts,
+(4) failed requests in a row across all the session's calls to it (500/502/503/504, timeouts,
 answers dropped mid-way, requests of the Vision API still without an answer after
 ``RetryConfig.stall_s``), each within ``RetryConfig.storm_window_s`` (10 s), with no good answer
 between; a 429 whose Retry-After asks for more than the longest wait of a call
@@ -120,8 +120,8 @@ def is_storm(error: object) -> TypeGuard[ApiUnavailableError]:
 
 
 def storm_summary(error: ApiUnavailableError) -> str:
-    """``"CDF's Vision API at host:port failed 5 requests in a row (503 Service Unavailable
-    x5)"``, for a storm's error (see :func:`is_storm`); else the error's text."""
+    """``"CDF's Vision API at host:port failed 4 requests in a row (503 Service Unavailable
+    x4)"``, for a storm's error (see :func:`is_storm`); else the error's text."""
     if not is_storm(error):
         return str(error)
     return _storm_text(getattr(error, "service", ""), getattr(error, "host", ""),

@@ -10,7 +10,7 @@ chunk's retry budget (minutes with the default :class:`~cogseg_ml.config.RetryCo
 An outage that starts in the middle of a chunk costs the connect budget once, not a retry
 budget per job: the API client's session recognizes the unreachable host and fails the rest of
 the chunk at once (:class:`~cogseg_ml.errors.CdfUnreachableError`), and the fallback takes
-those jobs over. Likewise an API that answers, but only with failures (a *storm*: 5 failed
+those jobs over. Likewise an API that answers, but only with failures (a *storm*: 4 failed
 requests in a row across the session's jobs, 500/502/503/504, timeouts, requests unanswered
 after ``RetryConfig.stall_s``, or a 429 whose Retry-After is longer than a call would wait; see
 :mod:`cogseg_ml.api.health`): the primary's jobs queued and in flight end at once

@@ -33,7 +33,7 @@ from tests.box_backend import BoxBackend
 #: The default budget for answers, with short waits so that a test of the old behaviour (each
 #: job spending its own budget) ends in seconds; the storm rule does not depend on the waits.
 QUICK = {"backoff_base_s": 0.01, "max_backoff_s": 0.05}
-STORM = 5  # RetryConfig.storm_failures, documented default
+STORM = 4  # RetryConfig.storm_failures, documented default
 JOBS = 9
 #: What may reach the segment routes before the hand-over: the jobs' first requests (sent
 #: together) and, at most, as many again already retried when the storm was recognized.
