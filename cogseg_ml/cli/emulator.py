@@ -106,7 +106,8 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
 
 def _listen_error(exc: OSError, host: str, port: int) -> ValidationError:
     """What to fix when the emulator cannot listen on ``host``:``port``: the flag at fault."""
-    reason = exc.strerror or str(exc)
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc  # the system's words
+    reason = cause.strerror or str(cause)
     if isinstance(exc, socket.gaierror):
         return ValidationError(f"--host {host}: no such host ({reason}); give an address of "
                                "this machine, e.g. 127.0.0.1 (the default) or ::1")

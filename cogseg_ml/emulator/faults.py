@@ -234,8 +234,9 @@ class Fault:
                 allows (a :class:`~cogseg_ml.errors.ValidationError`, so also a ValueError).
         """
         if not isinstance(data, dict):
-            _refuse("kind", "must be given in a JSON object (a fault rule is one, e.g. "
-                            f'{{"kind": "status", "status": 503}}), got {_shown(data)}')
+            detail = ('a fault rule must be a JSON object such as {"kind": "status", "status": '
+                      f"503}}, got {_shown(data)}")
+            raise FaultRuleError(detail, field="kind", detail=detail)
         known = [f.name for f in fields(cls)]
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
