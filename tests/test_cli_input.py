@@ -433,7 +433,7 @@ BAD_EMULATOR_INPUT: dict[str, Callable[[Path], tuple[list[str], list[str]]]] = {
     "faults file missing": lambda t: (["--faults", str(t / "f.json")],
                                       ["--faults", "f.json", "no such file"]),
     "faults not JSON": lambda t: (["--faults", _faults_file(t, "[{kind: status}")],
-                                  ["--faults", "faults.json", "not valid JSON", "line 1"]),
+                                  ["--faults", "faults.json", "is not JSON", "line 1"]),
     "faults not a list": lambda t: (["--faults", _faults_file(t, '{"kind": "status"}')],
                                     ["faults.json", "list"]),
     "unknown fault kind": lambda t: (["--faults", _faults_file(t, '[{"kind": "explode"}]')],

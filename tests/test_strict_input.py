@@ -349,3 +349,15 @@ def test_the_real_process_refuses_deep_prompts_with_one_line(
                        env=cdf_env(shared_emulator))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "nested deeper" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["emulator", "--seed", "abc"], ["emulator", "--port", "70000"],
+                                  ["label", "--out", "o.json", "--concurrency", "-5",
+                                   "--prompts", "p.jsonl"],
+                                  ["export", "l.json", "--to", "voc", "--out", "x"], []])
+def test_an_option_the_parser_refuses_is_one_line_through_a_real_process(
+        argv: list[str], tmp_path: Path) -> None:
+    proc = run_process(argv, env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("cogseg: "), proc.stderr
+    assert "usage:" not in proc.stderr and "--help" in proc.stderr

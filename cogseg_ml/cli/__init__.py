@@ -25,6 +25,7 @@ import errno
 import logging
 import re
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cogseg_ml.cli import cache, demo, emulator, export, label, review
 from cogseg_ml.cli.common import (
@@ -57,9 +58,18 @@ def plain(text: str) -> str:
     return _ROLE.sub(r"\1", text).replace("``", "")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one ``cogseg: ...`` line (exit 2), like every other refusal, instead
+    of argparse's usage block; ``--help`` still prints the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        say(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
-    p = argparse.ArgumentParser(prog="cogseg", description=plain(__doc__ or ""),
+    p = _OneLineParser(prog="cogseg", description=plain(__doc__ or ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)

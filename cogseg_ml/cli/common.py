@@ -268,10 +268,10 @@ def files_filter(text: str) -> dict[str, Any]:
 
 def positive(text: str) -> int:
     """An option taking an integer >= 1 (argparse type: refused before any work)."""
-    value = count(text)
-    if value < 1:
+    t = text.strip()
+    if not t.isdigit() or len(t) > 12 or int(t) < 1:
         raise argparse.ArgumentTypeError(f"takes a positive integer, got {text!r}")
-    return value
+    return int(t)
 
 
 def count(text: str) -> int:

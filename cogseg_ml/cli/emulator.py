@@ -25,20 +25,11 @@ from cogseg_ml.errors import ValidationError
 def _faults(path: str) -> list[Any]:
     """The fault rules of a ``--faults`` file, read strictly and each checked (the message
     names the rule, its field and what the field allows)."""
-    from cogseg_ml.emulator.faults import FaultRuleError, faults_from_json
+    from cogseg_ml.emulator.faults import faults_from_json
 
     source = f"--faults {path}"
     data = input_file(path, "--faults").read_bytes()
-    try:
-        return faults_from_json(data, source)
-    except FaultRuleError:
-        raise
-    except ValidationError as exc:
-        message = str(exc)
-        if message.startswith(f"{source} is not JSON ("):
-            message = f"{source} is not valid JSON (" + message[len(source) + 14:]
-            raise ValidationError(message, path=path) from None
-        raise
+    return faults_from_json(data, source)
 
 
 def _engine(args: argparse.Namespace) -> Any:

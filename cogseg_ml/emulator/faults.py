@@ -281,7 +281,7 @@ def faults_from_json(text: str | bytes, source: str = "fault rules") -> list[Fau
     Raises:
         ValidationError: not JSON, or a rule that cannot be used (:func:`faults_from_data`).
     """
-    from cogseg_ml import strict_json
+    import cogseg_ml.strict_json as strict_json
 
     return faults_from_data(strict_json.loads(text, source), source)
 
