@@ -16,13 +16,10 @@ if TYPE_CHECKING:
     from cogseg_ml.detect.checkpoints import DetectorCheckpointError
     from cogseg_ml.detect.class_prompts import check_classes, split_classes
     from cogseg_ml.detect.detections import Detection
-    from cogseg_ml.detect.ground_truth import (
-        Injections,
-        ground_truth_detector,
-        save_ground_truth_detector,
-    )
+    from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
     from cogseg_ml.detect.suppression import DetectionSettings
     from cogseg_ml.detect.text_boxes import DetectorModel, TextBoxDetector
+    from cogseg_ml.detect.truth_detector import ground_truth_detector
 
 __all__ = ["Detection", "DetectionSettings", "DetectorCheckpointError", "DetectorModel",
            "Injections", "TextBoxDetector", "check_classes", "ground_truth_detector",
@@ -31,7 +28,7 @@ __all__ = ["Detection", "DetectionSettings", "DetectorCheckpointError", "Detecto
 _WHERE = {"Detection": "detections", "DetectionSettings": "suppression",
           "DetectorCheckpointError": "checkpoints", "DetectorModel": "text_boxes",
           "Injections": "ground_truth", "TextBoxDetector": "text_boxes",
-          "check_classes": "class_prompts", "ground_truth_detector": "ground_truth",
+          "check_classes": "class_prompts", "ground_truth_detector": "truth_detector",
           "save_ground_truth_detector": "ground_truth", "split_classes": "class_prompts"}
 
 

@@ -23,6 +23,7 @@ import torch
 
 from cogseg_ml.backends.base import require_extra
 from cogseg_ml.backends.model_digest import weights_digest
+from cogseg_ml.detect.ground_truth import GROUND_TRUTH_TYPE
 from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
 __all__ = ["DETECTOR_TYPES", "DOWNLOAD_HINT", "GROUND_TRUTH_TYPE", "DetectorCheckpointError",
@@ -32,7 +33,6 @@ __all__ = ["DETECTOR_TYPES", "DOWNLOAD_HINT", "GROUND_TRUTH_TYPE", "DetectorChec
 #: config.json's model_type -> the family we drive.
 DETECTOR_TYPES = {"grounding-dino": "grounding-dino", "mm-grounding-dino": "mm-grounding-dino",
                   "owlv2": "owlv2"}
-GROUND_TRUTH_TYPE = "cogseg-ground-truth"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 DOWNLOAD_HINT = ("fetch one once, e.g. `hf download IDEA-Research/grounding-dino-tiny "

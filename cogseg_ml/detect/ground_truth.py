@@ -15,7 +15,9 @@ wherever the images travel as lossless files (the emulator stores synthetic imag
 :func:`save_ground_truth_detector` writes it as a detector folder (``model_type``
 ``"cogseg-ground-truth"``), which
 :meth:`~cogseg_ml.detect.text_boxes.TextBoxDetector.from_pretrained` and ``cogseg label
---detector DIR`` load like a real one.
+--detector DIR`` load like a real one; :func:`~cogseg_ml.detect.truth_detector.
+ground_truth_detector` wraps it in a detector in memory. The module sits below the loader and
+the detector (it imports neither), so the arrows point one way.
 """
 
 from __future__ import annotations
@@ -27,20 +29,23 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cogseg_ml.detect.checkpoints import GROUND_TRUTH_TYPE
 from cogseg_ml.detect.detections import RawDetections
 from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
 if TYPE_CHECKING:
     from cogseg_ml.emulator.synthetic_images import SyntheticImage
 
-__all__ = ["GroundTruthModel", "Injections", "TruthBox", "ground_truth_detector",
-           "load_ground_truth", "pixels_key", "save_ground_truth_detector"]
+__all__ = ["GROUND_TRUTH_TYPE", "GroundTruthModel", "Injections", "TruthBox",
+           "load_ground_truth", "pixels_key", "save_ground_truth_detector", "truth_of"]
+
+#: ``model_type`` of a saved ground-truth detector folder. Defined here, below the loader
+#: (:mod:`cogseg_ml.detect.checkpoints` imports it), so the double never imports the loader.
+GROUND_TRUTH_TYPE = "cogseg-ground-truth"
 
 TRUE_SCORES = (0.9, 0.85)  # (box score, class score) of a real object
 DUPLICATE_SCORES = (0.6, 0.55)  # the same object again under another class
@@ -95,8 +100,9 @@ class Injections:
                 raise ValidationError(f"Injections.{name} must be an integer >= 0, got {v!r}")
 
 
-def _truth_of(images: Sequence[SyntheticImage], class_names: Mapping[str, str] | None
-              ) -> dict[str, list[TruthBox]]:
+def truth_of(images: Sequence[SyntheticImage], class_names: Mapping[str, str] | None
+             ) -> dict[str, list[TruthBox]]:
+    """The true boxes of each image, keyed by :func:`pixels_key`, named by ``class_names``."""
     truth: dict[str, list[TruthBox]] = {}
     for im in images:
         boxes = []
@@ -206,19 +212,6 @@ def _background_boxes(objects: Sequence[TruthBox], w: int, h: int, n: int
     return out
 
 
-def ground_truth_detector(images: Sequence[SyntheticImage], *,
-                          class_names: Mapping[str, str] | None = None,
-                          injections: Injections | None = None, **settings: Any) -> Any:
-    """A :class:`~cogseg_ml.detect.text_boxes.TextBoxDetector` on the ground-truth double.
-
-    ``settings`` are the detector's (``box_threshold``, ``cross_class_iou``, ...).
-    """
-    from cogseg_ml.detect.text_boxes import TextBoxDetector
-
-    return TextBoxDetector(GroundTruthModel(_truth_of(images, class_names), injections),
-                           **settings)
-
-
 def save_ground_truth_detector(folder: str | Path, images: Sequence[SyntheticImage], *,
                                class_names: Mapping[str, str] | None = None,
                                injections: Injections | None = None) -> Path:
@@ -228,7 +221,7 @@ def save_ground_truth_detector(folder: str | Path, images: Sequence[SyntheticIma
     """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    truth = _truth_of(images, class_names)
+    truth = truth_of(images, class_names)
     config = {"model_type": GROUND_TRUTH_TYPE,
               "injections": asdict(injections or Injections())}
     data = {k: [{"label": b.label, "box": list(b.box)} for b in v] for k, v in truth.items()}

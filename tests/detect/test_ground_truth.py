@@ -9,13 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogseg_ml.detect.ground_truth import (
-    Injections,
-    ground_truth_detector,
-    pixels_key,
-    save_ground_truth_detector,
-)
+from cogseg_ml.detect.ground_truth import Injections, pixels_key, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector
+from cogseg_ml.detect.truth_detector import ground_truth_detector
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, make_dataset
 from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
