@@ -422,3 +422,31 @@ def test_folder_commands_refuse_to_write_over_their_inputs_or_the_cache(
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert snapshot(tmp_path) == before
+
+
+# --- 15 at the command line: a job that never finishes -----------------------------------------
+
+def test_label_with_a_job_timeout_ends_a_stuck_run_with_exit_1(
+        tmp_path: Path, images: list[SyntheticImage], make_emulator: Callable[..., Emulator],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    emu = make_emulator(concurrency=8)
+    emu.jobs.end_limit = 0  # no job ever ends
+    for k, v in cdf_env(emu).items():
+        monkeypatch.setenv(k, v)
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    out = tmp_path / "labels.json"
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out", str(out),
+                     "--cache", str(tmp_path / "cache"), "--job-timeout", "0.5"], capsys)
+    assert code == 1, err
+    assert "JobTimeoutError" in err and "nothing was labelled" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_bad_job_timeout_is_exit_2_before_any_work(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["label", "--prompts", "p.jsonl", "--out", str(tmp_path / "o.json"),
+              "--job-timeout", value])
+    assert exc.value.code == 2
+    assert "--job-timeout" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import signal
 import sys
@@ -280,6 +281,17 @@ def count(text: str) -> int:
     if not t.isdigit() or len(t) > 12:
         raise argparse.ArgumentTypeError(f"takes a whole number >= 0, got {text!r}")
     return int(t)
+
+
+def seconds(text: str) -> float:
+    """An option taking a finite number of seconds >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes seconds (a number >= 0), got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"takes seconds (a finite number >= 0), got {text!r}")
+    return v
 
 
 def fraction(text: str) -> float:

@@ -1,10 +1,17 @@
-"""``cogseg emulator``: serve the local CDF emulator on loopback."""
+"""``cogseg emulator``: serve the local CDF emulator on loopback.
+
+Once it listens it prints one JSON line (``base_url``, ``project``, ...), or with
+``--print-env`` the ``export COGNITE_...=...`` lines a shell evaluates, after which it closes its
+standard output, so ``eval "$(cogseg emulator --print-env &)"`` returns as soon as it serves.
+``--write-boxes FILE`` writes a COCO file of boxes around the synthetic images' objects first.
+"""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import json
+import os
 import signal
 import socket
 import threading
@@ -14,9 +21,11 @@ from cogseg_ml.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     device,
+    guard_outputs,
     input_file,
     input_folder,
     local_model,
+    output_file,
     port,
 )
 from cogseg_ml.errors import ValidationError
@@ -76,6 +85,8 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
     if args.rate_limit is not None and not args.rate_limit > 0:
         raise ValidationError(f"--rate-limit takes requests/s > 0 (leave it out for no "
                               f"limit), got {args.rate_limit:g}")
+    if args.write_boxes is not None:
+        _check_boxes_file(args)
     engine = _engine(args)
     images = make_dataset(args.synthetic, seed=seed) if args.synthetic else None
     if folder is not None:
@@ -93,6 +104,48 @@ def emulator_from_args(args: argparse.Namespace) -> Any:
     if folder is not None:
         emu.add_folder(folder)
     return emu
+
+
+#: Lifetime of the token ``--print-env`` hands out: a working day and then some, since the
+#: emulator's credentials are throwaway and a shell keeps its variables.
+ENV_TOKEN_TTL_S = 7 * 24 * 3600.0
+
+
+def _check_boxes_file(args: argparse.Namespace) -> None:
+    """``--write-boxes FILE``: a new file in a writable folder, none of the run's inputs, and
+    images with known objects to box (exit 2 material otherwise; checked before serving)."""
+    flag = "--write-boxes"
+    if not args.synthetic:
+        raise ValidationError(f"{flag} {args.write_boxes}: only the synthetic images have "
+                              "known objects to box; add --synthetic N")
+    path = output_file(args.write_boxes, flag)
+    if os.path.lexists(path):
+        raise ValidationError(f"{flag} {path} already exists: cogseg never writes over a file; "
+                              "remove it or choose another name")
+    guard_outputs([(flag, path)], [("--images", args.images), ("--faults", args.faults),
+                                   ("--model", args.model), ("--checkpoint", args.checkpoint)])
+
+
+def _write_boxes(emu: Any, path: str) -> None:
+    try:
+        emu.write_boxes(path)
+    except FileExistsError:  # created since it was checked: still never overwritten
+        raise ValidationError(f"--write-boxes {path} already exists: cogseg never writes over "
+                              "a file; remove it or choose another name") from None
+
+
+def _print_env(emu: Any) -> None:
+    """The ``export`` lines, then standard output closed (a ``$(...)`` capture ends there)."""
+    from cogseg_ml.emulator.server import shell_env
+
+    variables = emu.env(ENV_TOKEN_TTL_S)
+    variables["COGSEG_EMULATOR_PID"] = str(os.getpid())
+    print(shell_env(variables), end="", flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+    finally:
+        os.close(devnull)
 
 
 def _listen_error(exc: OSError, host: str, port: int) -> ValidationError:
@@ -130,13 +183,19 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        info = {"base_url": emu.base_url, "project": emu.project, "token_url": emu.token_url,
-                "client_id": emu.state.client_id, "files": len(emu.state.files),
-                "engine": emu.jobs.engine.name, "vision_retired": emu.retired}
-        # The secret is printed only when asked for: it is what a local client needs.
-        if args.print_secret:
-            info["client_secret"] = emu.client_secret.reveal()
-        print(json.dumps(info), flush=True)
+        if args.write_boxes is not None:
+            _write_boxes(emu, args.write_boxes)
+        if args.print_env:
+            _print_env(emu)
+        else:
+            info = {"base_url": emu.base_url, "project": emu.project,
+                    "token_url": emu.token_url, "client_id": emu.state.client_id,
+                    "files": len(emu.state.files), "engine": emu.jobs.engine.name,
+                    "vision_retired": emu.retired}
+            # The secret is printed only when asked for: it is what a local client needs.
+            if args.print_secret:
+                info["client_secret"] = emu.client_secret.reveal()
+            print(json.dumps(info), flush=True)
         stop.wait()
     finally:
         for sig, handler in previous.items():
@@ -145,12 +204,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-
 def register(sub: Any) -> None:
     """Add ``emulator`` to the subcommands ``sub``."""
     e = sub.add_parser("emulator", help="serve the local CDF emulator on loopback",
                        description="Serve the CDF emulator until interrupted. Prints one JSON "
-                                   "line with base_url, project and token_url once ready.")
+                                   "line with base_url, project and token_url once ready, or "
+                                   "with --print-env the shell's export lines: "
+                                   'eval "$(cogseg emulator --synthetic 4 --print-env &)" '
+                                   "serves in the background and sets COGNITE_PROJECT, "
+                                   "COGNITE_BASE_URL and COGNITE_TOKEN in this shell "
+                                   "(kill $COGSEG_EMULATOR_PID stops it).")
     e.add_argument("--port", type=port, default=8765, help="port (0: an ephemeral one)")
     e.add_argument("--host", default="127.0.0.1",
                    help="address to listen on: IPv4, IPv6 (e.g. ::1) or a host name "
@@ -182,6 +245,16 @@ def register(sub: Any) -> None:
     e.add_argument("--retired", action="store_true",
                    help="serve a retired Vision API: the segment routes answer 404 (files, "
                         "tokens and annotations keep working)")
-    e.add_argument("--print-secret", action="store_true",
-                   help="include the client secret in the ready line")
+    ready = e.add_mutually_exclusive_group()
+    ready.add_argument("--print-secret", action="store_true",
+                       help="include the client secret in the ready line")
+    ready.add_argument("--print-env", action="store_true",
+                       help="once listening, print 'export NAME=VALUE' lines instead of the "
+                            "JSON line (COGNITE_PROJECT, COGNITE_BASE_URL, COGNITE_TOKEN: a "
+                            "static token valid for 7 days; COGSEG_EMULATOR_PID), then close "
+                            "standard output")
+    e.add_argument("--write-boxes", metavar="FILE",
+                   help="once listening, write a COCO file of boxes around the objects of the "
+                        "--synthetic images (for cogseg label --coco-boxes FILE); FILE must "
+                        "not exist")
     e.set_defaults(func=run)

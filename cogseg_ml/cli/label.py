@@ -9,6 +9,7 @@ each box is segmented like any box prompt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,6 +39,7 @@ from cogseg_ml.cli.common import (
     positive,
     retired_line,
     say,
+    seconds,
     signals_stop_the_run,
     write_atomically,
 )
@@ -229,6 +231,9 @@ def run(args: argparse.Namespace) -> int:
     report_path = output_file(args.report, "--report") if args.report else None
     _no_overwrites(args, out, report_path)
     config = CdfConfig.from_env()
+    if args.job_timeout is not None:  # 0: no limit
+        config = config.with_options(retry=dataclasses.replace(
+            config.retry, job_timeout_s=args.job_timeout or None))
     detector = _detector(args) if text is not None else None
     backend, api = _label_backend(args, config)
     retired = None
@@ -395,6 +400,11 @@ def register(sub: Any) -> None:
     lab.add_argument("--out", required=True, help="the COCO JSON file to write")
     lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
     lab.add_argument("--concurrency", type=positive, default=32, help="jobs in flight")
+    lab.add_argument("--job-timeout", type=seconds, default=None, metavar="SECONDS",
+                     help="give up on a segmentation job not Completed or Failed this many "
+                          "seconds after its creation: the item fails with JobTimeoutError "
+                          "and the run goes on (exit 1); default 900 "
+                          "(RetryConfig.job_timeout_s); 0: no limit")
     lab.add_argument("--min-score", type=fraction, default=0.0,
                      help="drop segments scoring below this (0..1)")
     lab.add_argument("--min-area", type=count, default=0, help="drop segments under N pixels")
