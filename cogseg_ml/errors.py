@@ -18,6 +18,8 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     │   │                                       keeps failing); detected once per session
     │   ├── ApiRetiredError                     CDF answers, but its segment endpoint is gone
     │   │                                       (the Vision API retired); remembered per session
+    │   ├── ApiStormError                       it answers, but only with failures (5xx, time-
+    │   │                                       outs, a long Retry-After) across the session
     │   └── TokenEndpointUnavailable            the IdP cannot be reached or answers 5xx/429
     ├── JobFailedError                          a segmentation job ended ``Failed``
     ├── JobTimeoutError                         a job did not finish within the caller's timeout
@@ -47,6 +49,7 @@ __all__ = [
     "VISION_RETIREMENT_DATE",
     "ApiError",
     "ApiRetiredError",
+    "ApiStormError",
     "ApiUnavailableError",
     "AuthenticationError",
     "CacheError",
@@ -273,6 +276,36 @@ class CdfUnreachableError(ApiUnavailableError):
                  **context: Any) -> None:
         super().__init__(message, host=host, service=service, since=since, reason=reason,
                          **context)
+
+
+class ApiStormError(ApiUnavailableError):
+    """A service answers, but only with failures: a session saw ``failures`` requests in a row
+    fail (500/502/503/504, timeouts, dropped or unanswered requests) across all its jobs, or a
+    429 whose Retry-After is longer than a call would wait. A job handed over because of it
+    goes to the local model at once under
+    :class:`~cogseg_ml.backends.fallback.FallbackBackend`.
+
+    Attributes:
+        service: what storms (e.g. ``"CDF's Vision API"``).
+        host: ``host:port``.
+        failures: failed requests in a row.
+        reason: e.g. ``"503 Service Unavailable x4"``.
+        since: when the session recognized the storm (seconds since the epoch).
+        status_code: the last failing status, if any.
+    """
+
+    storm = True
+    service: str
+    host: str
+    failures: int
+    reason: str
+    since: float
+    status_code: int | None
+
+    def __init__(self, message: str, *, service: str, host: str, failures: int, reason: str,
+                 since: float, status_code: int | None = None, **context: Any) -> None:
+        super().__init__(message, service=service, host=host, failures=failures,
+                         reason=reason, since=since, status_code=status_code, **context)
 
 
 #: The date Cognite's SDKs give for the Vision API's retirement (it holds the segment endpoint).

@@ -63,6 +63,7 @@ from typing import Literal, TypeGuard
 from cogseg_ml.config import RetryConfig
 from cogseg_ml.errors import (
     ApiRetiredError,
+    ApiStormError,
     ApiUnavailableError,
     AuthenticationError,
     CdfUnreachableError,
@@ -103,20 +104,15 @@ class _Watch:
 
 
 def storm_error(message: str, *, service: str, host: str, failures: int, reason: str,
-                since: float, status_code: int | None = None) -> ApiUnavailableError:
-    """The error of a job handed over because its service storms (see :func:`is_storm`):
-    an :class:`~cogseg_ml.errors.ApiUnavailableError` carrying ``storm=True``, ``service``,
-    ``host``, ``failures`` (failed requests in a row), ``reason`` (e.g. ``"503 Service
-    Unavailable x5"``), ``since`` (when recognized, seconds since the epoch) and
-    ``status_code`` (the last failing status, if any)."""
-    return ApiUnavailableError(message, storm=True, service=service, host=host,
-                               failures=failures, reason=reason, since=since,
-                               status_code=status_code)
+                since: float, status_code: int | None = None) -> ApiStormError:
+    """The error of a job handed over because its service storms (see :func:`is_storm`)."""
+    return ApiStormError(message, service=service, host=host, failures=failures,
+                         reason=reason, since=since, status_code=status_code)
 
 
-def is_storm(error: object) -> TypeGuard[ApiUnavailableError]:
+def is_storm(error: object) -> TypeGuard[ApiStormError]:
     """Whether ``error`` says its job was handed over because the service storms."""
-    return isinstance(error, ApiUnavailableError) and getattr(error, "storm", False) is True
+    return isinstance(error, ApiStormError)
 
 
 def storm_summary(error: ApiUnavailableError) -> str:
@@ -124,8 +120,7 @@ def storm_summary(error: ApiUnavailableError) -> str:
     x4)"``, for a storm's error (see :func:`is_storm`); else the error's text."""
     if not is_storm(error):
         return str(error)
-    return _storm_text(getattr(error, "service", ""), getattr(error, "host", ""),
-                       getattr(error, "failures", 0), getattr(error, "reason", ""))
+    return _storm_text(error.service, error.host, error.failures, error.reason)
 
 
 def _storm_text(service: str, host: str, failures: int, reason: str) -> str:

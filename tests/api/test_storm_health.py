@@ -118,3 +118,19 @@ def test_until_storm_ends_the_file_check_and_every_request_at_once(make_emulator
     byids = sum(1 for e in emu.requests if e.path.endswith("/files/byids"))
     assert STORM <= byids < RetryConfig().max_attempts
     assert not [e for e in emu.requests if "/context/vision/" in e.path]
+
+
+def test_a_storm_is_a_typed_error_that_pickles() -> None:
+    import pickle
+
+    from cogseg_ml.api.health import is_storm, storm_error, storm_summary
+    from cogseg_ml.errors import ApiStormError, ApiUnavailableError
+
+    err = storm_error("storm", service="CDF's Vision API", host="h:1", failures=4,
+                      reason="503 Service Unavailable x4", since=1.0, status_code=503)
+    assert isinstance(err, ApiStormError) and isinstance(err, ApiUnavailableError)
+    back = pickle.loads(pickle.dumps(err))
+    assert is_storm(back) and back.failures == 4 and back.status_code == 503
+    assert storm_summary(back) == ("CDF's Vision API at h:1 failed 4 requests in a row "
+                                   "(503 Service Unavailable x4)")
+    assert not is_storm(ApiUnavailableError("down"))
