@@ -563,7 +563,7 @@ class SegmentationLabeler:
                     ) -> Annotation | None:
         if file_id is None:
             return None  # the file is unknown to CDF now: nothing to annotate
-        polys = mask_to_polygons(decode([seg.rle])[0])
+        polys = mask_to_polygons(decode([seg.rle])[0], outline="filled")
         if not polys:
             return None
         h, w = line["height"], line["width"]

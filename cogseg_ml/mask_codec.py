@@ -7,7 +7,8 @@ lands at pixel coordinate ``x * width``, so ``x = 0.5`` in a 640-wide image is t
 between columns 319 and 320. pycocotools fills a pixel when the polygon covers its square (edges
 falling exactly on a pixel boundary include the pixel to their right/below), so a polygon traced
 along pixel corners rasterizes back to exactly the pixels it was traced from. Masks with holes
-and several parts become such polygons too (:func:`mask_to_rings`, :func:`mask_to_ring`):
+and several parts become such polygons too (:func:`mask_to_polygons`, which is
+:func:`mask_to_rings` unless asked for the lossy ``outline="filled"``, and :func:`mask_to_ring`):
 holes are joined to their part by zero-width cuts, which any crossing-based filler cancels.
 
 RLE objects are COCO's ``{"size": [h, w], "counts": str}`` (column-major runs, first run
@@ -21,7 +22,7 @@ import decimal
 import itertools
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "Outline",
     "Rle",
     "bbox_of",
     "decode",
@@ -512,21 +514,39 @@ def _shifted(polys: list[list[tuple[int, int]]], x0: int, y0: int
     return [[(x + x0, y + y0) for x, y in p] for p in polys]
 
 
-def mask_to_polygons(mask: np.ndarray, *, holes: bool = False) -> list[list[tuple[int, int]]]:
-    """Trace a binary mask into its outlines along pixel corners (pixel coordinates).
+Outline = Literal["exact", "filled", "loops"]
+"""What :func:`mask_to_polygons` traces: see there."""
 
-    One outline per part, clockwise on screen; pixels that touch only at a corner are separate
-    parts (4-connectivity). Collinear vertices are dropped. :func:`polygons_to_rle` of the
-    result (a union) gives back the mask with its holes filled: for exact polygons that keep
-    holes use :func:`mask_to_rings` (COCO) or :func:`mask_to_ring` (one polygon per object).
+
+def mask_to_polygons(mask: np.ndarray, *, outline: Outline = "exact"
+                     ) -> list[list[tuple[int, int]]]:
+    """Trace a binary mask into polygons along pixel corners (pixel coordinates).
+
+    By default the polygons are exact: one ring per part with its holes joined in, the rings
+    of :func:`mask_to_rings`, and pycocotools' rasterisation of them as one COCO
+    ``segmentation`` (a union of polygons) gives back exactly the mask, holes and every part
+    kept. Parts are 4-connected (pixels that touch only at a corner are separate parts);
+    rings run clockwise on screen, collinear vertices dropped.
 
     Args:
         mask: ``(H, W)`` bool or 0/1 array.
-        holes: also return the hole outlines (counter-clockwise), as separate polygons.
+        outline: ``"exact"`` (the default, see above); ``"filled"`` each part's outer outline
+            alone, clockwise: lossy, a union of them fills every hole (CDF's polygons, which
+            cannot carry holes); ``"loops"`` every boundary loop as a polygon of its own,
+            outer outlines clockwise and hole outlines counter-clockwise (a union fills the
+            holes too: use the orientation to tell them apart).
 
     Returns:
-        A list of polygons, each a list of integer ``(x, y)`` corners.
+        A list of polygons, each a list of integer ``(x, y)`` corners; ``[]`` for an empty
+        mask.
+
+    Raises:
+        ValidationError: ``mask`` is not 2-D, or ``outline`` is none of the above.
     """
+    if outline == "exact":
+        return mask_to_rings(mask)
+    if outline not in ("filled", "loops"):
+        raise ValidationError(f"outline must be 'exact', 'filled' or 'loops', got {outline!r}")
     found = _cropped(mask)
     if found is None:
         return []
@@ -535,7 +555,7 @@ def mask_to_polygons(mask: np.ndarray, *, holes: bool = False) -> list[list[tupl
     out = []
     for poly in b.corners(b.loops()):
         signed = _signed_area2(poly)
-        if signed > 0 or (holes and signed < 0):
+        if signed > 0 or (outline == "loops" and signed < 0):
             out.append(poly)
     return _shifted(out, x0, y0)
 

@@ -222,7 +222,8 @@ def test_the_emulator_engine_can_be_sam21(model_dir: Path, images: list[Syntheti
         assert got.score == round(res.segments[0].score, 4)  # the emulator's 4 decimals
         # The same mask, once through the polygons the emulator answers with.
         mask = decode([res.segments[0].rle])[0]
-        polys = [[(x / w, y / h) for x, y in poly] for poly in mask_to_polygons(mask)]
+        polys = [[(x / w, y / h) for x, y in poly]
+                 for poly in mask_to_polygons(mask, outline="filled")]
         iou = float(iou_matrix([got.to_rle(h, w)], [polygons_to_rle(polys, h, w)])[0, 0])
         assert iou > 0.999, iou
 

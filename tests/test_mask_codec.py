@@ -67,7 +67,7 @@ def test_trace_then_rasterize_reproduces_masks_exactly() -> None:
     for _ in range(300):
         h, w = (int(v) for v in rng.integers(1, 40, size=2))
         m = rng.random((h, w)) < rng.random()
-        polys = mc.mask_to_polygons(m)
+        polys = mc.mask_to_polygons(m, outline="filled")
         back = mc.decode([mc.polygons_to_rle(polys, h, w, normalized=False)])[0]
         # Holes are not represented (union of filled outlines); background is 8-connected.
         assert np.array_equal(back, ndimage.binary_fill_holes(m, structure=np.ones((3, 3))))
@@ -76,8 +76,8 @@ def test_trace_then_rasterize_reproduces_masks_exactly() -> None:
 def test_trace_returns_holes_on_request_and_corner_touching_pixels_split() -> None:
     ring = np.ones((5, 5), bool)
     ring[2, 2] = False
-    assert len(mc.mask_to_polygons(ring)) == 1
-    assert len(mc.mask_to_polygons(ring, holes=True)) == 2
+    assert len(mc.mask_to_polygons(ring, outline="filled")) == 1
+    assert len(mc.mask_to_polygons(ring, outline="loops")) == 2
     diag = np.eye(3, dtype=bool)
     assert len(mc.mask_to_polygons(diag)) == 3
     assert mc.mask_to_polygons(np.zeros((4, 4), bool)) == []

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from cogseg_ml import mask_codec as mc
 from cogseg_ml.coco_io import CocoWriter
+from cogseg_ml.errors import ValidationError
 from tests.exports.readers import fill_polygons, iou
 from tests.exports.shapes import SHAPES, random_masks
 
@@ -75,11 +76,43 @@ def test_single_ring_fills_back_to_the_mask_under_either_rule(rule: str) -> None
         assert np.array_equal(coco_raster([ring], h, w), m)
 
 
+def test_plain_mask_to_polygons_keeps_a_hole_exactly() -> None:
+    # The plain call is the exact one: a square with a one-pixel hole and a second part.
+    m = np.zeros((7, 9), dtype=bool)
+    m[1:6, 1:6] = True
+    m[3, 3] = False
+    m[2, 7] = True
+    polys = mc.mask_to_polygons(m)
+    assert np.array_equal(coco_raster(polys, *m.shape), m)
+    assert polys == mc.mask_to_rings(m)
+
+
+def test_plain_mask_to_polygons_is_exact_on_shapes_and_random_masks() -> None:
+    rng = np.random.default_rng(13)
+    masks = [make(60, 80) for make in SHAPES.values()] + list(random_masks(rng, 200))
+    for m in masks:
+        assert np.array_equal(coco_raster(mc.mask_to_polygons(m), *m.shape), m)
+        assert np.array_equal(coco_raster(mc.mask_to_polygons(m, outline="exact"), *m.shape), m)
+
+
+def test_filled_outline_is_a_named_option_and_fills_holes() -> None:
+    for name, make in SHAPES.items():
+        m = make(60, 80)
+        filled = coco_raster(mc.mask_to_polygons(m, outline="filled"), *m.shape)
+        assert np.array_equal(filled, ndimage.binary_fill_holes(m, structure=np.ones((3, 3)))), \
+            name
+
+
+def test_unknown_outline_is_refused() -> None:
+    with pytest.raises(ValidationError, match="outline"):
+        mc.mask_to_polygons(np.ones((2, 2), dtype=bool), outline="holes")  # type: ignore[arg-type]
+
+
 def test_shapes_with_holes_old_polygons_lose_them_new_ones_do_not() -> None:
-    # The outlines of mask_to_polygons are a union of filled parts (CDF polygons): holes go.
+    # The filled outlines are a union of filled parts (CDF polygons): holes go.
     for name, make in SHAPES.items():
         m = make(120, 160)
-        old = coco_raster(mc.mask_to_polygons(m), *m.shape)
+        old = coco_raster(mc.mask_to_polygons(m, outline="filled"), *m.shape)
         new = coco_raster(mc.mask_to_rings(m), *m.shape)
         ring = fill_polygons([mc.mask_to_ring(m)], *m.shape)
         assert np.array_equal(new, m) and np.array_equal(ring, m), name

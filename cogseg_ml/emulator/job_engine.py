@@ -226,7 +226,7 @@ class JobEngine:
         for seg in self.engine.segment(pixels, rec.points, rec.box):
             polys = [
                 SegmentPolygon(vertices=[SegmentVertex(x=x / w, y=y / h) for x, y in poly])
-                for poly in mask_to_polygons(seg.mask)
+                for poly in mask_to_polygons(seg.mask, outline="filled")
             ]
             out.append(SegmentResult(score=round(float(seg.score), 4), polygons=polys))
         out.sort(key=lambda s: -s.score)
