@@ -13,9 +13,13 @@ ephemeral port unless told otherwise; leaving the ``with`` block stops it and jo
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
 import secrets
+import shlex
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -34,7 +38,7 @@ from cogseg_ml.emulator.state import EmulatorState, FileRecord, RequestLogEntry
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
 from cogseg_ml.errors import ValidationError
 
-__all__ = ["Emulator", "check_host"]
+__all__ = ["Emulator", "check_host", "shell_env"]
 
 _log = logging.getLogger("cogseg_ml.emulator")
 
@@ -69,6 +73,22 @@ def check_host(host: str, name: str = "host") -> str:
             raise ValidationError(f"{name} {host}: give the address alone (e.g. 127.0.0.1 or "
                                   "::1); the port goes in --port") from None
     return bare
+
+
+def _loopback(host: str) -> bool:
+    """Whether a client configured from the environment accepts plain HTTP to ``host``
+    without ``COGSEG_ALLOW_INSECURE_HTTP`` (loopback, ``localhost``)."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def shell_env(variables: Mapping[str, str]) -> str:
+    """``export NAME=VALUE`` lines a POSIX shell evaluates (each value quoted)."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items())
 
 
 class Emulator:
@@ -268,6 +288,19 @@ class Emulator:
         """A valid bearer token (for raw-HTTP tests)."""
         return self.state.issue_token(ttl_s)[0]
 
+    def env(self, ttl_s: float | None = None) -> dict[str, str]:
+        """The variables :meth:`CdfConfig.from_env <cogseg_ml.config.CdfConfig.from_env>`
+        (and every ``cogseg`` command) reads to use this emulator: ``COGNITE_PROJECT``,
+        ``COGNITE_BASE_URL`` and ``COGNITE_TOKEN``, a static token issued now that lives
+        ``ttl_s`` seconds (default: the emulator's ``token_ttl_s``). Served on an address
+        other than loopback, ``COGSEG_ALLOW_INSECURE_HTTP=1`` too (the emulator speaks plain
+        HTTP, with throwaway credentials)."""
+        variables = {"COGNITE_PROJECT": self.project, "COGNITE_BASE_URL": self.base_url,
+                     "COGNITE_TOKEN": self.issue_token(ttl_s)}
+        if not _loopback(self.host):
+            variables["COGSEG_ALLOW_INSECURE_HTTP"] = "1"
+        return variables
+
     # --- content -----------------------------------------------------------------------------
     def add_image(self, data: bytes, name: str, *, mime_type: str | None = None,
                   external_id: str | None = None,
@@ -336,6 +369,67 @@ class Emulator:
             ident = FileIdentifier(id=ref)
         return self.state.replace_file(ident, data, name=name, mime_type=mime_type,
                                        ground_truth=ground_truth)
+
+    def coco_boxes(self) -> dict[str, Any]:
+        """A COCO detection file of the served files whose objects are known (the synthetic
+        images), ready for ``cogseg label --coco-boxes`` and
+        :func:`~cogseg_ml.samples.samples_from_coco`.
+
+        One image per such file in the order they were added: ``id`` from 1, ``file_name``
+        its external id (what ``--coco-file-key file_name`` looks up), ``width`` and
+        ``height``. One annotation per object: ``bbox`` ``[x, y, w, h]`` in pixels, tight
+        around its mask. Categories are the objects' names, sorted, numbered from 1. Files
+        without ground truth (a folder of photos) are left out.
+        """
+        with self.state.lock:
+            known = [f for f in sorted(self.state.files.values(), key=lambda f: f.id)
+                     if f.ground_truth and f.external_id is not None]
+        names = sorted({category for f in known for category, _ in f.ground_truth})
+        ids = {name: i + 1 for i, name in enumerate(names)}
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
+        for image_id, record in enumerate(known, start=1):
+            height, width = record.ground_truth[0][1].shape
+            images.append({"id": image_id, "file_name": record.external_id, "width": int(width),
+                           "height": int(height)})
+            for category, mask in record.ground_truth:
+                ys, xs = np.nonzero(mask)
+                if not len(xs):
+                    continue
+                x0, y0 = int(xs.min()), int(ys.min())
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": ids[category],
+                                    "bbox": [x0, y0, int(xs.max()) + 1 - x0,
+                                             int(ys.max()) + 1 - y0],
+                                    "area": int(mask.sum()), "iscrowd": 0})
+        return {"images": images, "annotations": annotations,
+                "categories": [{"id": ids[n], "name": n} for n in names]}
+
+    def write_boxes(self, path: str | Path) -> Path:
+        """Write :meth:`coco_boxes` to a new file at ``path``, never over an existing one.
+
+        The file appears whole or not at all (written beside it, then linked into place).
+
+        Raises:
+            FileExistsError: ``path`` exists (it is left as it was).
+        """
+        target = Path(path)
+        text = json.dumps(self.coco_boxes(), indent=1) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".incomplete",
+                                   dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            try:
+                os.link(tmp, target)  # fails, never replaces, when target exists
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links
+                with open(target, "x", encoding="utf-8") as out:
+                    out.write(text)
+        finally:
+            os.unlink(tmp)
+        return target
 
     def set_faults(self, *faults: Fault, seed: int | None = None) -> None:
         """Replace the fault rules (counts and the random stream start again)."""
