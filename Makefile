@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` (the main job, on the embedded emulator) and
-# `make test` (ruff, mypy on the package, pytest). Both create .venv with pip when it is missing.
+# `make test` (ruff, mypy on the package, the docs site built --strict, pytest). Both create .venv
+# with pip when it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.cogseg-installed
 
-.PHONY: demo test lint bench soak clean test-browser notebook
+.PHONY: demo test lint docs bench soak clean test-browser notebook
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +24,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The documentation site (mkdocs-material, API reference by mkdocstrings) into build/site/;
+# offline: no plugin fetches anything at build time.
+export NO_MKDOCS_2_WARNING := 1
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
 test: lint
+	$(BIN)/mkdocs build --strict --site-dir build/site
 	$(BIN)/python -m pytest
 
 # The review page in headless Chromium (Selenium); not part of `make test`. Installs Debian's
@@ -40,8 +49,10 @@ test-browser: $(STAMP)
 notebook: $(STAMP)
 	$(BIN)/python -m notebooks.make_notebook --execute
 
+# Every benchmark, then the tables of docs/benchmarks.md and README.md from the result files.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks table
 
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
