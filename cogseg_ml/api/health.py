@@ -356,6 +356,19 @@ class SessionHealth:
         for fn in listeners:
             fn(error)
 
+    def storm(self, keys: Iterable[HealthKey]) -> ApiStormError | None:
+        """The storm of the first of ``keys`` that storms now (recognized, not yet ended by a
+        good answer), as the error its jobs get; ``None`` when none does."""
+        with self._lock:
+            for service, host in keys:
+                s = self._storms.get((service, host))
+                if s is not None and s.since is not None:
+                    return storm_error(
+                        f"{_storm_text(service, host, s.count, s.describe())}; the job was "
+                        "handed over at once", service=service, host=host, failures=s.count,
+                        reason=s.describe(), since=s.since, status_code=s.status)
+        return None
+
     def succeeded(self, service: Service, host: str) -> None:
         """``service`` gave an answer that is not a failure: any storm of it is over."""
         if (service, host) not in self._storms:  # the common case: nothing to end

@@ -38,9 +38,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cogseg_ml.api.file_checks import check_segmentable
 from cogseg_ml.api.job_polling import checked_timeout
@@ -63,9 +63,38 @@ from cogseg_ml.errors import (
 )
 
 if TYPE_CHECKING:
-    from cogseg_ml.api.client import AsyncSegmentationClient
+    from cogseg_ml.api.health import HealthKey, SessionHealth
+    from cogseg_ml.api.job_polling import PollSchedule
+    from cogseg_ml.api.wire_schema import FileMetadata
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.prompts import FileRef as _FileRef
+    from cogseg_ml.prompts import Prompt as _Prompt
 
-__all__ = ["run_jobs"]
+
+class JobClient(Protocol):
+    """What the pipeline needs of a client (the
+    :class:`~cogseg_ml.api.async_client.AsyncSegmentationClient` is one). Named here so the
+    pipeline sits below the client that calls it and never imports it."""
+
+    config: CdfConfig
+    health: SessionHealth
+    schedule: PollSchedule
+
+    @property
+    def storm_keys(self) -> tuple[HealthKey, HealthKey]:
+        """The services a segmentation job needs."""
+
+    async def create_job(self, files: _FileRef, *, prompt: _Prompt | None = None
+                         ) -> SegmentJob:
+        """Start one job."""
+
+    async def retrieve_job(self, job_id: int) -> SegmentJob:
+        """One job's status and result."""
+
+    async def metadata_map(self, refs: Sequence[_FileRef]) -> dict[_FileRef, FileMetadata]:
+        """Metadata of the known files among ``refs``."""
+
+__all__ = ["JobClient", "run_jobs"]
 
 FEED_CHUNK = 256
 POLL_ERRORS_TOLERATED = 3
@@ -107,7 +136,7 @@ class _Crashed:
     exc: BaseException
 
 
-async def run_jobs(client: AsyncSegmentationClient, requests: Iterable[RequestLike], *,
+async def run_jobs(client: JobClient, requests: Iterable[RequestLike], *,
                    concurrency: int = 32, timeout: float | None = None,
                    check_files: bool = True, until_storm: bool = False
                    ) -> AsyncIterator[JobOutcome]:
@@ -373,7 +402,7 @@ def _placeholder(raw: Any) -> SegmentRequest:
                           Prompt(points=(Point(0.5, 0.5),)), tag=raw)
 
 
-async def _checked(client: AsyncSegmentationClient, reqs: list[SegmentRequest],
+async def _checked(client: JobClient, reqs: list[SegmentRequest],
                    finish: Any) -> list[SegmentRequest]:
     """Keep the requests whose files exist and can be segmented; report the others."""
     refs = list(dict.fromkeys(r.file for r in reqs))

@@ -23,56 +23,16 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import httpx
-
+from cogseg_ml.api.async_client import AsyncSegmentationClient
+from cogseg_ml.api.transport import ThreadedTransport, Transport, as_async_transport
 from cogseg_ml.config import CdfConfig
-
-if TYPE_CHECKING:
-    from cogseg_ml.api.client import AsyncSegmentationClient
 
 __all__ = ["SegmentationSession", "ThreadedTransport", "session_for"]
 
 _log = logging.getLogger("cogseg_ml.api.session")
 T = TypeVar("T")
-Transport = httpx.BaseTransport | httpx.AsyncBaseTransport
-
-
-class ThreadedTransport(httpx.AsyncBaseTransport):
-    """A synchronous httpx transport used from async code: each request runs in a thread.
-
-    Lets a user's sync-only transport (a proxy, a recorder) serve the session's async client.
-    """
-
-    def __init__(self, transport: httpx.BaseTransport) -> None:
-        self.transport = transport
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send through the sync transport off the loop; the body is read there too."""
-        def send() -> httpx.Response:
-            resp = self.transport.handle_request(request)
-            try:
-                content = b"".join(resp.stream)  # type: ignore[arg-type]
-            finally:
-                resp.close()
-            return httpx.Response(resp.status_code, headers=resp.headers, content=content,
-                                  extensions=resp.extensions)
-
-        return await asyncio.to_thread(send)
-
-    async def aclose(self) -> None:
-        """Close the wrapped transport."""
-        await asyncio.to_thread(self.transport.close)
-
-
-def as_async_transport(transport: Transport | None) -> httpx.AsyncBaseTransport | None:
-    """The transport as the async client needs it (sync ones run in threads)."""
-    if transport is None or isinstance(transport, httpx.AsyncBaseTransport):
-        return transport
-    return ThreadedTransport(transport)
-
-
 class SegmentationSession:
     """An :class:`AsyncSegmentationClient` on a background event loop, for sync callers.
 
@@ -137,8 +97,6 @@ class SegmentationSession:
             return self._loop
 
     async def _new_client(self) -> AsyncSegmentationClient:
-        from cogseg_ml.api.client import AsyncSegmentationClient
-
         return AsyncSegmentationClient(self.config,
                                        transport=as_async_transport(self.transport))
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentationResult, SegmentRequest
-from cogseg_ml.api.session import Transport
+from cogseg_ml.api.transport import Transport
 from cogseg_ml.backends.base import BackendJob, BackendOutcome, MaskResult, ScoredMask
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import ApiRetiredError, CogsegError, JobFailedError
+from cogseg_ml.errors import ApiRetiredError, ApiStormError, CogsegError, JobFailedError
 
 __all__ = ["API_BACKEND", "ApiBackend", "mask_result"]
 
@@ -115,6 +115,11 @@ class ApiBackend:
         somewhere else to send them (:class:`~cogseg_ml.backends.fallback.FallbackBackend`).
         """
         return self._run(jobs, until_storm=True)
+
+    def storm(self) -> ApiStormError | None:
+        """The storm the API's session sees now (see
+        :meth:`~cogseg_ml.api.client.SegmentationClient.storm`)."""
+        return self.client.storm()
 
     def _run(self, jobs: Iterable[BackendJob], *, until_storm: bool
              ) -> Iterator[BackendOutcome]:

@@ -209,6 +209,9 @@ class FallbackBackend:
             if unavailable:
                 yield from self.fallback.run(unavailable)
             return
+        if unavailable and not is_storm(why):  # jobs answered before the storm was named
+            storm = getattr(self.primary, "storm", None)
+            why = (storm() if callable(storm) else None) or why
         if unavailable:
             self._verified = False
             self.breaker.failure(storm_summary(why) if is_storm(why) else

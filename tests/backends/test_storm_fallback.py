@@ -268,3 +268,38 @@ def test_api_only_keeps_the_retry_budget_and_says_the_storm_once_early(
     assert f"/{RetryConfig().max_attempts}" in msg, msg
     # Said when the storm was recognized, in the first round of requests: not at the end.
     assert early.answered_then is not None and STORM <= early.answered_then <= BOUND
+
+
+class _AnsweredBeforeTheStorm(BoxBackend):
+    """A primary whose jobs all failed with plain server errors that arrived before the
+    session named the storm (their requests were in flight together), while the session does
+    see the storm now: the order concurrent answers take under load."""
+
+    name = "api"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from cogseg_ml.api.health import storm_error
+
+        self.current = storm_error("storm", service="CDF's Vision API", host="h:1",
+                                   failures=9, reason="500 Internal Server Error x9", since=1.0,
+                                   status_code=500)
+
+    def run(self, jobs: Iterable[BackendJob]) -> Iterator[BackendOutcome]:
+        for job in jobs:
+            yield BackendOutcome(job, error=ApiUnavailableError("server error: injected fault"))
+
+    def storm(self) -> Any:
+        return self.current
+
+
+def test_the_switch_names_the_storm_even_when_every_answer_came_before_it(
+        images: list[SyntheticImage], caplog: pytest.LogCaptureFixture) -> None:
+    local = BoxBackend()
+    fb = FallbackBackend(_AnsweredBeforeTheStorm(), local,
+                         breaker=CircuitBreaker(cooldown_s=30, clock=Clock()))
+    with caplog.at_level(logging.INFO):
+        outs = list(fb.run(nine_jobs(images)))
+    assert len(outs) == JOBS and local.jobs == JOBS
+    said = warnings(caplog)
+    assert len(said) == 1 and "in a row" in said[0] and "500" in said[0], said
