@@ -60,7 +60,7 @@ from cogseg_ml.mask_codec import Rle, decode_to_tensor
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache", "MergeReport",
+__all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache",
            "cache_file", "check_cache_file", "default_cache_dir"]
 
 SCHEMA_VERSION = 1
@@ -196,15 +196,6 @@ class CacheStats:
     images: int
     image_bytes: int
     path: str
-
-
-@dataclass(frozen=True)
-class MergeReport:
-    """What :meth:`MaskCache.merge` copied from ``source``."""
-
-    entries: int
-    images: int
-    source: str
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -733,37 +724,8 @@ class MaskCache:
         row = self._retry(lambda: self._conn().execute("PRAGMA integrity_check").fetchone())
         return bool(row and row[0] == "ok")
 
-    def merge_from(self, other: str | Path | MaskCache) -> int:
-        """Like :meth:`merge`; returns the number of entries copied."""
-        return self.merge(other).entries
-
-    def merge(self, other: str | Path | MaskCache) -> MergeReport:
-        """Copy the entries and images of another cache that this one lacks.
-
-        ``other`` is a cache, its SQLite file or its folder. The image index travels with its
-        bytes (verified by hash; entries whose bytes are missing or damaged are skipped), so a
-        run over the merged cache downloads nothing the source held.
-
-        Raises:
-            CacheError: there is no cache at ``other`` (nothing is created), or it cannot be
-                read.
-            ValidationError: ``other`` is this very cache.
-        """
-        from cogseg_ml.cache.image_store import ImageStore
-
-        src = other.path if isinstance(other, MaskCache) else cache_file(other)
-        if self._same_file(src):
-            raise ValidationError(f"cannot merge the cache {src} into itself: give another "
-                                  "cache (e.g. a shard's) as the source")
-        source = MaskCache(src, create=False, busy_timeout_s=self.busy_timeout_s)
-        try:
-            entries = self._merge_entries(source.path)
-            images = ImageStore(self).merge_from(ImageStore(source))
-        finally:
-            source.close()
-        return MergeReport(entries=entries, images=images, source=str(source.path))
-
-    def _same_file(self, other: Path) -> bool:
+    def same_file(self, other: Path) -> bool:
+        """Whether ``other`` is this cache's SQLite file (any spelling, hard links too)."""
         try:
             if os.path.samefile(self.path, other):
                 return True
@@ -771,7 +733,9 @@ class MaskCache:
             pass
         return self.path.resolve() == other.resolve()
 
-    def _merge_entries(self, src: Path) -> int:
+    def merge_entries(self, src: Path) -> int:
+        """Copy the entries of the cache file ``src`` that this one lacks (one transaction);
+        returns how many. Images travel separately (:func:`cogseg_ml.cache.merge.merge`)."""
         def run(c: sqlite3.Connection) -> int:
             before = c.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
             c.execute("INSERT OR IGNORE INTO entries SELECT * FROM other.entries")

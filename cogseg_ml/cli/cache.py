@@ -15,6 +15,7 @@ from cogseg_ml.errors import CacheError, ValidationError
 def run(args: argparse.Namespace) -> int:
     from cogseg_ml.cache.image_store import ImageStore
     from cogseg_ml.cache.mask_cache import MaskCache, cache_file
+    from cogseg_ml.cache.merge import merge
     from cogseg_ml.coco_io import export_cache
     from cogseg_ml.detect.detection_cache import DetectionCache, detections_file
 
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         ours = DetectionCache(detections_file(cache.path))  # opened on first use only
         entries = images = detections = 0
         for src in args.sources:
-            got = cache.merge(src)
+            got = merge(cache, src)
             entries, images = entries + got.entries, images + got.images
             theirs = detections_file(cache_file(src))
             if theirs.is_file():  # a shard that labelled from class names

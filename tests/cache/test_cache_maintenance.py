@@ -14,6 +14,7 @@ import pytest
 
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.cache.merge import merge
 from cogseg_ml.errors import CacheError, ValidationError
 from tests.cache.test_mask_cache import key, result
 
@@ -154,7 +155,7 @@ def test_merge_copies_the_image_index_and_its_blobs(tmp_path: Path) -> None:
     src.put("in-b", b"B" * 50)
     src.put("also-b", b"C" * 70)
     b.put(key(1), result(1))
-    got = a.merge(b)
+    got = merge(a, b)
     assert (got.entries, got.images) == (1, 2)
     dst = ImageStore(a)
     assert dst.get("in-b") == b"B" * 50 and dst.get("also-b") == b"C" * 70
@@ -162,9 +163,9 @@ def test_merge_copies_the_image_index_and_its_blobs(tmp_path: Path) -> None:
     assert all(str(p).startswith(str(tmp_path / "a")) for p in _files(dst.root))
     for p in _files(dst.root):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600
-    again = a.merge(b)  # nothing new the second time
+    again = merge(a, b)  # nothing new the second time
     assert (again.entries, again.images) == (0, 0)
-    assert a.merge_from(tmp_path / "b") == 0  # the old entry point still counts entries
+    assert merge(a, tmp_path / "b").entries == 0  # a path names the source too
 
 
 def test_merge_skips_source_images_whose_bytes_are_missing_or_corrupt(tmp_path: Path) -> None:
@@ -173,7 +174,7 @@ def test_merge_skips_source_images_whose_bytes_are_missing_or_corrupt(tmp_path: 
     src._blob(src.put("corrupt", b"x" * 10)).write_bytes(b"y" * 10)
     src._blob(src.put("gone", b"z" * 10)).unlink()
     src.put("fine", b"w" * 10)
-    assert a.merge(b).images == 1
+    assert merge(a, b).images == 1
     dst = ImageStore(a)
     assert dst.get("fine") == b"w" * 10 and dst.get("corrupt") is None and dst.get("gone") is None
 
@@ -181,14 +182,14 @@ def test_merge_skips_source_images_whose_bytes_are_missing_or_corrupt(tmp_path: 
 def test_merge_of_two_caches_sharing_one_folder(tmp_path: Path) -> None:
     a, b = MaskCache(tmp_path / "a.sqlite"), MaskCache(tmp_path / "b.sqlite")
     ImageStore(b).put("f", b"shared folder")
-    assert a.merge(b).images == 1 and ImageStore(a).get("f") == b"shared folder"
+    assert merge(a, b).images == 1 and ImageStore(a).get("f") == b"shared folder"
 
 
 def test_merge_refuses_a_missing_source_and_creates_nothing(tmp_path: Path) -> None:
     a = MaskCache(tmp_path / "a")
     for missing in (tmp_path / "typo", tmp_path / "typo.sqlite", tmp_path / "no" / "dir"):
         with pytest.raises(CacheError, match="no mask cache") as info:
-            a.merge_from(missing)
+            _merged(a, missing)
         assert missing.name in str(info.value)
         assert not missing.exists() and not missing.parent.joinpath("masks.sqlite").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
@@ -201,7 +202,7 @@ def test_merge_into_itself_is_refused_at_once(tmp_path: Path) -> None:
     for same in (tmp_path / "a", tmp_path / "a" / "masks.sqlite", a,
                  tmp_path / "x" / ".." / "a"):
         with pytest.raises(ValidationError, match="itself"):
-            a.merge_from(same)  # type: ignore[arg-type]
+            _merged(a, same)  # type: ignore[arg-type]
     assert a.stats().entries == 1
 
 
@@ -211,7 +212,7 @@ def test_merge_into_a_full_disk_says_so(tmp_path: Path) -> None:
     a.put(key(100), result(100))
     _limit_pages(a)
     with pytest.raises(CacheError, match="disk is full"):
-        a.merge(b)
+        merge(a, b)
     assert a.integrity_check() and a.stats().entries == 1
 
 
@@ -251,3 +252,8 @@ def test_clear_images_while_another_thread_reads(tmp_path: Path) -> None:
         done.set()
         t.join()
     assert all(v in (None, bytes([3]) * 64) for v in seen)
+
+
+def _merged(target: MaskCache, other: object) -> int:
+    """Entries :func:`merge` copied."""
+    return merge(target, other).entries  # type: ignore[arg-type]

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogseg_ml import CacheError, CacheVersionError, FileRef, InstanceId, Point, Prompt
+from cogseg_ml import CacheError, FileRef, InstanceId, Point, Prompt
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
+from cogseg_ml.cache.merge import merge
+from cogseg_ml.errors import CacheVersionError
 from cogseg_ml.mask_codec import encode
 
 
@@ -156,7 +158,7 @@ def test_merge_and_export_coco(tmp_path: Path) -> None:
         a.put(key(i), result(i))
     for i in range(2, 5):
         b.put(key(i), result(i))
-    assert a.merge_from(b) == 2 and a.stats().entries == 5
+    assert _merged(a, b) == 2 and a.stats().entries == 5
     from cogseg_ml.coco_io import export_cache
 
     n = export_cache(a, tmp_path / "out.json")
@@ -257,3 +259,8 @@ def test_image_store_concurrent_puts_of_the_same_bytes(tmp_path: Path) -> None:
         shas = list(pool.map(lambda i: store.put(f"file-{i % 4}", data), range(64)))
     assert len(set(shas)) == 1 and store.get("file-3") == data
     assert not list(tmp_path.rglob("*.incomplete"))
+
+
+def _merged(target: MaskCache, other: object) -> int:
+    """Entries :func:`merge` copied."""
+    return merge(target, other).entries  # type: ignore[arg-type]
