@@ -19,7 +19,6 @@ from cogseg_ml import (
     FileRef,
     Point,
     Prompt,
-    PromptValidationError,
     RetryConfig,
     SegmentationClient,
 )
@@ -27,6 +26,7 @@ from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.dataset import CdfSegmentationDataset, SampleError
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.emulator.synthetic_images import encode_image
+from cogseg_ml.errors import PromptValidationError
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.samples import Instance, Sample
 

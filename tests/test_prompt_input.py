@@ -15,15 +15,15 @@ import torch
 
 from cogseg_ml import (
     Box,
-    CacheKey,
     FileRef,
     Point,
     Prompt,
-    PromptValidationError,
     SegmentationClient,
     ValidationError,
 )
 from cogseg_ml.api.wire_schema import Annotation
+from cogseg_ml.cache.cache_keys import CacheKey
+from cogseg_ml.errors import PromptValidationError
 from cogseg_ml.samples import (
     load_records,
     samples_from_annotations,

@@ -13,7 +13,6 @@ from cogseg_ml import (
     InstanceId,
     Point,
     Prompt,
-    PromptValidationError,
     ValidationError,
 )
 from cogseg_ml.api.wire_schema import (
@@ -24,6 +23,7 @@ from cogseg_ml.api.wire_schema import (
     SegmentJobCreateRequest,
     TokenResponse,
 )
+from cogseg_ml.errors import PromptValidationError
 
 
 @pytest.mark.parametrize("kwargs,field", [

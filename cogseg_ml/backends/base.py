@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.errors import CogsegError
-from cogseg_ml.mask_codec import Rle, decode_to_tensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # kept out of the import so that writing a backend loads no numpy or pydantic
     import torch
+
+    from cogseg_ml.api.results import SegmentRequest
+    from cogseg_ml.mask_codec import Rle
 
 __all__ = ["BackendJob", "BackendOutcome", "MaskResult", "ScoredMask", "SegmentationBackend",
            "require_extra"]
@@ -55,6 +56,8 @@ class MaskResult:
 
     def masks(self) -> torch.Tensor:
         """All segments as a ``(N, H, W)`` bool tensor."""
+        from cogseg_ml.mask_codec import decode_to_tensor
+
         return decode_to_tensor([s.rle for s in self.segments], self.height, self.width)
 
 

@@ -21,14 +21,10 @@ from cogseg_ml import (
     CdfConfig,
     ClientCredentials,
     FileRef,
-    FileValidationError,
     JobFailedError,
     JobTimeoutError,
-    NotFoundError,
     Point,
     Prompt,
-    PromptValidationError,
-    RateLimitedError,
     RetryConfig,
     SegmentationClient,
     SegmentRequest,
@@ -39,6 +35,12 @@ from cogseg_ml import (
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
+from cogseg_ml.errors import (
+    FileValidationError,
+    NotFoundError,
+    PromptValidationError,
+    RateLimitedError,
+)
 from cogseg_ml.mask_codec import decode
 
 FAST_RETRY = RetryConfig(max_attempts=6, backoff_base_s=0.02, max_backoff_s=2.0,
