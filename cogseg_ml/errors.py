@@ -73,6 +73,8 @@ __all__ = [
     "SampleError",
     "TokenEndpointUnavailable",
     "ValidationError",
+    "ends_the_run",
+    "failure_reason",
     "status_text",
 ]
 
@@ -448,3 +450,17 @@ class RunInterrupted(KeyboardInterrupt):
 def _rebuild_interrupted(message: str, summary: str, signal_name: str) -> RunInterrupted:
     return RunInterrupted(message, summary=summary, signal_name=signal_name)
 
+
+def failure_reason(exc: BaseException) -> str:
+    """An item's failure as reports and result rows give it: ``"Type: message"`` (the message
+    cut at 200 characters)."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def ends_the_run(error: object) -> bool:
+    """Whether an item's error means no item can succeed: CDF (or its token endpoint) is
+    unreachable, the Vision API is retired, or the session stopped trying refused
+    credentials. A run stops on it (the finished work is stored) instead of reporting every
+    item; a re-run resumes."""
+    return isinstance(error, (CdfUnreachableError, ApiRetiredError)) or (
+        isinstance(error, AuthenticationError) and error.session_wide)

@@ -40,12 +40,11 @@ from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import (
-    ApiRetiredError,
-    AuthenticationError,
-    CdfUnreachableError,
     CogsegError,
     RunInterrupted,
     ValidationError,
+    ends_the_run,
+    failure_reason,
 )
 from cogseg_ml.image_decode import check_declared_size
 from cogseg_ml.mask_codec import area, decode, mask_to_polygons
@@ -150,20 +149,6 @@ class WriteBackReport:
     created: int = 0
     already_present: int = 0
     skipped: int = 0
-
-
-def _run_ending(error: object) -> bool:
-    """Whether an item's error means no item can succeed: CDF (or its token endpoint) is
-    unreachable, the Vision API is retired, or the session stopped trying refused
-    credentials. A run stops on it (the finished work is stored) instead of reporting every
-    item; a re-run resumes."""
-    return isinstance(error, (CdfUnreachableError, ApiRetiredError)) or (
-        isinstance(error, AuthenticationError) and error.session_wide)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text[:200]}"
 
 
 class SegmentationLabeler:
@@ -302,13 +287,13 @@ class SegmentationLabeler:
                                                           grow=not known))
             try:
                 for (cn, j, k), _, result, error in stream:
-                    if _run_ending(error):  # CDF unreachable or the credentials refused
+                    if ends_the_run(error):  # CDF unreachable or the credentials refused
                         stream.close()  # stores every answer that arrived
                         assert error is not None
                         raise error
                     bar.update(1)
                     if result is None:
-                        flow.done(cn, (j, k), _reason(error or CogsegError("no result")))
+                        flow.done(cn, (j, k), failure_reason(error or CogsegError("no result")))
                     else:
                         rep.jobs_run += 1
                         flow.done(cn, (j, k), None)
@@ -351,7 +336,7 @@ class SegmentationLabeler:
             for j, ((s, _), rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
                 if isinstance(rec, CogsegError):
                     for k in range(len(s.instances)):
-                        self._fail(s, k, _reason(rec))
+                        self._fail(s, k, failure_reason(rec))
                     continue
                 for k in range(len(s.instances)):
                     if (j, k) in chunk.errors:
@@ -369,7 +354,7 @@ class SegmentationLabeler:
             todo: list[tuple[ImageRecord, Prompt, tuple[int, int, int]]] = []
             cached = 0
             for j, ((s, _), rec) in enumerate(zip(chunk, recs, strict=True)):
-                if _run_ending(rec):  # no image can be had: stop at once, not per item
+                if ends_the_run(rec):  # no image can be had: stop at once, not per item
                     assert isinstance(rec, CogsegError)
                     raise rec
                 if isinstance(rec, CogsegError):
@@ -399,7 +384,7 @@ class SegmentationLabeler:
         for j, ((s, image_id), rec) in enumerate(zip(chunk.samples, chunk.records, strict=True)):
             if isinstance(rec, CogsegError):
                 for k in range(len(s.instances)):
-                    self._fail(s, k, _reason(rec))
+                    self._fail(s, k, failure_reason(rec))
                 continue
             prompts = [inst.prompt for inst in s.instances]
             results = self.store.lookup(rec, prompts)
@@ -413,15 +398,16 @@ class SegmentationLabeler:
                     self.report.labelled += 1
                     key = self.store._answer_key(rec, inst.prompt, res)
                     insts.append({"k": k, "key": key.fingerprint(), "category": inst.category,
-                                  "backend": res.backend, "keep": self._select(res)})
+                                  "backend": res.backend, "keep": self.select(res)})
             lines.append({"file_key": rec.file_key, "image_id": image_id,
                           "file": file_json(s.file),
                           "file_name": rec.file_name, "digest": rec.digest,
                           "height": rec.height, "width": rec.width, "instances": insts})
         return lines
 
-    def _select(self, res: CachedResult) -> list[int]:
-        """Indices of the segments kept by the quality controls; counts the rest."""
+    def select(self, res: CachedResult) -> list[int]:
+        """Indices of the segments of ``res`` the quality controls keep (``keep``,
+        ``min_score``, ``min_area``); the rest are counted in :attr:`report`."""
         rep = self.report
         if not res.segments:
             rep.dropped["no segment"] += 1

@@ -38,9 +38,15 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from cogseg_ml.cache.cache_keys import canonical_prompt
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
-from cogseg_ml.errors import ApiRetiredError, CogsegError, ValidationError
+from cogseg_ml.errors import (
+    ApiRetiredError,
+    CogsegError,
+    ValidationError,
+    ends_the_run,
+    failure_reason,
+)
 from cogseg_ml.image_decode import check_declared_size
-from cogseg_ml.labeler import SegmentationLabeler, _reason, _run_ending
+from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.ray_labeling.backend_specs import BackendSpec, build_backend
 from cogseg_ml.ray_labeling.schema import FAILED, OK, RESULT_SCHEMA, file_of_row, file_row
@@ -149,10 +155,10 @@ class PromptLabeler:
             self._segment(live)
         except CogsegError as exc:  # e.g. the cache's disk is full: this batch, not the run
             _log.warning("a batch of %d rows failed: %s", len(rows), exc)
-            self._fail_open(live, _reason(exc))
+            self._fail_open(live, failure_reason(exc))
         except Exception as exc:  # never a crashed pipeline: the rows say what happened
             _log.exception("a batch of %d rows failed unexpectedly", len(rows))
-            self._fail_open(live, _reason(exc))
+            self._fail_open(live, failure_reason(exc))
         out: list[dict[str, Any]] = []
         for p in parsed:
             for it in p.items:
@@ -165,7 +171,7 @@ class PromptLabeler:
             ref = file_of_row(row.get("file"))
         except (CogsegError, TypeError, ValueError) as exc:
             bad = _Row(None, None, None)
-            bad.items.append(_Item(None, error=f"the row's file: {_reason(exc)}"))
+            bad.items.append(_Item(None, error=f"the row's file: {failure_reason(exc)}"))
             return bad
         p = _Row(ref, None, None)
         try:
@@ -174,7 +180,7 @@ class PromptLabeler:
             w = _int_or_none(row.get("width"), "width")
             p.declared = (h, w) if h is not None and w is not None else None
         except ValidationError as exc:
-            p.items.append(_Item(None, error=_reason(exc)))
+            p.items.append(_Item(None, error=failure_reason(exc)))
             return p
         raws = row.get("instances")
         if raws is None:
@@ -206,7 +212,7 @@ class PromptLabeler:
             if self.table is not None:
                 self.table.id_of(item.category, f"instance {k}")
         except (CogsegError, TypeError, ValueError) as exc:
-            item.prompt, item.error = None, _reason(exc)
+            item.prompt, item.error = None, failure_reason(exc)
         return item
 
     # --- segmenting --------------------------------------------------------------------------
@@ -231,7 +237,7 @@ class PromptLabeler:
     def _segment(self, rows: list[_Row]) -> None:
         fatal = self._fatal_now()
         if fatal is not None:
-            self._fail_open(rows, _reason(fatal))
+            self._fail_open(rows, failure_reason(fatal))
             return
         refs = [p.ref for p in rows if p.ref is not None]
         recs = dict(zip(refs, self.store.records(refs, fresh=True), strict=True))
@@ -241,9 +247,9 @@ class PromptLabeler:
             assert p.ref is not None
             rec = recs[p.ref]
             if isinstance(rec, CogsegError):
-                if _run_ending(rec):
+                if ends_the_run(rec):
                     self._remember(rec)
-                self._fail_open([p], _reason(rec))
+                self._fail_open([p], failure_reason(rec))
                 continue
             p.record = rec
             if p.declared is not None:  # e.g. read from a COCO file
@@ -277,8 +283,8 @@ class PromptLabeler:
                 if res is not None:
                     it.result = res
                     continue
-                it.error = _reason(error or CogsegError("the backend gave no result"))
-                if error is not None and _run_ending(error):
+                it.error = failure_reason(error or CogsegError("the backend gave no result"))
+                if error is not None and ends_the_run(error):
                     ended = error
                     break
         finally:
@@ -287,7 +293,7 @@ class PromptLabeler:
             self._remember(ended)
             for _, _, it in todo:
                 if it.result is None and it.error is None:
-                    it.error = _reason(ended)
+                    it.error = failure_reason(ended)
 
     @staticmethod
     def _fail_open(rows: list[_Row], reason: str) -> None:
@@ -316,9 +322,9 @@ class PromptLabeler:
                     model_version=res.model_version, job_id=res.job_id,
                     from_cache=it.from_cache, kept=False)
         if not res.segments:
-            self.labeler._select(res)  # counted as the labeler counts it
+            self.labeler.select(res)  # counted as the labeler counts it
             return [base]
-        kept = set(self.labeler._select(res))
+        kept = set(self.labeler.select(res))
         return [{**base, "segment": i, "kept": i in kept, "rle": seg.rle["counts"],
                  "score": float(seg.score)} for i, seg in enumerate(res.segments)]
 
