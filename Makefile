@@ -56,6 +56,7 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m benchmarks.soak
+	$(BIN)/python -m benchmarks table
 
 clean:
 	rm -rf $(VENV) demo_out .mypy_cache .ruff_cache .pytest_cache
