@@ -242,8 +242,8 @@ def docs_emulator() -> Iterator[Emulator]:
     """One emulator for every page: four 240x320 synthetic images under /site-a/."""
     emu = Emulator(processing_time_s=0.01, concurrency=16)
     for name, im in zip(FILES, make_dataset(4, seed=1, height=240, width=320), strict=True):
-        fmt = "jpeg" if name.endswith(".jpg") else "png"
-        emu.add_image(encode_image(im.pixels, fmt), name, external_id=name,
+        data = encode_image(im.pixels, "jpeg" if name.endswith(".jpg") else "png")
+        emu.add_image(data, name, external_id=name,
                       ground_truth=[(o.category, o.mask) for o in im.objects],
                       directory="/site-a/")
     with emu:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -53,7 +54,7 @@ def _truth_boxes(n: int, seed: int = 0) -> list[tuple[str, str, list[int]]]:
     return out
 
 
-def _boxes_in(coco: dict) -> list[tuple[str, str, list[int]]]:
+def _boxes_in(coco: dict[str, Any]) -> list[tuple[str, str, list[int]]]:
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     names = {c["id"]: c["name"] for c in coco["categories"]}
     return [(files[a["image_id"]], names[a["category_id"]], a["bbox"])
