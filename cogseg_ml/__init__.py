@@ -115,7 +115,6 @@ if typing.TYPE_CHECKING:
         ValidationError,
     )
     from cogseg_ml.exports import export_labels
-    from cogseg_ml.file_listing import samples_from_files
     from cogseg_ml.labeler import SegmentationLabeler
     from cogseg_ml.masks_at_size import (
         CompactMasks,
@@ -131,7 +130,8 @@ if typing.TYPE_CHECKING:
         samples_from_coco,
         samples_from_records,
     )
-    from cogseg_ml.text_samples import samples_from_text
+    from cogseg_ml.samples.file_listing import samples_from_files
+    from cogseg_ml.samples.from_text import samples_from_text
 
 # Where each public name is defined; it is imported from there on first use.
 _SOURCES: dict[str, tuple[str, ...]] = {
@@ -152,14 +152,14 @@ _SOURCES: dict[str, tuple[str, ...]] = {
                          "CogsegError", "JobFailedError", "JobTimeoutError", "RunInterrupted",
                          "ValidationError"),
     "cogseg_ml.exports": ("export_labels",),
-    "cogseg_ml.file_listing": ("samples_from_files",),
+    "cogseg_ml.samples.file_listing": ("samples_from_files",),
     "cogseg_ml.labeler": ("SegmentationLabeler",),
     "cogseg_ml.masks_at_size": ("CompactMasks", "ImageBudgetError", "MaskBudgetError",
                                 "decode_masks"),
     "cogseg_ml.prompts": ("Box", "FileRef", "InstanceId", "Point", "Prompt"),
     "cogseg_ml.samples": ("Instance", "Sample", "samples_from_annotations", "samples_from_coco",
                           "samples_from_records"),
-    "cogseg_ml.text_samples": ("samples_from_text",),
+    "cogseg_ml.samples.from_text": ("samples_from_text",),
 }
 _LAZY = {name: module for module, names in _SOURCES.items() for name in names}
 

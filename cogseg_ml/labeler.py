@@ -37,7 +37,7 @@ from cogseg_ml.backends.base import SegmentationBackend
 from cogseg_ml.backends.resolve import resolve_backend
 from cogseg_ml.cache.cache_keys import file_identity
 from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
-from cogseg_ml.coco_io import CocoWriter, file_json
+from cogseg_ml.coco_io import LABELS_DESCRIPTION, CocoWriter, file_json
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import (
     CogsegError,
@@ -482,29 +482,52 @@ class SegmentationLabeler:
             _log.warning("%d labelled results left the cache before export (evicted?); "
                          "re-run label() to segment them again", self.report.missing_at_export)
 
-    def to_coco(self, path: str | Path, segmentation: Literal["rle", "polygon"] = "rle") -> int:
+    def to_coco(self, path: str | Path, segmentation: Literal["rle", "polygon"] = "rle", *,
+                samples: Sequence[Sample] | None = None) -> int:
         """Write a COCO instance-segmentation file (streamed); returns the annotation count.
 
         One image per file (``file_name`` the CDF file name, ``cdf_file`` the reference),
         listed whether or not it kept a segment. ``segmentation="rle"`` writes compressed RLE
         (exact); ``"polygon"`` one ring per part along pixel corners, each hole joined to its
         part by a zero-width cut (:func:`~cogseg_ml.mask_codec.mask_to_rings`): exact too,
-        holes included. Written atomically (see
-        :class:`~cogseg_ml.coco_io.CocoWriter`).
+        holes included. Written atomically (see :class:`~cogseg_ml.coco_io.CocoWriter`).
+
+        Each annotation names its ``source`` (the backend that answered). Given the
+        ``samples`` of a run from class names
+        (:func:`~cogseg_ml.samples.from_text.samples_from_text`), each also names its
+        ``segmenter`` (``"name:model_version"``), ``detector`` (weights and settings),
+        ``detector_score``, ``class_score`` and ``detector_bbox`` (the detector's own
+        ``[x, y, w, h]``, kept for audits; ``bbox`` is always recomputed from the mask).
         """
         lines = self.image_lines()  # raises when nothing was labelled yet
         table = self.category_table
         assert table is not None
-        with CocoWriter(path, table.as_coco(), segmentation=segmentation) as out:
+        by_file = {s.file: s.meta for s in samples} if samples is not None else {}
+        versions = dict(self.backend.identities())
+        description = ("cogseg_ml labels from class names" if samples is not None
+                       else LABELS_DESCRIPTION)
+        with CocoWriter(path, table.as_coco(), segmentation=segmentation,
+                        description=description) as out:
             for line in lines:
                 out.add_image(line["file_key"], file_name=line["file_name"],
                               height=line["height"], width=line["width"],
                               image_id=line["image_id"], cdf_file=line["file"],
                               sha256=line["digest"])
             for line, inst, seg in self.iter_annotations():
-                out.add_annotation(line["file_key"], table.id_of(inst["category"]),
-                                   seg.rle, seg.score, prompt_index=inst["k"],
-                                   source=inst.get("backend"))
+                extra: dict[str, Any] = {"prompt_index": inst["k"],
+                                         "source": inst.get("backend")}
+                if samples is not None:
+                    backend = str(inst.get("backend"))
+                    extra["segmenter"] = f"{backend}:{versions.get(backend, '')}"
+                meta = by_file.get(FileRef.parse(line["file"]), {}) if by_file else {}
+                dets = meta.get("detections") or ()
+                if inst["k"] < len(dets):
+                    d = dets[inst["k"]]
+                    extra.update(detector=meta.get("detector"), detector_score=round(d.score, 6),
+                                 class_score=round(d.class_score, 6),
+                                 detector_bbox=[round(v, 2) for v in d.xywh()])
+                out.add_annotation(line["file_key"], table.id_of(inst["category"]), seg.rle,
+                                   seg.score, **extra)
         return out.annotations
 
     def write_back(self, *, creating_app: str = "cogseg-ml",

@@ -188,9 +188,8 @@ image; with real images give `TextBoxDetector.from_pretrained` a Grounding DINO 
 Left: the kept detections with their classes; right: the masks of the labels."""),
     ("code", """from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector
-from cogseg_ml.text_demo import CLASS_NAMES, score_against_truth
-from cogseg_ml.text_labeling import write_coco
-from cogseg_ml.text_samples import samples_from_text
+from cogseg_ml.demo.class_names import CLASS_NAMES, score_against_truth
+from cogseg_ml.samples.from_text import samples_from_text
 
 scenes = make_dataset(3, seed=11, height=240, width=320, n_objects=3)
 classes = list(dict.fromkeys(CLASS_NAMES.values()))
@@ -204,7 +203,7 @@ with Emulator(images=scenes, processing_time_s=0.05, concurrency=16) as emu:
     found = samples_from_text([FileRef(external_id=im.name) for im in scenes], classes,
                               detector, store=text_labeler.store)
     text_labeler.label(found)
-    write_coco(text_labeler, found, workdir / "from_classes.json")
+    text_labeler.to_coco(workdir / "from_classes.json", samples=found)
     text_labeler.store.close()
 text_coco = json.loads((workdir / "from_classes.json").read_text())
 print(found.summary())

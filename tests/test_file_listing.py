@@ -13,14 +13,14 @@ from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import encode_image, make_image
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.file_listing import (
+from cogseg_ml.prompts import FileRef, InstanceId
+from cogseg_ml.samples.file_listing import (
     BAD_MIME,
     BAD_NAME,
     NOT_UPLOADED,
     read_file_refs,
     samples_from_files,
 )
-from cogseg_ml.prompts import FileRef, InstanceId
 
 PNG = encode_image(make_image(1, 16, 16).pixels)
 

@@ -20,12 +20,11 @@ from cogseg_ml.detect.text_boxes import TextBoxDetector
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image, make_dataset
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.file_listing import samples_from_files
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.mask_codec import encode, iou_matrix
 from cogseg_ml.prompts import FileRef
-from cogseg_ml.text_labeling import write_coco
-from cogseg_ml.text_samples import samples_from_text
+from cogseg_ml.samples.file_listing import samples_from_files
+from cogseg_ml.samples.from_text import samples_from_text
 from tests.test_cli_input import cdf_env, run_main
 
 NAMES = {"rectangle": "valve", "ellipse": "pressure gauge", "triangle": "flange"}
@@ -144,7 +143,7 @@ def test_labels_from_class_names_match_the_truth_and_name_detector_and_segmenter
     samples = samples_from_text(listing, CLASSES, det, store=labeler.store)
     report = labeler.label(samples)
     assert report.failed == 0
-    n = write_coco(labeler, samples, tmp_path / "labels.json")
+    n = labeler.to_coco(tmp_path / "labels.json", samples=samples)
     coco = json.loads((tmp_path / "labels.json").read_text())
     assert n == len(coco["annotations"]) == sum(len(im.objects) for im in shapes)
     assert [c["name"] for c in coco["categories"]] == CLASSES

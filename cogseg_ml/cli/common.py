@@ -204,9 +204,9 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
                                       "writing there would destroy it; choose another path "
                                       "(nothing was written)")
             if is_folder and _inside(src, out):
-                raise ValidationError(f"{flag} {out} holds the run's input {in_flag} {src}, "
-                                      "which writing the folder would destroy; choose another "
-                                      "folder (nothing was written)")
+                raise ValidationError(f"{flag} {out} holds {src}, which this run reads "
+                                      f"({in_flag}): writing the folder would destroy it; "
+                                      "choose another folder (nothing was written)")
         if cache is False:
             continue
         files, cache_folders = cache_paths(cache)

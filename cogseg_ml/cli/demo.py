@@ -10,7 +10,7 @@ from cogseg_ml.cli.common import positive, signals_stop_the_run, stopped
 
 def run(args: argparse.Namespace) -> int:
     from cogseg_ml.demo import run_demo
-    from cogseg_ml.output_folder import check_out
+    from cogseg_ml.exports.folder_writer import check_out
 
     check_out(args.out, "demo", flag="--out")  # before the emulator starts
     with signals_stop_the_run() as received:

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cogseg_ml.errors import ValidationError
     from cogseg_ml.exports import export_labels
-    from cogseg_ml.labelled_images import existing_cache
-    from cogseg_ml.output_folder import check_out
+    from cogseg_ml.exports.folder_writer import check_out
+    from cogseg_ml.store.image_fetcher import existing_cache
 
     # Every path is checked before any work: an export never fails at its end on a typo.
     labels = input_file(args.labels, "LABELS")

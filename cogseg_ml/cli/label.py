@@ -144,7 +144,7 @@ def _text_input(args: argparse.Namespace) -> tuple[tuple[str, ...], Any, Any] | 
     """``(classes, filter, refs)`` of a run from class names (``None`` for other runs), all
     checked before anything is loaded or asked."""
     from cogseg_ml.detect.class_prompts import split_classes
-    from cogseg_ml.file_listing import read_file_refs
+    from cogseg_ml.samples.file_listing import read_file_refs
 
     extras = [flag for flag, v in (("--detector", args.detector),
                                    ("--files-filter", args.files_filter),
@@ -278,9 +278,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{' (left as it was)' if out.exists() else ''}")
                 return EXIT_PARTIAL
             if text is not None:  # atomic: all or nothing; the detector named per label
-                from cogseg_ml.text_labeling import write_coco
-
-                write_coco(labeler, samples, out, segmentation=args.segmentation)
+                labeler.to_coco(out, segmentation=args.segmentation, samples=samples)
             else:
                 labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
             if args.write_back:
@@ -314,8 +312,8 @@ def _boxes_from_classes(args: argparse.Namespace, config: Any, text: Any, detect
                         labeler: Any) -> Any:
     """The listing (or the files given), then the detector's boxes as samples."""
     from cogseg_ml.api.client import SegmentationClient
-    from cogseg_ml.file_listing import samples_from_files
-    from cogseg_ml.text_samples import samples_from_text
+    from cogseg_ml.samples.file_listing import samples_from_files
+    from cogseg_ml.samples.from_text import samples_from_text
 
     classes, flt, refs = text
     if refs is None:

@@ -20,8 +20,8 @@ from cogseg_ml.errors import ValidationError
 def _image_source(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """The cache (when there is one), then CDF (when configured and not --offline)."""
     from cogseg_ml.config import CdfConfig
-    from cogseg_ml.labelled_images import ImageFetcher
     from cogseg_ml.review.images import fetched
+    from cogseg_ml.store.image_fetcher import ImageFetcher
 
     config = None
     if not args.offline:
@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _review(args: argparse.Namespace) -> int:
     from cogseg_ml.coco_io import read_labels
-    from cogseg_ml.labelled_images import existing_cache
-    from cogseg_ml.output_folder import check_out
+    from cogseg_ml.exports.folder_writer import check_out
     from cogseg_ml.review.page import write_review_page
+    from cogseg_ml.store.image_fetcher import existing_cache
 
     labels = input_file(args.labels, "LABELS")
     existing_cache(args.cache)

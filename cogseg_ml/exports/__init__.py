@@ -12,7 +12,8 @@ writes one self-contained folder:
 * ``labelstudio``: ``tasks.json`` with the masks as predictions (pre-annotations), its
   ``label_config.xml`` and ``images/`` (:mod:`cogseg_ml.exports.labelstudio`).
 
-The folder follows :mod:`cogseg_ml.output_folder`: built under a temporary name beside ``out``
+The folder follows :mod:`cogseg_ml.exports.folder_writer`: built under a temporary name
+beside ``out``
 and put in place whole at the end, with a manifest (``cogseg-output.json``); ``out`` must be
 missing, empty, or an earlier export's unchanged output (then replaced whole), else it is
 refused before any work; a failed or stopped export leaves nothing behind. Every image is
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogseg_ml.errors import ValidationError
+from cogseg_ml.exports.folder_writer import check_out, output_folder
 from cogseg_ml.exports.labelled import Labelled, Undecided
 from cogseg_ml.exports.report import ExportReport
-from cogseg_ml.labelled_images import ImageFetcher
-from cogseg_ml.output_folder import check_out, output_folder
+from cogseg_ml.store.image_fetcher import ImageFetcher
 
 if TYPE_CHECKING:
     from cogseg_ml.cache.mask_cache import MaskCache
@@ -70,7 +71,7 @@ def to_coco(labels: str | Path, out: str | Path, *, segmentation: SegmentationFo
     Args:
         labels: the COCO file a labelling run wrote (``cogseg label --out``).
         out: the folder to write: missing, empty, or an earlier export's unchanged output
-            (replaced whole); see :mod:`cogseg_ml.output_folder`.
+            (replaced whole); see :mod:`cogseg_ml.exports.folder_writer`.
         segmentation: ``"rle"`` (compressed RLE) or ``"polygon"`` (one ring per part, holes
             joined in by zero-width cuts); both rasterise back to the exact mask.
         decisions: a review decisions file saved for ``labels``: only accepted masks are

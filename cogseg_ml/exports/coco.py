@@ -22,7 +22,7 @@ from cogseg_ml.coco_io import LABELS_DESCRIPTION, CocoWriter, SegmentationFormat
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports.labelled import Labelled
 from cogseg_ml.exports.report import ExportReport
-from cogseg_ml.labelled_images import ImageFetcher
+from cogseg_ml.store.image_fetcher import ImageFetcher
 
 __all__ = ["write_coco"]
 

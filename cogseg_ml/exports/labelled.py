@@ -20,8 +20,8 @@ import numpy as np
 
 from cogseg_ml.coco_io import read_labels, segmentation_rle
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.labelled_images import ImageFetcher
 from cogseg_ml.mask_codec import Rle, decode
+from cogseg_ml.store.image_fetcher import ImageFetcher
 
 __all__ = ["Labelled", "LabelledImage", "Undecided"]
 

@@ -34,8 +34,8 @@ import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports.labelled import Labelled, LabelledImage
 from cogseg_ml.exports.report import ExportReport
-from cogseg_ml.labelled_images import ImageFetcher
 from cogseg_ml.mask_codec import mask_to_ring
+from cogseg_ml.store.image_fetcher import ImageFetcher
 from cogseg_ml.version import __version__
 
 __all__ = ["label_config", "task", "write_labelstudio"]

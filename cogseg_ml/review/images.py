@@ -1,4 +1,5 @@
-"""Where the review page gets each image's bytes: a :class:`~cogseg_ml.labelled_images.ImageFetcher`
+"""Where the review page gets each image's bytes: a
+:class:`~cogseg_ml.store.image_fetcher.ImageFetcher`
 (the cache's image store by the record's ``sha256``, else CDF by its ``cdf_file``; bytes that no
 longer hash to ``sha256`` are refused, since the masks belong to other pixels).
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cogseg_ml.errors import CogsegError
-from cogseg_ml.labelled_images import ImageFetcher
+from cogseg_ml.store.image_fetcher import ImageFetcher
 
 __all__ = ["ImageSource", "fetched"]
 

@@ -9,7 +9,8 @@ accepts or rejects masks by click or key, and saves the decisions as a JSON file
 the labels file's name and digest, so its decisions name the labels they were made on.
 
 The page needs no server and no network: its script and style are inlined, its pictures are
-files beside it. The folder is written whole (:mod:`cogseg_ml.output_folder`): built aside and
+files beside it. The folder is written whole (:mod:`cogseg_ml.exports.folder_writer`): built
+aside and
 put in place at once, replacing an earlier page there; the thumbnails folder has a new name each
 time, so a browser never mixes an old page's pictures with a new one's.
 """
@@ -27,8 +28,8 @@ from typing import Any
 import cogseg_ml.strict_json as strict_json
 from cogseg_ml.backends.api_backend import API_BACKEND
 from cogseg_ml.errors import CogsegError, ValidationError
+from cogseg_ml.exports.folder_writer import output_folder
 from cogseg_ml.image_decode import decode_array
-from cogseg_ml.output_folder import output_folder
 from cogseg_ml.progress import progress_bar
 from cogseg_ml.review.decisions import labels_digest
 from cogseg_ml.review.images import ImageSource
@@ -300,7 +301,7 @@ def write_review_page(coco: Mapping[str, Any], out: str | Path, *, labels_name: 
 
     Args:
         coco: the labels file's content (RLE or polygon segmentations).
-        out: the folder to write (see :mod:`cogseg_ml.output_folder`): missing, empty, or an
+        out: the folder to write (see :mod:`cogseg_ml.exports.folder_writer`): missing, empty, or an
             earlier review page's unchanged output, which is replaced whole; ``index.html``
             and a ``thumbs-*`` folder (a new name each time) go in it.
         labels_name: the labels file's name, shown on the page and saved with its decisions.

@@ -10,7 +10,7 @@ import pytest
 
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.exports import export_labels, to_coco
-from cogseg_ml.labelled_images import ImageFetcher
+from cogseg_ml.store.image_fetcher import ImageFetcher
 from tests.exports.labelsets import LabelSet
 
 

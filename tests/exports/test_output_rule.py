@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cogseg_ml import output_folder
+import cogseg_ml.exports.folder_writer as output_folder
 from cogseg_ml.cli import main
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage

@@ -13,7 +13,7 @@ from typing import Any
 _AT = int(os.environ.get("COGSEG_TEST_GATE_AT") or 0)
 
 if _AT:
-    from cogseg_ml.labelled_images import ImageFetcher
+    from cogseg_ml.store.image_fetcher import ImageFetcher
 
     _real = ImageFetcher.get
     _calls = [0]

@@ -24,11 +24,10 @@ from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image, make_dataset
-from cogseg_ml.file_listing import samples_from_files
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.mask_codec import encode, iou_matrix
-from cogseg_ml.text_labeling import write_coco
-from cogseg_ml.text_samples import samples_from_text
+from cogseg_ml.samples.file_listing import samples_from_files
+from cogseg_ml.samples.from_text import samples_from_text
 
 __all__ = ["CLASS_NAMES", "run_class_name_demo", "score_against_truth"]
 
@@ -108,7 +107,7 @@ def run_class_name_demo(emulator: Emulator, out: str | Path, *, n_images: int = 
     samples = samples_from_text(listing, classes, detector, store=labeler.store,
                                 progress=not quiet)
     report = labeler.label(samples)
-    n_ann = write_coco(labeler, samples, root / "coco.json")
+    n_ann = labeler.to_coco(root / "coco.json", samples=samples)
     labeler.store.close()
     labeler.cache.close()
     coco = json.loads((root / "coco.json").read_text(encoding="utf-8"))

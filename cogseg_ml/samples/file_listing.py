@@ -7,7 +7,7 @@ following the cursor (and the partitions, when asked), or, for data-modeling pro
 (referenced by instance id). It keeps the files the segment endpoint accepts (a ``.jpg``,
 ``.jpeg`` or ``.png`` name, MIME type ``image/jpeg`` or ``image/png``, content uploaded
 [ref 1.1]) and counts the others by reason. The listing feeds
-:func:`~cogseg_ml.text_samples.samples_from_text`.
+:func:`~cogseg_ml.samples.from_text.samples_from_text`.
 
 :func:`read_file_refs` reads a file of references (one a line) for the same purpose.
 """
@@ -62,7 +62,7 @@ class FileListing(list[FileRef]):
         examples: up to five file descriptions per reason.
         names: the listed file names, by reference.
         config: the CDF connection the listing came from (so
-            :func:`~cogseg_ml.text_samples.samples_from_text` can read the images).
+            :func:`~cogseg_ml.samples.from_text.samples_from_text` can read the images).
         source: ``"files/list"`` or ``"models/instances/list"``.
     """
 

@@ -26,23 +26,30 @@ The same read-through store, backends and COCO writer as
 
 from __future__ import annotations
 
-from cogseg_ml.ray_labeling.backend_specs import (
+from cogseg_ml.backends.base import require_extra
+
+require_extra("ray.data", "ray", "Ray Data labelling helpers")
+require_extra("pyarrow", "ray", "Ray Data labelling helpers")
+
+# The names below need the extra: imported after the check, so a missing extra is one line.
+
+from cogseg_ml.ray.backend_specs import (
     ApiSpec,
     BackendSpec,
     FallbackSpec,
     LocalModelSpec,
 )
-from cogseg_ml.ray_labeling.batch_labeler import PromptLabeler
-from cogseg_ml.ray_labeling.outputs import Results, import_results, write_coco
-from cogseg_ml.ray_labeling.pipeline import label_dataset
-from cogseg_ml.ray_labeling.prompt_rows import (
+from cogseg_ml.ray.batch_labeler import PromptLabeler
+from cogseg_ml.ray.outputs import Results, import_results, write_coco
+from cogseg_ml.ray.pipeline import label_dataset
+from cogseg_ml.ray.prompt_rows import (
     prompt_dataset,
     prompt_rows,
     prompts_from_annotations,
     prompts_from_coco,
     prompts_from_records,
 )
-from cogseg_ml.ray_labeling.schema import FAILED, OK, PROMPT_SCHEMA, RESULT_SCHEMA
+from cogseg_ml.ray.schema import FAILED, OK, PROMPT_SCHEMA, RESULT_SCHEMA
 
 __all__ = ["FAILED", "OK", "PROMPT_SCHEMA", "RESULT_SCHEMA", "ApiSpec", "BackendSpec",
            "FallbackSpec", "LocalModelSpec", "PromptLabeler", "Results", "import_results",

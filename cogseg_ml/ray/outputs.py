@@ -30,7 +30,7 @@ from cogseg_ml.coco_io import CocoWriter, file_json
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.mask_codec import Rle
 from cogseg_ml.prompts import FileRef, Point, Prompt
-from cogseg_ml.ray_labeling.schema import OK, file_of_row
+from cogseg_ml.ray.schema import OK, file_of_row
 from cogseg_ml.samples import Category, CategoryTable, Instance, Sample
 
 __all__ = ["Results", "import_results", "write_coco"]

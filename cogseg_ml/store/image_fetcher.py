@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ImageFetcher", "describe_image", "existing_cache"]
 
-_log = logging.getLogger("cogseg_ml.labelled_images")
+_log = logging.getLogger("cogseg_ml.store.image_fetcher")
 MAX_LISTED = 5  # missing images named in one error
 DOWNLOAD_CHUNK = 64  # images downloaded together (their bytes are in memory at once)
 

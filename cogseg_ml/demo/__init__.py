@@ -11,7 +11,8 @@ the real client and mask cache, and writes to ``out``:
 * ``review/index.html``: the review page of ``coco.json`` (see :mod:`cogseg_ml.review`), to
   open from disk, accept or reject masks and save the decisions;
 * ``report.md`` / ``report.json``: counts, timings, IoU and COCO mAP against the ground truth;
-* ``cogseg-output.json``: the manifest of all of it (:mod:`cogseg_ml.output_folder`), so that
+* ``cogseg-output.json``: the manifest of all of it
+  (:mod:`cogseg_ml.exports.folder_writer`), so that
   a demo run again into ``out`` replaces its own output whole and nothing else.
 """
 
@@ -28,16 +29,16 @@ import numpy as np
 import cogseg_ml.strict_json as strict_json
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import make_dataset
+from cogseg_ml.exports.folder_writer import output_folder
 from cogseg_ml.labeler import SegmentationLabeler
-from cogseg_ml.labelled_images import ImageFetcher
 from cogseg_ml.mask_codec import decode, encode, iou_matrix
 from cogseg_ml.metrics import coco_map
-from cogseg_ml.output_folder import output_folder
 from cogseg_ml.prompts import Box, FileRef, Point, Prompt
 from cogseg_ml.review.images import fetched
 from cogseg_ml.review.page import write_review_page
 from cogseg_ml.review.thumbnails import PALETTE, overlay
 from cogseg_ml.samples import Instance, Sample
+from cogseg_ml.store.image_fetcher import ImageFetcher
 
 __all__ = ["PALETTE", "overlay", "run_demo"]
 
@@ -66,7 +67,7 @@ def _finite(value: float, digits: int = 4) -> float | None:
 def run_demo(out: str | Path, n_images: int = 12, quiet: bool = False) -> int:
     """Run the demo into the folder ``out``; returns 0 when every prompt was labelled, else 1.
 
-    ``out`` follows :mod:`cogseg_ml.output_folder`: it must be missing, empty, or an earlier
+    ``out`` follows :mod:`cogseg_ml.exports.folder_writer`: it must be missing, empty, or an earlier
     demo's unchanged output (replaced whole); the folder appears only when the demo is done.
 
     Raises:
@@ -108,7 +109,7 @@ def _run(out: Path, n_images: int, quiet: bool) -> int:
         http_requests = len(emu.requests)
         elapsed = time.perf_counter() - t0
         # Labels from class names alone: listed, boxed by a detector, segmented, scored.
-        from cogseg_ml.text_demo import run_class_name_demo
+        from cogseg_ml.demo.class_names import run_class_name_demo
 
         class_run = run_class_name_demo(emu, out / "class_names", quiet=True)
     coco = json.loads((out / "coco.json").read_text())

@@ -10,8 +10,9 @@ per file version (the image's content), class list and detector identity (weight
 settings), so a second run detects nothing it has seen.
 
 Each sample's ``meta`` keeps the detections (``meta["detections"]``, in instance order) and the
-detector's identity (``meta["detector"]``); :func:`cogseg_ml.text_labeling.write_coco` writes
-both into the COCO file beside the segmenter's.
+detector's identity (``meta["detector"]``);
+:meth:`~cogseg_ml.labeler.SegmentationLabeler.to_coco` (given the samples) writes both into the
+COCO file beside the segmenter's.
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def samples_from_text(files: Iterable[FileLike], classes: Sequence[str],
 
     Args:
         files: the CDF files (ids, external ids, :class:`~cogseg_ml.prompts.FileRef`, or the
-            :class:`~cogseg_ml.file_listing.FileListing` of
-            :func:`~cogseg_ml.file_listing.samples_from_files`).
+            :class:`~cogseg_ml.samples.file_listing.FileListing` of
+            :func:`~cogseg_ml.samples.file_listing.samples_from_files`).
         classes: the class phrases (``["valve", "pressure gauge", "flange"]``); each
             instance's category is one of them, exactly.
         detector: the detector.

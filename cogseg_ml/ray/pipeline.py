@@ -1,5 +1,5 @@
 """``label_dataset``: prompt rows in, result rows out, on an actor pool of
-:class:`~cogseg_ml.ray_labeling.batch_labeler.PromptLabeler`.
+:class:`~cogseg_ml.ray.batch_labeler.PromptLabeler`.
 
 Written against Ray Data's current API: the pool is ``compute=ActorPoolStrategy(...)`` and the
 actors' resources are ``num_cpus``/``num_gpus`` (no ``concurrency=``, no free-form remote
@@ -17,13 +17,13 @@ import ray.data
 
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.ray_labeling.backend_specs import (
+from cogseg_ml.ray.backend_specs import (
     BackendSpec,
     FallbackSpec,
     LocalModelSpec,
     check_spec,
 )
-from cogseg_ml.ray_labeling.batch_labeler import PromptLabeler, check_options
+from cogseg_ml.ray.batch_labeler import PromptLabeler, check_options
 from cogseg_ml.samples import Category, CategoryTable
 
 __all__ = ["label_dataset"]
@@ -62,11 +62,11 @@ def label_dataset(ds: ray.data.Dataset, backend: BackendSpec, *,
     """Label a Ray Dataset of prompt rows; returns the (lazy) Dataset of result rows.
 
     Args:
-        ds: prompt rows (:data:`~cogseg_ml.ray_labeling.schema.PROMPT_SCHEMA`, e.g. from
-            :func:`~cogseg_ml.ray_labeling.prompt_rows.prompts_from_records`, or any dataset
+        ds: prompt rows (:data:`~cogseg_ml.ray.schema.PROMPT_SCHEMA`, e.g. from
+            :func:`~cogseg_ml.ray.prompt_rows.prompts_from_records`, or any dataset
             of such records such as ``ray.data.read_json`` of a prompts file).
         backend: what each actor segments with (see
-            :class:`~cogseg_ml.ray_labeling.batch_labeler.PromptLabeler`).
+            :class:`~cogseg_ml.ray.batch_labeler.PromptLabeler`).
         actors: the pool: a fixed size, or ``(min, max)`` for Ray to scale between.
         batch_size: images per batch (default 16 on the API, 8 for a local model). A batch
             is the unit Ray retries, and what a local model encodes together.

@@ -10,7 +10,7 @@ batches reads the stored answers back.
 
 ``__call__`` is a coroutine, so Ray runs several batches in one actor at once
 (``batches_in_flight`` of them, each with ``concurrency`` jobs in flight on the API); a local
-model serves one batch at a time (see :mod:`cogseg_ml.ray_labeling.backend_specs`).
+model serves one batch at a time (see :mod:`cogseg_ml.ray.backend_specs`).
 
 Nothing a row holds can stop the pipeline: a bad file reference, a bad prompt, an unknown
 category, a missing file, a failed job each come back as a row with ``status="failed"`` and the
@@ -48,8 +48,8 @@ from cogseg_ml.errors import (
 from cogseg_ml.image_decode import check_declared_size
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
-from cogseg_ml.ray_labeling.backend_specs import BackendSpec, build_backend
-from cogseg_ml.ray_labeling.schema import FAILED, OK, RESULT_SCHEMA, file_of_row, file_row
+from cogseg_ml.ray.backend_specs import BackendSpec, build_backend
+from cogseg_ml.ray.schema import FAILED, OK, RESULT_SCHEMA, file_of_row, file_row
 from cogseg_ml.samples import Category, CategoryTable
 from cogseg_ml.store import ImageRecord
 
@@ -94,12 +94,12 @@ class PromptLabeler:
     """Label batches of prompt rows: the callable class for ``Dataset.map_batches``.
 
     Use it with ``batch_format="pyarrow"`` and ``compute=ray.data.ActorPoolStrategy(...)``;
-    :func:`~cogseg_ml.ray_labeling.pipeline.label_dataset` does that for you.
+    :func:`~cogseg_ml.ray.pipeline.label_dataset` does that for you.
 
     Args:
-        backend: an :class:`~cogseg_ml.ray_labeling.backend_specs.ApiSpec`,
-            :class:`~cogseg_ml.ray_labeling.backend_specs.LocalModelSpec` or
-            :class:`~cogseg_ml.ray_labeling.backend_specs.FallbackSpec`, a
+        backend: an :class:`~cogseg_ml.ray.backend_specs.ApiSpec`,
+            :class:`~cogseg_ml.ray.backend_specs.LocalModelSpec` or
+            :class:`~cogseg_ml.ray.backend_specs.FallbackSpec`, a
             :class:`CdfConfig` (the API), or a ready backend (pickled to each actor).
         config: the CDF connection images are downloaded from, when the backend has none
             (a local model).
@@ -144,7 +144,7 @@ class PromptLabeler:
 
     def label_table(self, batch: pa.Table) -> pa.Table:
         """:meth:`label_rows` on a ``pyarrow.Table``, as a table of
-        :data:`~cogseg_ml.ray_labeling.schema.RESULT_SCHEMA`."""
+        :data:`~cogseg_ml.ray.schema.RESULT_SCHEMA`."""
         return pa.Table.from_pylist(self.label_rows(batch.to_pylist()), schema=RESULT_SCHEMA)
 
     def label_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Prompt rows from the sources the labeler reads: samples, JSON Lines records, COCO boxes and
 CDF annotations, as plain rows or as a Ray Dataset (one image per row, see
-:mod:`cogseg_ml.ray_labeling.schema`).
+:mod:`cogseg_ml.ray.schema`).
 
 Image ids are drawn as the labeler draws them (:func:`~cogseg_ml.samples.image_ids`: a COCO
 input's own, else numbered in input order), so a Ray run's COCO file matches the labeler's.
@@ -16,7 +16,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import ray.data
 
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.ray_labeling.schema import PROMPT_SCHEMA, file_row
+from cogseg_ml.ray.schema import PROMPT_SCHEMA, file_row
 from cogseg_ml.samples import (
     BadPromptPolicy,
     Instance,
@@ -68,7 +68,7 @@ def prompt_rows(samples: Iterable[Sample]) -> list[dict[str, Any]]:
 
 def prompt_dataset(samples: Iterable[Sample], *, rows_per_block: int = ROWS_PER_BLOCK
                    ) -> ray.data.Dataset:
-    """A Ray Dataset of prompt rows (:data:`~cogseg_ml.ray_labeling.schema.PROMPT_SCHEMA`),
+    """A Ray Dataset of prompt rows (:data:`~cogseg_ml.ray.schema.PROMPT_SCHEMA`),
     ``rows_per_block`` images per block (blocks are what actors are handed).
 
     Raises:
