@@ -218,3 +218,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
 def test_the_product_rule_sees_the_ray_labeller() -> None:
     """The rule names the real modules: the Ray labeller is a product, and it is found."""
     assert sum(_under(name, "cogseg_ml.ray") for name in MODULES) > 3
+
+
+def test_at_most_14_modules_directly_in_the_package() -> None:
+    """Folders carry the architecture; the top level keeps the floors and the two products."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 14, top
