@@ -450,3 +450,16 @@ def test_a_bad_job_timeout_is_exit_2_before_any_work(
               "--job-timeout", value])
     assert exc.value.code == 2
     assert "--job-timeout" in capsys.readouterr().err
+
+
+def test_out_over_a_file_of_the_model_folder_is_refused_and_a_new_file_there_is_not(
+        tmp_path: Path) -> None:
+    from cogseg_ml.cli.common import guard_outputs
+    from cogseg_ml.errors import ValidationError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(ValidationError, match="is a file of the run's input --model"):
+        guard_outputs([("--out", model / "config.json")], [("--model", model)])
+    guard_outputs([("--out", model / "labels.json")], [("--model", model)])  # no error

@@ -10,8 +10,9 @@ cache entries. The dataset and the labeler take any backend.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cogseg_ml.errors import CogsegError
@@ -37,7 +38,8 @@ def require_extra(module: str, extra: str, what: str) -> Any:
 
 @dataclass(frozen=True)
 class ScoredMask:
-    """One candidate mask: its score and COCO RLE (``counts`` as str)."""
+    """One candidate mask: its score and COCO RLE (``counts`` as str); also the cache's
+    segment (``CachedSegment`` is this class under its old name)."""
 
     score: float
     rle: Rle
@@ -45,7 +47,15 @@ class ScoredMask:
 
 @dataclass(frozen=True)
 class MaskResult:
-    """A backend's answer to one job: segments best first, image size and provenance."""
+    """The one result type of a segmentation, from backend to cache to Python API: segments
+    best first (scored RLE at the image's size), image size and provenance. A backend returns
+    it; the mask cache stores and returns it (``cogseg_ml.cache.mask_cache.CachedResult`` is
+    this class under its old name), so nothing is copied field by field on the way.
+
+    Attributes:
+        created: when the answer was made (seconds since the epoch); provenance, not part of
+            equality (two answers with the same masks and provenance are equal).
+    """
 
     segments: tuple[ScoredMask, ...]
     height: int
@@ -53,12 +63,18 @@ class MaskResult:
     backend: str
     model_version: str = ""
     job_id: int | None = None
+    created: float = field(default_factory=time.time, compare=False)
 
     def masks(self) -> torch.Tensor:
-        """All segments as a ``(N, H, W)`` bool tensor."""
+        """All segments as a ``(N, H, W)`` bool tensor (a strided view, no copy)."""
         from cogseg_ml.mask_codec import decode_to_tensor
 
         return decode_to_tensor([s.rle for s in self.segments], self.height, self.width)
+
+    @property
+    def best(self) -> ScoredMask | None:
+        """The highest-scoring segment, if any."""
+        return self.segments[0] if self.segments else None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cogseg_ml.backends.base import require_extra
+from cogseg_ml.backends.model_folder import check_model_folder
 from cogseg_ml.backends.prompt_geometry import ModelFrame, longest_side_frame, square_frame
 from cogseg_ml.errors import SamCheckpointError, ValidationError
 
@@ -35,8 +36,6 @@ __all__ = ["MODEL_TYPES", "SamCheckpointError", "TransformersSamAdapter", "load_
 # config.json's model_type -> the family we drive ("sam2_video" folders hold the image model's
 # weights plus the video memory modules, which the image model ignores).
 MODEL_TYPES = {"sam2": "sam2", "sam2_video": "sam2", "sam": "sam"}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 DOWNLOAD_HINT = ("fetch one once, e.g. `hf download facebook/sam2.1-hiera-tiny --local-dir DIR`, "
                  "then pass DIR")
 
@@ -53,38 +52,23 @@ def _looks_like_hub_id(text: str) -> bool:
 
 def _check_folder(path: Path) -> str:
     """The folder's family (``"sam2"`` or ``"sam"``), or a :class:`SamCheckpointError`."""
-    where = str(path)
-    expected = ("expected a folder in transformers' format: config.json with model_type "
-                f"{' or '.join(repr(t) for t in MODEL_TYPES)}, and model.safetensors")
-    if not path.exists():
-        raise SamCheckpointError(f"SAM checkpoint folder {where!r} does not exist ({expected}; "
-                                 f"nothing is downloaded: {DOWNLOAD_HINT})", path=where)
-    if not path.is_dir():
-        hint = (": for Meta's original segment-anything .pth files use "
+    def file_hint(p: Path) -> str:
+        return (": for Meta's original segment-anything .pth files use "
                 "LocalSamBackend(checkpoint=PATH, model_type=...)"
-                if path.suffix in (".pth", ".pt") else "")
-        raise SamCheckpointError(f"SAM checkpoint {where!r} is a file, not a folder ({expected})"
-                                 f"{hint}", path=where)
-    config = path / "config.json"
-    if not config.is_file():
-        originals = sorted(p.name for p in path.glob("*.pt")) + sorted(
-            p.name for p in path.glob("*.pth"))
-        hint = (f"; it holds {', '.join(originals)}: Meta's original format, not transformers' "
+                if p.suffix in (".pth", ".pt") else "")
+
+    def no_config_hint(p: Path) -> str:
+        originals = sorted(f.name for f in p.glob("*.pt")) + sorted(f.name for f in p.glob("*.pth"))
+        return (f"; it holds {', '.join(originals)}: Meta's original format, not transformers' "
                 "(download the repository's config.json and model.safetensors too)"
                 if originals else "")
-        raise SamCheckpointError(f"SAM checkpoint folder {where!r} has no config.json "
-                                 f"({expected}){hint}", path=where)
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise SamCheckpointError(f"{str(config)!r} is not a readable JSON config "
-                                 f"({type(exc).__name__}: {exc})", path=where) from None
-    if model_type not in MODEL_TYPES:
-        raise SamCheckpointError(f"SAM checkpoint folder {where!r} holds a model of type "
-                                 f"{model_type!r}, not a SAM model ({expected})", path=where)
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise SamCheckpointError(f"SAM checkpoint folder {where!r} has no weights (looked for "
-                                 f"{', '.join(WEIGHT_FILES)})", path=where)
+
+    expected = ("expected a folder in transformers' format: config.json with model_type "
+                f"{' or '.join(repr(t) for t in MODEL_TYPES)}, and model.safetensors")
+    model_type = check_model_folder(
+        path, kind="SAM checkpoint", noun="a SAM model", model_types=MODEL_TYPES,
+        expected=expected, download_hint=DOWNLOAD_HINT, error=SamCheckpointError,
+        file_hint=file_hint, no_config_hint=no_config_hint)
     return MODEL_TYPES[model_type]
 
 

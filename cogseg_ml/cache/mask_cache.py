@@ -47,18 +47,18 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
+from cogseg_ml.backends.base import MaskResult, ScoredMask
 from cogseg_ml.cache.cache_keys import CacheKey
 from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
-from cogseg_ml.mask_codec import Rle, decode_to_tensor
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 __all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache",
            "cache_file", "check_cache_file", "default_cache_dir"]
@@ -155,34 +155,10 @@ def check_cache_file(path: str | Path | None, *, role: str = "cache") -> Path:
     return db
 
 
-@dataclass(frozen=True)
-class CachedSegment:
-    """One segment: score and COCO RLE."""
-
-    score: float
-    rle: Rle
-
-
-@dataclass(frozen=True)
-class CachedResult:
-    """A cached job result: segments (best first), image size and provenance."""
-
-    segments: tuple[CachedSegment, ...]
-    height: int
-    width: int
-    backend: str
-    model_version: str = ""
-    job_id: int | None = None
-    created: float = field(default_factory=time.time)
-
-    def masks(self) -> torch.Tensor:
-        """All segments' masks as a ``(N, H, W)`` bool tensor (a strided view, no copy)."""
-        return decode_to_tensor([s.rle for s in self.segments], self.height, self.width)
-
-    @property
-    def best(self) -> CachedSegment | None:
-        """The highest-scoring segment, if any."""
-        return self.segments[0] if self.segments else None
+#: The cache's segment and result are the backends' result types (one type from backend to
+#: cache to Python API); the old names stay as aliases.
+CachedSegment = ScoredMask
+CachedResult = MaskResult
 
 
 @dataclass(frozen=True)

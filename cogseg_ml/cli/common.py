@@ -182,9 +182,10 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
     pairs (an input may be a file or a folder, e.g. a model; ``None`` is skipped); ``cache`` is
     the run's mask cache path (``None``: the user cache; ``False``: the run uses none);
     ``folders`` names the output flags that are folders. Paths are compared with symbolic
-    links resolved and hard links recognised. Refused: an output that is an input, lies inside
-    an input folder or the cache's folders, or is one of the cache's files; an output folder
-    that holds an input or the cache; two outputs that are one file.
+    links resolved and hard links recognised. Refused: an output that is an input, is an
+    existing file inside an input folder (a model's), lies inside the cache's folders, or is one
+    of the cache's files; an output folder that holds an input or the cache; two outputs that
+    are one file. A new file beside an input folder's files is allowed.
 
     Raises:
         ValidationError: one line naming both paths; nothing was written.
@@ -198,8 +199,9 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
                 raise ValidationError(f"{flag} {out} and {other_flag} {other} are the same "
                                       "file; give each its own path")
         for in_flag, src in given:
-            if _same(out, src) or (src.is_dir() and _inside(out, src)):
-                what = "is" if _same(out, src) else "lies inside"
+            # a new file beside a model's files is harmless; one of its files is not
+            if _same(out, src) or (src.is_dir() and _inside(out, src) and out.exists()):
+                what = "is" if _same(out, src) else "is a file of"
                 raise ValidationError(f"{flag} {out} {what} the run's input {in_flag} {src}: "
                                       "writing there would destroy it; choose another path "
                                       "(nothing was written)")

@@ -23,6 +23,7 @@ import torch
 
 from cogseg_ml.backends.base import require_extra
 from cogseg_ml.backends.model_digest import weights_digest
+from cogseg_ml.backends.model_folder import check_model_folder
 from cogseg_ml.detect.ground_truth import GROUND_TRUTH_TYPE
 from cogseg_ml.errors import DetectorCheckpointError, ValidationError
 
@@ -33,8 +34,6 @@ __all__ = ["DETECTOR_TYPES", "DOWNLOAD_HINT", "GROUND_TRUTH_TYPE", "DetectorChec
 #: config.json's model_type -> the family we drive.
 DETECTOR_TYPES = {"grounding-dino": "grounding-dino", "mm-grounding-dino": "mm-grounding-dino",
                   "owlv2": "owlv2"}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 DOWNLOAD_HINT = ("fetch one once, e.g. `hf download IDEA-Research/grounding-dino-tiny "
                  "--local-dir DIR` (or google/owlv2-base-patch16), then pass DIR")
 
@@ -50,38 +49,19 @@ def check_folder(path: str | Path) -> str:
     Raises:
         DetectorCheckpointError: naming the folder and what is wrong.
     """
-    p = Path(path).expanduser()
-    where = str(path)
     kinds = " or ".join(repr(t) for t in DETECTOR_TYPES)
     expected = (f"expected a folder in transformers' format: config.json with model_type "
                 f"{kinds}, model.safetensors and the processor's files")
-    if not p.exists():
-        raise DetectorCheckpointError(f"detector folder {where!r} does not exist ({expected}; "
-                                      f"nothing is downloaded: {DOWNLOAD_HINT})", path=where)
-    if not p.is_dir():
-        raise DetectorCheckpointError(f"detector {where!r} is a file, not a folder ({expected})",
-                                      path=where)
-    config = p / "config.json"
-    if not config.is_file():
-        raise DetectorCheckpointError(f"detector folder {where!r} has no config.json "
-                                      f"({expected})", path=where)
-    try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise DetectorCheckpointError(f"{str(config)!r} is not a readable JSON config "
-                                      f"({type(exc).__name__}: {exc})", path=where) from None
-    if model_type == GROUND_TRUTH_TYPE:
-        return GROUND_TRUTH_TYPE
-    if model_type not in DETECTOR_TYPES:
-        hint = (": that is a segmentation model (--model), not a detector"
+
+    def type_hint(model_type: object) -> str:
+        return (": that is a segmentation model (--model), not a detector"
                 if model_type in ("sam2", "sam2_video", "sam") else "")
-        raise DetectorCheckpointError(f"detector folder {where!r} holds a model of type "
-                                      f"{model_type!r}, not a text-prompted detector "
-                                      f"({expected}){hint}", path=where)
-    if not any((p / name).is_file() for name in WEIGHT_FILES):
-        raise DetectorCheckpointError(f"detector folder {where!r} has no weights (looked for "
-                                      f"{', '.join(WEIGHT_FILES)})", path=where)
-    return str(model_type)
+
+    return check_model_folder(
+        path, kind="detector", noun="a text-prompted detector",
+        model_types=(*DETECTOR_TYPES, GROUND_TRUTH_TYPE), expected=expected,
+        download_hint=DOWNLOAD_HINT, error=DetectorCheckpointError, type_hint=type_hint,
+        without_weights=(GROUND_TRUTH_TYPE,))
 
 
 @contextmanager

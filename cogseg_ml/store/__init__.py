@@ -27,6 +27,7 @@ project name on two clusters never shares an image or a mask.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -42,7 +43,7 @@ from cogseg_ml.api.wire_schema import FileMetadata
 from cogseg_ml.backends.base import BackendJob, MaskResult, SegmentationBackend
 from cogseg_ml.cache.cache_keys import CacheKey, file_identity, file_key, origin_of
 from cogseg_ml.cache.image_store import ImageStore
-from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment, MaskCache
+from cogseg_ml.cache.mask_cache import CachedResult, MaskCache
 from cogseg_ml.config import CdfConfig
 from cogseg_ml.errors import (
     ApiUnavailableError,
@@ -111,10 +112,9 @@ def file_version(meta: FileMetadata) -> str:
 
 
 def cached_result(result: MaskResult) -> CachedResult:
-    """The cache entry for a backend's answer."""
-    return CachedResult(segments=tuple(CachedSegment(s.score, s.rle) for s in result.segments),
-                        height=result.height, width=result.width, backend=result.backend,
-                        model_version=result.model_version, job_id=result.job_id)
+    """The cache entry for a backend's answer: the answer itself (one result type), dated
+    now."""
+    return dataclasses.replace(result, created=time.time())
 
 
 class SegmentStore:

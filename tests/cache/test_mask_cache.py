@@ -264,3 +264,20 @@ def test_image_store_concurrent_puts_of_the_same_bytes(tmp_path: Path) -> None:
 def _merged(target: MaskCache, other: object) -> int:
     """Entries :func:`merge` copied."""
     return merge(target, other).entries  # type: ignore[arg-type]
+
+
+def test_the_cache_stores_and_returns_the_backends_result_type(tmp_path: Path) -> None:
+    """One result type from backend to cache to Python API: no field-by-field copies."""
+    from cogseg_ml.backends.base import MaskResult, ScoredMask
+    from cogseg_ml.cache.mask_cache import CachedResult, CachedSegment
+    from cogseg_ml.store import cached_result
+
+    assert CachedResult is MaskResult and CachedSegment is ScoredMask
+    answer = result(7)
+    stored = cached_result(answer)
+    assert stored == answer and stored.segments is answer.segments
+    cache = MaskCache(tmp_path / "c")
+    cache.put(key(7), stored)
+    back = cache.get(key(7))
+    assert type(back) is MaskResult and back == answer
+    assert all(type(s) is ScoredMask for s in back.segments)
