@@ -163,7 +163,7 @@ def _image_folder(tmp: Path) -> str:
 
 
 @pytest.mark.parametrize("case", ["no synthetic images", "missing folder", "a folder",
-                                  "inside the images folder", "the faults file",
+                                  "the faults file", "an image of --images",
                                   "with print-secret"])
 def test_unusable_write_boxes_is_exit_2_before_serving(case: str, tmp_path: Path) -> None:
     faults = tmp_path / "faults.json"
@@ -174,9 +174,9 @@ def test_unusable_write_boxes_is_exit_2_before_serving(case: str, tmp_path: Path
                            ["--write-boxes", "nope", "does not exist"]),
         "a folder": (["--synthetic", "1", "--write-boxes", str(tmp_path)],
                      ["--write-boxes", "is a folder"]),
-        "inside the images folder": (["--synthetic", "1", "--images", _image_folder(tmp_path),
-                                      "--write-boxes", str(tmp_path / "photos" / "b.json")],
-                                     ["--write-boxes", "--images", "input"]),
+        "an image of --images": (["--synthetic", "1", "--images", _image_folder(tmp_path),
+                                  "--write-boxes", str(tmp_path / "photos" / "a.png")],
+                                 ["--write-boxes", "a.png", "already exists"]),
         "the faults file": (["--synthetic", "1", "--faults", str(faults), "--write-boxes",
                              str(faults)], ["--write-boxes", "already exists"]),
         "with print-secret": (["--synthetic", "1", "--print-env", "--print-secret"],
@@ -188,6 +188,8 @@ def test_unusable_write_boxes_is_exit_2_before_serving(case: str, tmp_path: Path
         assert fragment in proc.stderr, (fragment, proc.stderr)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
     assert faults.read_text() == "[]"
+    if (tmp_path / "photos" / "a.png").exists():
+        assert (tmp_path / "photos" / "a.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_no_boxes_file_when_the_emulator_cannot_listen(tmp_path: Path) -> None:
