@@ -126,9 +126,7 @@ class LabelingReport:
             if self.not_stored:
                 lines.append(f"  {self.not_stored} answers could not be stored (cache write "
                              "failed): they are segmented again on resume")
-            for reason, n in self.failure_reasons.most_common(5):
-                lines.append(f"  failed x{n}: {reason}")
-            return "\n".join(lines)
+            return "\n".join(lines + self._failure_lines())
         drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
         lines = [f"{self.samples} images, {self.instances} prompts: {self.labelled} labelled "
                  f"({self.from_cache} from cache, {self.jobs_run} jobs run), "
@@ -137,9 +135,10 @@ class LabelingReport:
         if self.missing_at_export:
             lines.append(f"  {self.missing_at_export} results left the cache before the COCO "
                          "file was written (evicted?): re-run label() to segment them again")
-        for reason, n in self.failure_reasons.most_common(5):
-            lines.append(f"  failed x{n}: {reason}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._failure_lines())
+
+    def _failure_lines(self) -> list[str]:
+        return [f"  failed x{n}: {reason}" for reason, n in self.failure_reasons.most_common(5)]
 
 
 @dataclass

@@ -721,6 +721,16 @@ def _human(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
+def _budget(budget_bytes: object, knob: str) -> int:
+    """A byte budget given as an option: a non-negative integer (``None`` is handled by the
+    caller)."""
+    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) \
+            or budget_bytes < 0:
+        raise ValidationError(f"{knob} must be a non-negative integer (bytes) or None, got "
+                              f"{budget_bytes!r}")
+    return int(budget_bytes)
+
+
 def check_mask_budget(n: int, h: int, w: int, budget_bytes: int | None, what: str, *,
                       knob: str = "mask_budget_bytes") -> int:
     """Refuse ``n`` dense ``h x w`` bool masks that would exceed ``budget_bytes``.
@@ -747,11 +757,7 @@ def check_mask_budget(n: int, h: int, w: int, budget_bytes: int | None, what: st
     needed = n * h * w
     if budget_bytes is None:
         return needed
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) \
-            or budget_bytes < 0:
-        raise ValidationError(f"{knob} must be a non-negative integer (bytes) or None, got "
-                              f"{budget_bytes!r}")
-    budget = int(budget_bytes)
+    budget = _budget(budget_bytes, knob)
     if needed <= budget:
         return needed
     hint = ""
@@ -825,11 +831,7 @@ def check_image_budget(height: int, width: int, budget_bytes: int | None, what: 
     needed = 3 * h * w * int(itemsize)
     if budget_bytes is None:
         return needed
-    if isinstance(budget_bytes, bool) or not isinstance(budget_bytes, numbers.Integral) \
-            or budget_bytes < 0:
-        raise ValidationError(f"{knob} must be a non-negative integer (bytes) or None, got "
-                              f"{budget_bytes!r}")
-    budget = int(budget_bytes)
+    budget = _budget(budget_bytes, knob)
     if needed <= budget:
         return needed
     shape = f"at least {h}x{w} pixels" if at_least else f"{h}x{w} pixels"

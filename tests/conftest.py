@@ -107,3 +107,15 @@ def wait_terminal(api: RawApi, job_id: int, timeout: float = 10.0) -> dict[str, 
             return body
         time.sleep(0.01)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+@pytest.fixture
+def env(make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """A fresh emulator whose ``COGNITE_*`` variables (and no progress bars) are this test's
+    environment, as a user's shell would hold them for the command line."""
+    emu = make_emulator()
+    monkeypatch.setenv("COGNITE_PROJECT", emu.project)
+    monkeypatch.setenv("COGNITE_BASE_URL", emu.base_url)
+    monkeypatch.setenv("COGNITE_TOKEN", emu.issue_token())
+    monkeypatch.setenv("COGSEG_PROGRESS", "0")
+    return emu

@@ -33,14 +33,6 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.fixture
-def env(make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch) -> Emulator:
-    emu = make_emulator()
-    for k, v in cdf_env(emu).items():
-        monkeypatch.setenv(k, v)
-    return emu
-
-
 def _coco_boxes(path: Path, images: list[SyntheticImage]) -> Path:
     cats = sorted({o.category for im in images for o in im.objects})
     coco = {"images": [{"id": i + 1, "file_name": im.name, "width": im.width,

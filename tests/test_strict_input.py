@@ -37,14 +37,6 @@ def one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-@pytest.fixture
-def env(make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch) -> Emulator:
-    emu = make_emulator()
-    for k, v in cdf_env(emu).items():
-        monkeypatch.setenv(k, v)
-    return emu
-
-
 # --- the reader on its own --------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "words"), [

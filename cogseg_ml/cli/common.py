@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -285,26 +285,24 @@ def count(text: str) -> int:
     return int(t)
 
 
-def seconds(text: str) -> float:
-    """An option taking a finite number of seconds >= 0."""
+def _number(text: str, ok: Callable[[float], bool], wanted: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"takes seconds (a number >= 0), got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"takes seconds (a finite number >= 0), got {text!r}")
+        raise argparse.ArgumentTypeError(f"takes {wanted}, got {text!r}") from None
+    if not (math.isfinite(v) and ok(v)):
+        raise argparse.ArgumentTypeError(f"takes {wanted}, got {text!r}")
     return v
+
+
+def seconds(text: str) -> float:
+    """An option taking a finite number of seconds >= 0."""
+    return _number(text, lambda v: v >= 0, "seconds (a finite number >= 0)")
 
 
 def fraction(text: str) -> float:
     """An option taking a number in [0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"takes a number in [0, 1], got {text!r}")
-    return v
+    return _number(text, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def port(text: str) -> int:
