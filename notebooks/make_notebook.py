@@ -186,9 +186,9 @@ local model) for the masks. Here the detector is the ground-truth double for the
 (`cogseg_ml.detect.ground_truth`), with one cross-class duplicate and one distractor injected per
 image; with real images give `TextBoxDetector.from_pretrained` a Grounding DINO or OWLv2 folder.
 Left: the kept detections with their classes; right: the masks of the labels."""),
-    ("code", """from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
+    ("code", """from cogseg_ml.demo.class_names import CLASS_NAMES, score_against_truth
+from cogseg_ml.detect.ground_truth import Injections, save_ground_truth_detector
 from cogseg_ml.detect.text_boxes import TextBoxDetector
-from cogseg_ml.demo.class_names import CLASS_NAMES, score_against_truth
 from cogseg_ml.samples.from_text import samples_from_text
 
 scenes = make_dataset(3, seed=11, height=240, width=320, n_objects=3)
