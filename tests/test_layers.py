@@ -224,3 +224,16 @@ def test_at_most_14_modules_directly_in_the_package() -> None:
     """Folders carry the architecture; the top level keeps the floors and the two products."""
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(top) <= 14, top
+
+
+def test_the_cache_file_is_used_through_its_owners_public_api() -> None:
+    """The mask cache owns its SQLite file; the image store and the store use its public owner
+    API (connection, retry, write, touch, storage_error), never its private plumbing."""
+    private = {"_conn", "_retry", "_write", "_touch", "_storage_error", "_txn", "_open"}
+    bad = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in private and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} .{node.attr}")
+    assert bad == []

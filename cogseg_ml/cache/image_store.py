@@ -68,7 +68,7 @@ class ImageStore:
 
     def get_with_digest(self, file_key: str) -> tuple[bytes, str] | None:
         """The stored bytes and their verified SHA-256 hex, or ``None``."""
-        row = self.cache._retry(lambda: self.cache._conn().execute(
+        row = self.cache.retry(lambda: self.cache.connection().execute(
             "SELECT sha256, last_access FROM images WHERE file_key = ?", (file_key,)
         ).fetchone())
         if row is None:
@@ -78,7 +78,7 @@ class ImageStore:
             return None
         now = time.time()
         if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping: written later, batched
-            self.cache._touch("images", (file_key,), now)
+            self.cache.touch("images", (file_key,), now)
         return data, row[0]
 
     def get_by_digest(self, sha256: str) -> bytes | None:
@@ -120,7 +120,7 @@ class ImageStore:
         if not path.exists():
             self._write_blob(path, data)
         now = time.time()
-        self.cache._write(lambda c: c.execute(
+        self.cache.write(lambda c: c.execute(
             "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", (file_key, sha, len(data), now)))
         if self.max_bytes is not None:
             self._puts_since_check += 1
@@ -154,7 +154,7 @@ class ImageStore:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            err = self.cache._storage_error(exc, self.root)
+            err = self.cache.storage_error(exc, self.root)
             if err is None:
                 raise
             raise err from exc
@@ -167,14 +167,14 @@ class ImageStore:
         have: set[str] = set()
 
         def read() -> None:
-            conn = self.cache._conn()
+            conn = self.cache.connection()
             for i in range(0, len(file_keys), 500):
                 chunk = file_keys[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 have.update(r[0] for r in conn.execute(
                     f"SELECT file_key FROM images WHERE file_key IN ({marks})", chunk))
 
-        self.cache._retry(read)
+        self.cache.retry(read)
         return have
 
     def merge_from(self, other: ImageStore) -> int:
@@ -183,8 +183,8 @@ class ImageStore:
         Bytes are verified against their hash on the way; an entry whose bytes are missing or
         damaged in ``other`` is skipped (it is downloaded again when needed).
         """
-        rows: list[tuple[str, str, int, float]] = other.cache._retry(
-            lambda: other.cache._conn().execute(
+        rows: list[tuple[str, str, int, float]] = other.cache.retry(
+            lambda: other.cache.connection().execute(
                 "SELECT file_key, sha256, nbytes, last_access FROM images ORDER BY last_access"
             ).fetchall())
         have = self._indexed([r[0] for r in rows])
@@ -204,7 +204,7 @@ class ImageStore:
             todo.append(row)
         if not todo:
             return 0
-        added = self.cache._write(lambda c: c.executemany(
+        added = self.cache.write(lambda c: c.executemany(
             "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", todo).rowcount)
         if self.max_bytes is not None:
             self.evict()
@@ -213,18 +213,18 @@ class ImageStore:
     def clear(self) -> ImagesRemoved:
         """Remove every image from the index and its bytes from the folder."""
         def run(c: object) -> list[tuple[str, int]]:
-            conn = self.cache._conn()
+            conn = self.cache.connection()
             rows = conn.execute("SELECT sha256, nbytes FROM images").fetchall()
             conn.execute("DELETE FROM images")
             return [(str(s), int(n)) for s, n in rows]
 
-        rows = self.cache._write(run)
+        rows = self.cache.write(run)
         self._drop_blobs({s for s, _ in rows})
         return ImagesRemoved(images=len(rows), bytes=sum(n for _, n in rows))
 
     def _drop_blobs(self, shas: set[str]) -> None:
         """Unlink blobs no index entry names any more (another writer may have added one)."""
-        live = {s for (s,) in self.cache._retry(lambda: self.cache._conn().execute(
+        live = {s for (s,) in self.cache.retry(lambda: self.cache.connection().execute(
             "SELECT sha256 FROM images").fetchall())}
         for sha in shas - live:
             blob = self._blob(sha)
@@ -241,7 +241,7 @@ class ImageStore:
         budget = self.max_bytes
 
         def run(c: object) -> list[str]:
-            conn = self.cache._conn()
+            conn = self.cache.connection()
             total = conn.execute("SELECT COALESCE(SUM(nbytes), 0) FROM images").fetchone()[0]
             doomed: list[tuple[str, str]] = []
             for key, sha, nbytes in conn.execute(
@@ -254,7 +254,7 @@ class ImageStore:
             live = {s for (s,) in conn.execute("SELECT sha256 FROM images")}
             return [s for _, s in doomed if s not in live]
 
-        gone = self.cache._write(run)
+        gone = self.cache.write(run)
         for sha in gone:
             self._blob(sha).unlink(missing_ok=True)
         return len(gone)

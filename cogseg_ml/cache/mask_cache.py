@@ -28,6 +28,11 @@ pending touches of a process that dies unclosed are lost, so such entries look o
 are. Eviction itself applies this process's pending touches before it chooses. After a fork the
 child starts with no connection and no pending touches (the parent's are the parent's to write).
 
+The mask cache owns the file: its connections, lock retries, write transactions and LRU
+touches. The image store (and the read-through store) use them through its public owner API
+(:meth:`MaskCache.connection`, :meth:`~MaskCache.retry`, :meth:`~MaskCache.write`,
+:meth:`~MaskCache.touch`, :meth:`~MaskCache.storage_error`), never its private methods.
+
 Every operation's waits for other processes' locks, SQLite's busy timeout and the retry
 together, end by one deadline ``busy_timeout_s`` after it starts; past it the operation raises
 :class:`~cogseg_ml.errors.CacheError`. A location that cannot be written (read-only, not the
@@ -526,6 +531,32 @@ class MaskCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- the SQLite file's owner API (the image store and the store use these) -------------------
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the cache file (opened on first use; a forked child
+        never uses its parent's)."""
+        return self._conn()
+
+    def retry(self, fn: Callable[[], T]) -> T:
+        """Run the read ``fn`` while the file is locked, within ``busy_timeout_s``; storage
+        failures (full disk, read-only, damaged) become :class:`CacheError`."""
+        return self._retry(fn)
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction (with this process's pending LRU touches),
+        retried as :meth:`retry` does."""
+        return self._write(fn)
+
+    def touch(self, table: str, keys: Iterable[str], now: float) -> None:
+        """Note reads of ``keys`` of ``table`` (``"entries"`` or ``"images"``) for LRU;
+        written with the next write, never waited for."""
+        self._touch(table, keys, now)
+
+    def storage_error(self, exc: BaseException, where: Path | None = None) -> CacheError | None:
+        """The :class:`CacheError` a storage failure (``OSError`` or SQLite's) means, naming
+        ``where`` (a file or folder beside the SQLite file), or ``None`` for other errors."""
+        return self._storage_error(exc, where)
 
     # --- reads ---------------------------------------------------------------------------------
     def _row_to_result(self, row: sqlite3.Row | tuple[Any, ...]) -> CachedResult:

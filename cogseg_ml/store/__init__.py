@@ -261,7 +261,7 @@ class SegmentStore:
 
     def _stored_version(self, ref: FileRef) -> str | None:
         prefix = file_identity(self.origin, self.config.project, ref) + "@"
-        row = self.cache._retry(lambda: self.cache._conn().execute(
+        row = self.cache.retry(lambda: self.cache.connection().execute(
             "SELECT file_key FROM images WHERE file_key >= ? AND file_key < ? "
             "ORDER BY last_access DESC LIMIT 1", (prefix, prefix + "\uffff")).fetchone())
         return None if row is None else str(row[0])[len(prefix):]
