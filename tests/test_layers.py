@@ -231,7 +231,7 @@ def test_the_cache_file_is_used_through_its_owners_public_api() -> None:
     API (connection, retry, write, touch, storage_error), never its private plumbing."""
     private = {"_conn", "_retry", "_write", "_touch", "_storage_error", "_txn", "_open"}
     bad = []
-    for name, path in MODULES.items():
+    for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in private and not (
                     isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
