@@ -95,7 +95,7 @@ def test_sigkill_after_n_finished_jobs_keeps_them(make_emulator, images, tmp_pat
         b["images"], b["annotations"], b["categories"])
 
 
-class _InterruptAfter:
+class InterruptAfter:
     """The API backend, with Ctrl-C pressed after ``n`` answers arrived."""
 
     def __init__(self, inner, n: int) -> None:
@@ -123,7 +123,7 @@ def test_ctrl_c_stores_what_finished_and_says_how_to_resume(shared_emulator, ima
 
     _prompts(images, tmp_path / "prompts.jsonl")
     samples = samples_from_records(load_records(tmp_path / "prompts.jsonl"))
-    backend = _InterruptAfter(ApiBackend(shared_emulator.config, concurrency=8), 7)
+    backend = InterruptAfter(ApiBackend(shared_emulator.config, concurrency=8), 7)
     lab = SegmentationLabeler(backend, config=shared_emulator.config, progress=False,
                               cache=tmp_path / "cache.sqlite", workdir=tmp_path / "work")
     with pytest.raises(RunInterrupted) as info:

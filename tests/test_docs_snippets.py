@@ -355,5 +355,8 @@ def test_page_snippets_run(page: str, tmp_path: Path, docs_emulator: Emulator,
 
 @pytest.mark.parametrize("snippet", _skipped(), ids=lambda s: s.where)
 def test_skipped_snippet(snippet: Snippet) -> None:
-    """Each snippet marked skip, reported with its place and reason."""
-    pytest.skip(f"{snippet.where}: {snippet.skip}")
+    """Each snippet marked skip, reported with its place and reason: the mark must say why
+    (a few words at least), so no snippet is skipped silently."""
+    reason = snippet.skip or ""
+    assert len(reason.split()) >= 3, f"{snippet.where}: a skip mark needs its reason"
+    pytest.skip(f"{snippet.where}: {reason}")

@@ -18,23 +18,7 @@ from cogseg_ml.errors import RunInterrupted
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
-
-
-class InterruptAfter:
-    """The API backend, with Ctrl-C pressed after ``n`` answers arrived."""
-
-    def __init__(self, inner: ApiBackend, n: int) -> None:
-        self.inner, self.n = inner, n
-        self.name, self.model_version = inner.name, inner.model_version
-
-    def identities(self):
-        return self.inner.identities()
-
-    def run(self, jobs):
-        for k, out in enumerate(self.inner.run(jobs)):
-            if k == self.n:
-                raise KeyboardInterrupt
-            yield out
+from tests.test_crash_safety import InterruptAfter
 
 
 def samples_for(images) -> list[Sample]:

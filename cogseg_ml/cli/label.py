@@ -104,14 +104,6 @@ def _cdf_unusable(report: LabelingReport, retired: Any = None) -> int | None:
     return None
 
 
-def _categories(text: Any, samples: Any) -> list[Any] | None:
-    """The run's classes: the class names given, or every category of a COCO input (used by
-    an annotation or not, so splits of one source agree on class ids); else the samples'."""
-    if text is not None:
-        return list(text[0])
-    return list(samples.categories) if hasattr(samples, "categories") else None
-
-
 def _no_annotations(client: Any, ids: list[int], got: Any) -> str:
     """Why ``--from-annotations`` found nothing to label, with the statuses CDF does hold."""
     from collections import Counter
@@ -259,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
                         return EXIT_PARTIAL
                     print(samples.summary(), file=sys.stderr)
             labeler = SegmentationLabeler(backend, config=config, cache=args.cache,
-                                          categories=_categories(text, samples),
+                                          categories=list(text[0]) if text else None,
                                           min_score=args.min_score, min_area=args.min_area,
                                           keep=args.keep, concurrency=args.concurrency,
                                           shard=args.shard, progress=not args.no_progress)
