@@ -191,6 +191,7 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
         ValidationError: one line naming both paths; nothing was written.
     """
     given = [(f, Path(p)) for f, p in inputs if p is not None and str(p) != ""]
+    files, cache_folders = cache_paths(cache) if cache is not False else ([], [])
     for i, (flag, out) in enumerate(outputs):
         out = Path(out)
         is_folder = flag in folders
@@ -211,7 +212,6 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
                                       "choose another folder (nothing was written)")
         if cache is False:
             continue
-        files, cache_folders = cache_paths(cache)
         hit = next((f for f in files if _same(out, f)), None) or \
             next((d for d in cache_folders if _same(out, d) or _inside(out, d)), None)
         if hit is None and is_folder:
