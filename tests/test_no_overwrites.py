@@ -455,3 +455,50 @@ def test_out_over_a_file_of_the_model_folder_is_refused_and_a_new_file_there_is_
     with pytest.raises(ValidationError, match="is a file of the run's input --model"):
         guard_outputs([("--out", model / "config.json")], [("--model", model)])
     guard_outputs([("--out", model / "labels.json")], [("--model", model)])  # no error
+
+
+# --- a device, a pipe, a link: never replaced ----------------------------------------------------
+
+def _special_files(t: Path) -> dict[str, Path]:
+    note = t / "note.txt"
+    note.write_text("mine, not cogseg's\n")
+    pipe = t / "pipe"
+    os.mkfifo(pipe)
+    link = t / "link.json"
+    link.symlink_to(note)
+    return {"a named pipe": pipe, "a symbolic link": link}
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report"])
+@pytest.mark.parametrize("target", ["a named pipe", "a symbolic link"])
+def test_label_never_replaces_a_pipe_or_a_link(
+        flag: str, target: str, tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Writing atomically replaces the path: a device (``/dev/null``), a pipe or a link would
+    become a regular file."""
+    import stat
+
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    path = _special_files(tmp_path)[target]
+    before = snapshot(tmp_path)
+    argv = ["label", "--no-progress", "--prompts", str(prompts), "--cache",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "labels.json")]
+    if flag == "--out":
+        argv[-1] = str(path)
+    else:
+        argv += ["--report", str(path)]
+    code, err = run(argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert snapshot(tmp_path) == before and not env.requests
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
+    assert (tmp_path / "link.json").is_symlink()
+
+
+def test_an_empty_report_path_is_refused(tmp_path: Path, images: list[SyntheticImage],
+                                         env: Emulator,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out",
+                     str(tmp_path / "l.json"), "--report", ""], capsys)
+    assert code == 2 and "--report is empty" in err, err
+    assert not env.requests

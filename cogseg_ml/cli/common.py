@@ -113,10 +113,17 @@ def input_folder(path: str, flag: str) -> Path:
 def output_file(path: str, flag: str) -> Path:
     """A file to write later: its folder exists and takes a new file now (tried, then removed),
     so a run never does all its work to fail at the end. An empty path is refused (it would
-    name the current folder)."""
+    name the current folder), and so are a device, a pipe and a symbolic link (writing the
+    file atomically would replace them)."""
     if not str(path).strip():
         raise ValidationError(f"{flag} is empty; give a file name, e.g. {flag} labels.json")
     p = Path(path)
+    if p.is_symlink():
+        raise ValidationError(f"{flag} {path} is a symbolic link; give a new file's path "
+                              "(nothing was written: the link and its target are as they were)")
+    if p.exists() and not p.is_dir() and not p.is_file():
+        raise ValidationError(f"{flag} {path} is not a regular file (a device or a pipe); "
+                              "give a new file's path (nothing was written)")
     if p.is_dir():
         raise ValidationError(f"{flag} {path} is a folder; give a file name, e.g. "
                               f"{p / 'labels.json'}")

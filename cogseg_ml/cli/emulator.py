@@ -118,10 +118,10 @@ def _check_boxes_file(args: argparse.Namespace) -> None:
     if not args.synthetic:
         raise ValidationError(f"{flag} {args.write_boxes}: only the synthetic images have "
                               "known objects to box; add --synthetic N")
+    if os.path.lexists(args.write_boxes) and not os.path.isdir(args.write_boxes):
+        raise ValidationError(f"{flag} {args.write_boxes} already exists: cogseg never writes "
+                              "over a file; remove it or choose another name")
     path = output_file(args.write_boxes, flag)
-    if os.path.lexists(path):
-        raise ValidationError(f"{flag} {path} already exists: cogseg never writes over a file; "
-                              "remove it or choose another name")
     guard_outputs([(flag, path)], [("--images", args.images), ("--faults", args.faults),
                                    ("--model", args.model), ("--checkpoint", args.checkpoint)])
 

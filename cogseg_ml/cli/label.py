@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     coco = input_file(args.coco_boxes, "--coco-boxes") if args.coco_boxes else None
     ids = file_ids(args.from_annotations) if args.from_annotations else []
     out = output_file(args.out, "--out")
-    report_path = output_file(args.report, "--report") if args.report else None
+    report_path = output_file(args.report, "--report") if args.report is not None else None
     _no_overwrites(args, out, report_path)
     config = CdfConfig.from_env()
     if args.job_timeout is not None:  # 0: no limit
