@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from cogseg_ml.cache.database import CacheDatabase
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.cli import main
@@ -56,6 +57,15 @@ def records(images: list[SyntheticImage]) -> list[dict[str, Any]]:
 def write_prompts(path: Path, images: list[SyntheticImage]) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in records(images)))
     return path
+
+
+def earlier_labels(path: Path) -> bytes:
+    """An earlier run's labels file at ``path``, made by cogseg's own COCO writer (a file a
+    run may replace, so a test of what a run leaves alone starts from one); its bytes."""
+    from cogseg_ml.coco_io import CocoWriter
+
+    CocoWriter(path, [{"id": 1, "name": "square"}]).close()
+    return path.read_bytes()
 
 
 def cdf_env(emu: Emulator, token: str | None = None) -> dict[str, str]:
@@ -161,10 +171,10 @@ def test_a_full_disk_while_labelling_says_so_and_keeps_out_and_cache(
         emu_env: Emulator, images: list[SyntheticImage], tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "labels.json"
-    out.write_text("previous labels")
-    real_open = MaskCache._open
+    before = earlier_labels(out)
+    real_open = CacheDatabase._open
 
-    def full_disk(self: MaskCache) -> Any:
+    def full_disk(self: CacheDatabase) -> Any:
         """Every connection may fill the pages the new file has, and no more: its few image
         rows fit, the run's 18 masks do not (SQLite's own 'database or disk is full')."""
         conn = real_open(self)
@@ -172,13 +182,13 @@ def test_a_full_disk_while_labelling_says_so_and_keeps_out_and_cache(
         conn.execute(f"PRAGMA max_page_count = {pages}")
         return conn
 
-    monkeypatch.setattr(MaskCache, "_open", full_disk)
+    monkeypatch.setattr(CacheDatabase, "_open", full_disk)
     code, _, err = run_main(label_argv(tmp_path, images), capsys)
     assert code == 2, err
     assert "disk is full" in err and "intact" in err and "Traceback" not in err
     assert "rollback" not in err
     monkeypatch.undo()
-    assert out.read_text() == "previous labels"
+    assert out.read_bytes() == before
     assert MaskCache(tmp_path / "cache").integrity_check()
 
 
@@ -206,7 +216,7 @@ def test_unreachable_cdf_is_exit_3_and_out_is_left_alone(
         lambda cls, environ=None: real(environ).with_options(
             retry=RetryConfig(max_attempts=2, total_timeout_s=2, backoff_base_s=0.01))))
     out = tmp_path / "labels.json"
-    out.write_text("previous labels")
+    before = earlier_labels(out)
     t0 = time.monotonic()
     code, _, err = run_main(label_argv(tmp_path, images[:2]), capsys)
     assert code == 3, err
@@ -214,7 +224,7 @@ def test_unreachable_cdf_is_exit_3_and_out_is_left_alone(
     assert any(line.startswith("cogseg: CDF unreachable: ") for line in err.splitlines()), err
     assert "COGNITE_BASE_URL" in err
     assert "Traceback" not in err
-    assert out.read_text() == "previous labels"
+    assert out.read_bytes() == before
 
 
 @pytest.mark.timeout(90)
@@ -222,7 +232,7 @@ def test_unreachable_cdf_through_a_real_process_fails_fast_with_exit_3(
         images: list[SyntheticImage], tmp_path: Path) -> None:
     """Default settings: the run must notice at once that nothing listens (README: exit 3)."""
     out = tmp_path / "labels.json"
-    out.write_text("previous labels")
+    before = earlier_labels(out)
     t0 = time.monotonic()
     proc = run_process(label_argv(tmp_path, images[:2]), timeout=80,
                        env={"COGNITE_PROJECT": "p", "COGNITE_TOKEN": "any-token",
@@ -231,7 +241,7 @@ def test_unreachable_cdf_through_a_real_process_fails_fast_with_exit_3(
     assert proc.returncode == 3, proc.stderr
     assert took < 20, f"took {took:.1f} s"
     assert "cogseg: CDF unreachable: " in proc.stderr and "Traceback" not in proc.stderr
-    assert out.read_text() == "previous labels"
+    assert out.read_bytes() == before
 
 
 def test_refused_credentials_are_exit_4_and_out_is_left_alone(
@@ -240,17 +250,17 @@ def test_refused_credentials_are_exit_4_and_out_is_left_alone(
     for k, v in cdf_env(shared_emulator, token="not-a-valid-token").items():
         monkeypatch.setenv(k, v)
     out = tmp_path / "labels.json"
-    out.write_text("previous labels")
+    before = earlier_labels(out)
     code, _, err = run_main(label_argv(tmp_path, images[:2]), capsys)
     assert code == 4, err
     assert any(line.startswith("cogseg: credentials refused: ")
                for line in err.splitlines()), err
     assert "Traceback" not in err
-    assert out.read_text() == "previous labels"
+    assert out.read_bytes() == before
     proc = run_process(label_argv(tmp_path, images[:2]),
                        env=cdf_env(shared_emulator, token="not-a-valid-token"))
     assert proc.returncode == 4 and "credentials refused" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and out.read_text() == "previous labels"
+    assert "Traceback" not in proc.stderr and out.read_bytes() == before
 
 
 # --- SIGTERM and SIGINT ----------------------------------------------------------------------

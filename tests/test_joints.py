@@ -176,7 +176,7 @@ def test_results_evicted_before_export_are_counted_not_silently_dropped(
     n = len(images[4].objects)
     assert lab.report.labelled == n
     victim = next(iter(cache.iter_entries()))[2]
-    cache._write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (victim,)))
+    cache.db.write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (victim,)))
     with caplog.at_level(logging.WARNING, logger="cogseg_ml.labeler"):
         written = lab.to_coco(tmp_path / "out.json")
     assert written == n - 1

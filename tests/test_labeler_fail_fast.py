@@ -77,7 +77,7 @@ def test_a_full_disk_for_images_ends_the_run(shared_emulator, images, tmp_path,
 
     def no_space(self, path, data) -> None:
         err = OSError(errno.ENOSPC, "No space left on device")
-        raise self.cache._storage_error(err, self.root) or err
+        raise self.db.storage_error(err, self.root) or err
 
     monkeypatch.setattr(ImageStore, "_write_blob", no_space)
     lab = SegmentationLabeler(shared_emulator.config, cache=tmp_path / "cache", progress=False)

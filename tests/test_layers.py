@@ -226,14 +226,27 @@ def test_at_most_14_modules_directly_in_the_package() -> None:
     assert len(top) <= 14, top
 
 
-def test_the_cache_file_is_used_through_its_owners_public_api() -> None:
-    """The mask cache owns its SQLite file; the image store and the store use its public owner
-    API (connection, retry, write, touch, storage_error), never its private plumbing."""
-    private = {"_conn", "_retry", "_write", "_touch", "_storage_error", "_txn", "_open"}
+def test_the_cache_files_have_one_owner() -> None:
+    """Every SQLite file of the cache (masks with their image index, detections) is opened and
+    written through one owner, :class:`~cogseg_ml.cache.database.CacheDatabase`: nothing else
+    in the package connects to SQLite, and nothing reaches into the owner's private plumbing."""
+    owner = PACKAGE / "cache" / "database.py"
+    # Ray labelling's spool is a scratch file in a temporary folder, not a cache file
+    scratch = {PACKAGE / "ray" / "outputs.py"}
+    connects: dict[Path, int] = {}
+    private = {"_conn", "_retry", "_write", "_touch", "_storage_error", "_transaction", "_open",
+               "_local", "_touches"}
     bad = []
     for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in private and not (
                     isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
                 bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Attribute) and node.attr == "connect" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "sqlite3" and \
+                    path != owner and path not in scratch:
+                connects[path] = connects.get(path, 0) + 1
     assert bad == []
+    assert connects == {}, "only the owner connects to a cache's SQLite file"
+    detections = (PACKAGE / "detect" / "detection_cache.py").read_text(encoding="utf-8")
+    assert "CacheDatabase(" in detections

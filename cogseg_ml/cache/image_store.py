@@ -2,15 +2,14 @@
 
 Blobs are content-addressed (``images/ab/<sha256>``), written to a per-process temporary file
 and moved into place with ``os.replace`` (readers never see a partial file), owner-only (the
-folders 0700, the files 0600). The
-index (file identity and version → hash, size, last access) lives in the mask cache's SQLite
-file, table ``images``; the store has its own size budget with least-recently-used eviction.
-Reads never take the write lock: their accesses are batched by the mask cache (see
-:mod:`cogseg_ml.cache.mask_cache`), so the LRU order is approximate in the same way.
-File names are hashes, so no file id can reach outside the store's folder. A blob whose bytes
-no longer match their hash is dropped when read (the next put writes it again). Caches merged
-with :meth:`~cogseg_ml.cache.mask_cache.MaskCache.merge` bring their images along
-(:meth:`ImageStore.merge_from`).
+folders 0700, the files 0600). The index (file identity and version → hash, size, last access)
+lives in the mask cache's SQLite file, table ``images``, reached through that file's one owner
+(:class:`~cogseg_ml.cache.database.CacheDatabase`); the store has its own size budget with
+least-recently-used eviction. Reads never take the write lock: their accesses are batched by
+that owner, so the LRU order is approximate as the mask cache's is. File names are hashes, so
+no file id can reach outside the store's folder. A blob whose bytes no longer match their hash
+is dropped when read (the next put writes it again). Caches merged with
+:func:`cogseg_ml.cache.merge.merge` bring their images along (:meth:`ImageStore.merge_from`).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cogseg_ml.cache.database import CacheDatabase
 from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.errors import ValidationError
 
@@ -55,6 +55,11 @@ class ImageStore:
         self._puts_since_check = 0
         self._root_ready = False
 
+    @property
+    def db(self) -> CacheDatabase:
+        """The SQLite file's owner, shared with the mask cache (the index is its table)."""
+        return self.cache.db
+
     def __repr__(self) -> str:
         return f"ImageStore(root={str(self.root)!r})"
 
@@ -66,9 +71,17 @@ class ImageStore:
         found = self.get_with_digest(file_key)
         return None if found is None else found[0]
 
+    def latest_key(self, prefix: str) -> str | None:
+        """The most recently used stored file key that starts with ``prefix`` (e.g. a file's
+        identity followed by ``@``: its latest stored version), or ``None``."""
+        row = self.db.retry(lambda: self.db.connection().execute(
+            "SELECT file_key FROM images WHERE file_key >= ? AND file_key < ? "
+            "ORDER BY last_access DESC LIMIT 1", (prefix, prefix + "\uffff")).fetchone())
+        return None if row is None else str(row[0])
+
     def get_with_digest(self, file_key: str) -> tuple[bytes, str] | None:
         """The stored bytes and their verified SHA-256 hex, or ``None``."""
-        row = self.cache.retry(lambda: self.cache.connection().execute(
+        row = self.db.retry(lambda: self.db.connection().execute(
             "SELECT sha256, last_access FROM images WHERE file_key = ?", (file_key,)
         ).fetchone())
         if row is None:
@@ -78,7 +91,7 @@ class ImageStore:
             return None
         now = time.time()
         if now - row[1] > self.cache.touch_interval_s:  # LRU bookkeeping: written later, batched
-            self.cache.touch("images", (file_key,), now)
+            self.db.touch("images", (file_key,), now)
         return data, row[0]
 
     def get_by_digest(self, sha256: str) -> bytes | None:
@@ -120,7 +133,7 @@ class ImageStore:
         if not path.exists():
             self._write_blob(path, data)
         now = time.time()
-        self.cache.write(lambda c: c.execute(
+        self.db.write(lambda c: c.execute(
             "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)", (file_key, sha, len(data), now)))
         if self.max_bytes is not None:
             self._puts_since_check += 1
@@ -154,7 +167,7 @@ class ImageStore:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:
-            err = self.cache.storage_error(exc, self.root)
+            err = self.db.storage_error(exc, self.root)
             if err is None:
                 raise
             raise err from exc
@@ -167,14 +180,14 @@ class ImageStore:
         have: set[str] = set()
 
         def read() -> None:
-            conn = self.cache.connection()
+            conn = self.db.connection()
             for i in range(0, len(file_keys), 500):
                 chunk = file_keys[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 have.update(r[0] for r in conn.execute(
                     f"SELECT file_key FROM images WHERE file_key IN ({marks})", chunk))
 
-        self.cache.retry(read)
+        self.db.retry(read)
         return have
 
     def merge_from(self, other: ImageStore) -> int:
@@ -183,8 +196,8 @@ class ImageStore:
         Bytes are verified against their hash on the way; an entry whose bytes are missing or
         damaged in ``other`` is skipped (it is downloaded again when needed).
         """
-        rows: list[tuple[str, str, int, float]] = other.cache.retry(
-            lambda: other.cache.connection().execute(
+        rows: list[tuple[str, str, int, float]] = other.db.retry(
+            lambda: other.db.connection().execute(
                 "SELECT file_key, sha256, nbytes, last_access FROM images ORDER BY last_access"
             ).fetchall())
         have = self._indexed([r[0] for r in rows])
@@ -204,7 +217,7 @@ class ImageStore:
             todo.append(row)
         if not todo:
             return 0
-        added = self.cache.write(lambda c: c.executemany(
+        added = self.db.write(lambda c: c.executemany(
             "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)", todo).rowcount)
         if self.max_bytes is not None:
             self.evict()
@@ -213,18 +226,18 @@ class ImageStore:
     def clear(self) -> ImagesRemoved:
         """Remove every image from the index and its bytes from the folder."""
         def run(c: object) -> list[tuple[str, int]]:
-            conn = self.cache.connection()
+            conn = self.db.connection()
             rows = conn.execute("SELECT sha256, nbytes FROM images").fetchall()
             conn.execute("DELETE FROM images")
             return [(str(s), int(n)) for s, n in rows]
 
-        rows = self.cache.write(run)
+        rows = self.db.write(run)
         self._drop_blobs({s for s, _ in rows})
         return ImagesRemoved(images=len(rows), bytes=sum(n for _, n in rows))
 
     def _drop_blobs(self, shas: set[str]) -> None:
         """Unlink blobs no index entry names any more (another writer may have added one)."""
-        live = {s for (s,) in self.cache.retry(lambda: self.cache.connection().execute(
+        live = {s for (s,) in self.db.retry(lambda: self.db.connection().execute(
             "SELECT sha256 FROM images").fetchall())}
         for sha in shas - live:
             blob = self._blob(sha)
@@ -241,7 +254,7 @@ class ImageStore:
         budget = self.max_bytes
 
         def run(c: object) -> list[str]:
-            conn = self.cache.connection()
+            conn = self.db.connection()
             total = conn.execute("SELECT COALESCE(SUM(nbytes), 0) FROM images").fetchone()[0]
             doomed: list[tuple[str, str]] = []
             for key, sha, nbytes in conn.execute(
@@ -254,7 +267,7 @@ class ImageStore:
             live = {s for (s,) in conn.execute("SELECT sha256 FROM images")}
             return [s for _, s in doomed if s not in live]
 
-        gone = self.cache.write(run)
+        gone = self.db.write(run)
         for sha in gone:
             self._blob(sha).unlink(missing_ok=True)
         return len(gone)

@@ -28,10 +28,9 @@ pending touches of a process that dies unclosed are lost, so such entries look o
 are. Eviction itself applies this process's pending touches before it chooses. After a fork the
 child starts with no connection and no pending touches (the parent's are the parent's to write).
 
-The mask cache owns the file: its connections, lock retries, write transactions and LRU
-touches. The image store (and the read-through store) use them through its public owner API
-(:meth:`MaskCache.connection`, :meth:`~MaskCache.retry`, :meth:`~MaskCache.write`,
-:meth:`~MaskCache.touch`, :meth:`~MaskCache.storage_error`), never its private methods.
+The file's connections, lock retries, write transactions and LRU touches belong to one owner,
+a :class:`~cogseg_ml.cache.database.CacheDatabase` (``MaskCache.db``), which the image store and
+the read-through store use too; the mask cache owns the schema and the entries.
 
 Every operation's waits for other processes' locks, SQLite's busy timeout and the retry
 together, end by one deadline ``busy_timeout_s`` after it starts; past it the operation raises
@@ -44,37 +43,26 @@ file does not keep its peak size.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from tenacity import Retrying, retry_if_exception, wait_random_exponential
+from typing import Any
 
 from cogseg_ml.backends.base import MaskResult, ScoredMask
 from cogseg_ml.cache.cache_keys import CacheKey
+from cogseg_ml.cache.database import CacheDatabase, is_busy, open_read_only
 from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache",
            "cache_file", "check_cache_file", "default_cache_dir"]
 
 SCHEMA_VERSION = 1
-JOURNAL_SIZE_LIMIT = 64 * 1024**2
-"""Bytes SQLite truncates the ``-wal`` file to when it restarts it."""
-CHECKPOINT_AFTER_BYTES = 8 * 1024**2
-"""After this many bytes written by one process, checkpoint and truncate the WAL."""
 _log = logging.getLogger("cogseg_ml.cache")
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -136,7 +124,7 @@ def check_cache_file(path: str | Path | None, *, role: str = "cache") -> Path:
         raise CacheError(f"{role} {shown}: there is no mask cache there; check the path",
                          path=str(db))
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        conn = open_read_only(db)
     except sqlite3.Error as exc:
         raise CacheError(f"{role} {shown} cannot be opened ({exc})", path=str(db)) from None
     try:
@@ -150,7 +138,7 @@ def check_cache_file(path: str | Path | None, *, role: str = "cache") -> Path:
             raise CacheError(f"{role} {shown} is damaged (SQLite: {problems[0]}); move it "
                              "away, or label its shard again", path=str(db))
     except sqlite3.DatabaseError as exc:
-        if _is_busy(exc):
+        if is_busy(exc):
             raise CacheError(f"{role} {shown} is locked by another process; run again when "
                              "it is done", path=str(db)) from None
         raise CacheError(f"{role} {shown} is not a cogseg mask cache ({exc})",
@@ -177,31 +165,6 @@ class CacheStats:
     images: int
     image_bytes: int
     path: str
-
-
-def _is_busy(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    msg = str(exc).lower()
-    return "locked" in msg or "busy" in msg
-
-
-_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in _FULL_ERRNOS
-    return isinstance(exc, sqlite3.OperationalError) and "is full" in str(exc).lower()
-
-
-def _is_read_only(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in _READ_ONLY_ERRNOS
-    msg = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "readonly" in msg or "read-only" in msg or "unable to open" in msg)
 
 
 _TOUCH_SQL = {
@@ -254,18 +217,15 @@ class MaskCache:
         self.create = create
         self.max_bytes = max_bytes
         self.max_entries = max_entries
-        self.busy_timeout_s = busy_timeout_s
         self.touch_interval_s = 30.0
-        self.touch_batch = 1024
-        self.touch_flush_s = 60.0
-        self._pid = -1
-        self._check_fork()
+        self.db = CacheDatabase(self.path, prepare=self._ensure_schema, name="mask cache",
+                                busy_timeout_s=busy_timeout_s, create=create,
+                                touch_sql=_TOUCH_SQL)
+        """The SQLite file's owner (connections, retries, write transactions, LRU touches),
+        shared with the image store and the read-through store."""
         self._puts_since_check = 0
-        self._written_since_checkpoint = 0
-        self._open_checked = False
-        self._conn()  # create and validate now, so errors surface at construction
+        self.db.connection()  # create and validate now, so errors surface at construction
 
-    # --- connections -------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "max_bytes": self.max_bytes, "max_entries": self.max_entries,
                 "busy_timeout_s": self.busy_timeout_s, "create": self.create}
@@ -278,64 +238,36 @@ class MaskCache:
     def __repr__(self) -> str:
         return f"MaskCache(path={str(self.path)!r})"
 
-    def _check_fork(self) -> None:
-        """In a new process (or at construction), start with no connection and no touches."""
-        if os.getpid() != self._pid:  # forked: never use the parent's connection or touches
-            self._local = threading.local()
-            self._touch_lock = threading.Lock()
-            self._touches: dict[str, dict[str, float]] = {t: {} for t in _TOUCH_SQL}
-            self._last_flush = time.monotonic()
-            self._pid = os.getpid()
+    # The file's settings live on its owner; these keep them reachable from the cache.
+    @property
+    def busy_timeout_s(self) -> float:
+        """The longest one operation waits for other processes' locks."""
+        return self.db.busy_timeout_s
 
-    def _conn(self) -> sqlite3.Connection:
-        self._check_fork()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._retry(self._open)
-            self._local.conn = conn
-        return conn
+    @property
+    def touch_batch(self) -> int:
+        """A read tries (without waiting) to write pending LRU touches past this many."""
+        return self.db.touch_batch
 
-    def _open(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            if not self.create:
-                raise CacheError(f"there is no mask cache at {self.path}: check the path "
-                                 "(nothing was created)", path=str(self.path))
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                # Create owner-only before SQLite touches it (its -wal/-shm files copy the mode).
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
-            except OSError as exc:
-                raise CacheError(
-                    f"cannot create the mask cache {self.path}: {exc.strerror or exc} "
-                    f"({exc.filename or self.path.parent}); choose a writable cache path "
-                    "(cogseg label --cache, or COGSEG_CACHE_DIR)", path=str(self.path)) from None
-        conn = sqlite3.connect(self.path, timeout=self._time_left_s(), isolation_level=None,
-                               check_same_thread=False)
-        try:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            except sqlite3.OperationalError:
-                raise  # busy, read-only or full: _retry says which
-            except sqlite3.DatabaseError as exc:
-                raise CacheError(f"{self.path} is not a cogseg mask cache ({exc}); remove it or "
-                                 "choose another path") from None
-            if mode.lower() != "wal":
-                _log.warning("SQLite refused WAL mode for %s (got %s)", self.path, mode)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            self._ensure_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    @touch_batch.setter
+    def touch_batch(self, value: int) -> None:
+        self.db.touch_batch = value
+
+    @property
+    def touch_flush_s(self) -> float:
+        """A read tries (without waiting) to write pending touches once this long passed."""
+        return self.db.touch_flush_s
+
+    @touch_flush_s.setter
+    def touch_flush_s(self, value: float) -> None:
+        self.db.touch_flush_s = value
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         row = None
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 raise
         if row is None:  # a new file: every statement is idempotent, so racing creators agree
             conn.executescript(_SCHEMA)
@@ -348,215 +280,16 @@ class MaskCache:
                 f"version {SCHEMA_VERSION}. Clear it (cogseg cache clear --path {self.path}) or "
                 "use another path.", found=row[0], expected=SCHEMA_VERSION)
 
-    def _time_left_s(self) -> float:
-        """What remains of the running operation's wait budget (all of it outside one)."""
-        deadline: float | None = getattr(self._local, "deadline", None)
-        return self.busy_timeout_s if deadline is None else max(0.0, deadline - time.monotonic())
-
-    def _set_busy_timeout(self, seconds: float) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
-
-    def _retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying while the file is locked, all within ``busy_timeout_s``."""
-        local = self._local
-        if getattr(local, "deadline", None) is not None:
-            return fn()  # inside another operation: that one retries, on its own deadline
-        local.deadline = time.monotonic() + self.busy_timeout_s
-        try:
-            try:  # the common case pays for no retry machinery
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-            return self._retry_until_deadline(fn)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            err = self._storage_error(exc)
-            if err is None:
-                raise
-            raise err from exc
-        finally:
-            local.deadline = None
-
-    def _storage_error(self, exc: BaseException, where: Path | None = None
-                       ) -> CacheError | None:
-        """The :class:`CacheError` for a full disk, a read-only location or a damaged file
-        (``None`` for anything else). ``where``: the file or folder that failed, if not the
-        SQLite file."""
-        place = where or self.path
-        if _is_full(exc):
-            return CacheError(
-                f"disk is full: {place} could not be written ({exc}). Nothing of this write "
-                "was stored and the cache is intact (its last committed state): free some space "
-                "or move the cache (cogseg label --cache, or COGSEG_CACHE_DIR), then run again.",
-                path=str(self.path), disk_full=True)
-        if _is_read_only(exc):
-            return CacheError(
-                f"the mask cache at {place} cannot be written ({exc}): the location is "
-                "read-only or not yours; choose a writable cache path (cogseg label --cache, or "
-                "COGSEG_CACHE_DIR)", path=str(self.path))
-        if isinstance(exc, sqlite3.DatabaseError) and "malformed" in str(exc).lower():
-            return CacheError(f"the mask cache {self.path} is damaged ({exc}); move it away or "
-                              "remove it, and run again (results are segmented anew)",
-                              path=str(self.path))
-        return None
-
-    def _retry_until_deadline(self, fn: Callable[[], T]) -> T:
-        backoff = wait_random_exponential(multiplier=0.01, max=1.0)
-        try:
-            for attempt in Retrying(retry=retry_if_exception(_is_busy), reraise=True,
-                                    stop=lambda _: self._time_left_s() <= 0.0,
-                                    wait=lambda s: min(backoff(s), self._time_left_s())):
-                with attempt:
-                    self._set_busy_timeout(self._time_left_s())  # SQLite waits what is left
-                    return fn()
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
-            raise CacheError(
-                f"the mask cache {self.path} stayed locked for {self.busy_timeout_s:g} s: another "
-                "process holds its write lock (a long write, or a stopped or hung process). Retry "
-                "later, end that process, or give this cache a larger busy_timeout_s or another "
-                "path.", path=str(self.path)) from exc
-        finally:
-            self._set_busy_timeout(self.busy_timeout_s)
-        raise AssertionError("unreachable")
-
-    def _txn(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """One write transaction running ``fn``, carrying this process's pending touches."""
-        conn.execute("BEGIN IMMEDIATE")
-        touches = self._take_touches()
-        try:
-            for table, pending in touches.items():
-                if pending:
-                    conn.executemany(_TOUCH_SQL[table], [(t, k) for k, t in pending.items()])
-            out = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as exc:  # SQLite may have rolled back itself (disk full)
-                    _log.debug("rollback of %s: %s", self.path, exc)
-            self._keep_touches(touches)
-            raise
-        self._last_flush = time.monotonic()
-        return out
-
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return self._retry(lambda: self._txn(self._conn(), fn))
-
-    # --- LRU touches ---------------------------------------------------------------------------
-    def _take_touches(self) -> dict[str, dict[str, float]]:
-        with self._touch_lock:
-            taken, self._touches = self._touches, {t: {} for t in _TOUCH_SQL}
-        return taken
-
-    def _keep_touches(self, touches: dict[str, dict[str, float]]) -> None:
-        with self._touch_lock:
-            for table, pending in touches.items():
-                mine = self._touches[table]
-                for k, t in pending.items():
-                    mine[k] = max(t, mine.get(k, t))
-
-    def _pending_touches(self) -> int:
-        with self._touch_lock:
-            return sum(len(p) for p in self._touches.values())
-
-    def _touch(self, table: str, keys: Iterable[str], now: float) -> None:
-        """Note reads of ``keys`` (of ``entries`` or ``images``) for LRU; never waits."""
-        self._check_fork()
-        with self._touch_lock:
-            pending = self._touches[table]
-            for k in keys:
-                pending[k] = now
-            n = sum(len(p) for p in self._touches.values())
-        if n >= self.touch_batch or time.monotonic() - self._last_flush >= self.touch_flush_s:
-            self._try_flush_touches()
-
-    def _try_flush_touches(self) -> bool:
-        """Write pending touches if the write lock is free right now; whether they were."""
-        conn = self._conn()
-        self._set_busy_timeout(0.0)
-        try:
-            self._txn(conn, lambda c: None)
-            return True
-        except sqlite3.Error as exc:  # busy (or read-only): the touches stay for the next write
-            _log.debug("LRU touches for %s deferred: %s", self.path, exc)
-            return False
-        finally:
-            self._set_busy_timeout(self.busy_timeout_s)
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the file and truncate it, if that needs no waiting."""
-        conn = self._conn()
-        self._set_busy_timeout(0.0)
-        try:
-            busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if not busy and log == done:  # all copied: truncate unless a reader still uses it
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
-                raise
-        finally:
-            self._set_busy_timeout(self.busy_timeout_s)
-
-    def _wrote(self, nbytes: int) -> None:
-        """Count bytes written; checkpoint once they add up to ``CHECKPOINT_AFTER_BYTES``."""
-        self._written_since_checkpoint += nbytes
-        if self._written_since_checkpoint >= CHECKPOINT_AFTER_BYTES:
-            self._written_since_checkpoint = 0
-            self._checkpoint()
-
     def close(self) -> None:
-        """Write this process's pending touches, then close this thread's connection.
-
-        Other threads' connections close when their threads end. Touches that cannot be
-        written within ``busy_timeout_s`` are dropped with a warning (they only order LRU).
-        """
-        self._check_fork()
-        if self._pending_touches():
-            try:
-                self._write(lambda c: None)
-            except (CacheError, sqlite3.Error) as exc:
-                _log.warning("dropped pending LRU touches for %s: %s", self.path, exc)
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Write this process's pending LRU touches, then close this thread's connection
+        (see :meth:`CacheDatabase.close <cogseg_ml.cache.database.CacheDatabase.close>`)."""
+        self.db.close()
 
     def __enter__(self) -> MaskCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- the SQLite file's owner API (the image store and the store use these) -------------------
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection to the cache file (opened on first use; a forked child
-        never uses its parent's)."""
-        return self._conn()
-
-    def retry(self, fn: Callable[[], T]) -> T:
-        """Run the read ``fn`` while the file is locked, within ``busy_timeout_s``; storage
-        failures (full disk, read-only, damaged) become :class:`CacheError`."""
-        return self._retry(fn)
-
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one write transaction (with this process's pending LRU touches),
-        retried as :meth:`retry` does."""
-        return self._write(fn)
-
-    def touch(self, table: str, keys: Iterable[str], now: float) -> None:
-        """Note reads of ``keys`` of ``table`` (``"entries"`` or ``"images"``) for LRU;
-        written with the next write, never waited for."""
-        self._touch(table, keys, now)
-
-    def storage_error(self, exc: BaseException, where: Path | None = None) -> CacheError | None:
-        """The :class:`CacheError` a storage failure (``OSError`` or SQLite's) means, naming
-        ``where`` (a file or folder beside the SQLite file), or ``None`` for other errors."""
-        return self._storage_error(exc, where)
 
     # --- reads ---------------------------------------------------------------------------------
     def _row_to_result(self, row: sqlite3.Row | tuple[Any, ...]) -> CachedResult:
@@ -572,13 +305,13 @@ class MaskCache:
     def get(self, key: CacheKey) -> CachedResult | None:
         """The cached result for ``key``, or ``None``."""
         fp = key.fingerprint()
-        row = self._retry(lambda: self._conn().execute(
+        row = self.db.retry(lambda: self.db.connection().execute(
             f"SELECT last_access, {self._COLS} FROM entries WHERE key = ?", (fp,)).fetchone())
         if row is None:
             return None
         now = time.time()
         if now - row[0] > self.touch_interval_s:
-            self._touch("entries", (fp,), now)
+            self.db.touch("entries", (fp,), now)
         return self._row_to_result(row[1:])
 
     def get_many(self, keys: Sequence[CacheKey]) -> list[CachedResult | None]:
@@ -592,7 +325,7 @@ class MaskCache:
         now = time.time()
 
         def read() -> None:
-            conn = self._conn()
+            conn = self.db.connection()
             for i in range(0, len(fps), 500):
                 chunk = fps[i:i + 500]
                 marks = ",".join("?" * len(chunk))
@@ -603,15 +336,15 @@ class MaskCache:
                     if now - row[1] > self.touch_interval_s:
                         stale.append(row[0])
 
-        self._retry(read)
+        self.db.retry(read)
         if stale:  # LRU bookkeeping: noted here, written later in a batch
-            self._touch("entries", stale, now)
+            self.db.touch("entries", stale, now)
         return [self._row_to_result(found[f]) if f in found else None for f in fps]
 
     def contains(self, key: CacheKey) -> bool:
         """Whether ``key`` has a cached result."""
         fp = key.fingerprint()
-        row = self._retry(lambda: self._conn().execute(
+        row = self.db.retry(lambda: self.db.connection().execute(
             "SELECT 1 FROM entries WHERE key = ?", (fp,)).fetchone())
         return row is not None
 
@@ -621,14 +354,14 @@ class MaskCache:
         have: set[str] = set()
 
         def read() -> None:
-            conn = self._conn()
+            conn = self.db.connection()
             for i in range(0, len(fps), 500):
                 chunk = fps[i:i + 500]
                 marks = ",".join("?" * len(chunk))
                 have.update(r[0] for r in conn.execute(
                     f"SELECT key FROM entries WHERE key IN ({marks})", chunk))
 
-        self._retry(read)
+        self.db.retry(read)
         return [f in have for f in fps]
 
     # --- writes --------------------------------------------------------------------------------
@@ -650,9 +383,9 @@ class MaskCache:
                          result.created, now, len(segs)))
         if not rows:
             return 0
-        self._write(lambda c: c.executemany(
+        self.db.write(lambda c: c.executemany(
             "INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows))
-        self._wrote(sum(r[-1] for r in rows))
+        self.db.wrote(sum(r[-1] for r in rows))
         self._puts_since_check += len(rows)
         if (self.max_bytes or self.max_entries) and self._puts_since_check >= 64:
             self._puts_since_check = 0
@@ -662,12 +395,12 @@ class MaskCache:
     def delete(self, key: CacheKey) -> bool:
         """Remove one entry; whether it existed."""
         fp = key.fingerprint()
-        n = self._write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (fp,)).rowcount)
+        n = self.db.write(lambda c: c.execute("DELETE FROM entries WHERE key = ?", (fp,)).rowcount)
         return bool(n)
 
     def clear(self) -> int:
         """Remove every entry; returns how many."""
-        return int(self._write(lambda c: c.execute("DELETE FROM entries").rowcount))
+        return int(self.db.write(lambda c: c.execute("DELETE FROM entries").rowcount))
 
     def evict(self) -> int:
         """Drop least-recently-used entries until within ``max_bytes``/``max_entries``."""
@@ -690,7 +423,7 @@ class MaskCache:
             removed = len(doomed)
             return removed
 
-        removed = self._write(run)
+        removed = self.db.write(run)
         if removed:
             _log.debug("evicted %d cache entries", removed)
         return removed
@@ -699,7 +432,7 @@ class MaskCache:
     def stats(self) -> CacheStats:
         """Counts and sizes."""
         def read() -> CacheStats:
-            c = self._conn()
+            c = self.db.connection()
             n, size = c.execute("SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM entries"
                                 ).fetchone()
             by = dict(c.execute("SELECT backend, COUNT(*) FROM entries GROUP BY backend"))
@@ -710,11 +443,11 @@ class MaskCache:
             return CacheStats(entries=n, bytes=size, file_bytes=fb, by_backend=by, images=ni,
                               image_bytes=isize, path=str(self.path))
 
-        return self._retry(read)
+        return self.db.retry(read)
 
     def iter_entries(self) -> Iterator[tuple[str, str, str, CachedResult]]:
         """Every entry as ``(file_key, prompt_json, key, result)``, in insertion order."""
-        rows = self._retry(lambda: self._conn().execute(
+        rows = self.db.retry(lambda: self.db.connection().execute(
             f"SELECT file_key, prompt, key, {self._COLS} FROM entries ORDER BY rowid"
         ).fetchall())
         for row in rows:
@@ -722,23 +455,19 @@ class MaskCache:
 
     def vacuum(self) -> None:
         """Checkpoint the WAL and compact the file."""
-        conn = self._conn()
-        self._retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
-        self._retry(lambda: conn.execute("VACUUM"))
+        conn = self.db.connection()
+        self.db.retry(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        self.db.retry(lambda: conn.execute("VACUUM"))
 
     def integrity_check(self) -> bool:
         """SQLite's ``PRAGMA integrity_check`` passes."""
-        row = self._retry(lambda: self._conn().execute("PRAGMA integrity_check").fetchone())
+        row = self.db.retry(lambda: self.db.connection().execute(
+            "PRAGMA integrity_check").fetchone())
         return bool(row and row[0] == "ok")
 
     def same_file(self, other: Path) -> bool:
         """Whether ``other`` is this cache's SQLite file (any spelling, hard links too)."""
-        try:
-            if os.path.samefile(self.path, other):
-                return True
-        except OSError:  # one of them does not exist (yet)
-            pass
-        return self.path.resolve() == other.resolve()
+        return self.db.same_file(other)
 
     def merge_entries(self, src: Path) -> int:
         """Copy the entries of the cache file ``src`` that this one lacks (one transaction);
@@ -748,12 +477,7 @@ class MaskCache:
             c.execute("INSERT OR IGNORE INTO entries SELECT * FROM other.entries")
             return int(c.execute("SELECT COUNT(*) FROM entries").fetchone()[0] - before)
 
-        conn = self._conn()
-        self._retry(lambda: conn.execute("ATTACH DATABASE ? AS other", (str(src),)))
-        try:
-            added = self._write(run)
-        finally:
-            conn.execute("DETACH DATABASE other")
+        added = self.db.attach(src, run)
         if added:
-            self._checkpoint()
+            self.db.checkpoint()
         return added

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from cogseg_ml.cli.common import EXIT_OK, count, guard_outputs, output_file
@@ -37,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.images and args.action != "clear":
         raise ValidationError("--images goes with cogseg cache clear")
+    out = _export_out(args) if args.action == "export" else None  # before the cache is opened
     cache = MaskCache(args.path, create=False)  # inspecting never creates a cache
     dets_path = detections_file(cache.path)
     dets = DetectionCache(dets_path) if dets_path.is_file() else None
@@ -54,10 +54,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key[:12]}  {file_key}  {prompt}  {res.backend}  {res.height}x{res.width}"
                   f"  segments={len(res.segments)} best={best}")
     elif args.action == "export":
-        if not args.out:
-            raise ValidationError("cogseg cache export needs --out FILE")
-        out = output_file(args.out, "--out")
-        guard_outputs([("--out", out)], cache=args.path)
+        assert out is not None
         n = export_cache(cache, out)
         print(f"wrote {n} annotations to {out}")
     elif args.action == "clear":
@@ -79,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 
+def _export_out(args: argparse.Namespace) -> Any:
+    """``--out`` of an export: a file that can be written, none of the cache's, and new or
+    one cogseg wrote (checked before the cache is opened)."""
+    if not args.out:
+        raise ValidationError("cogseg cache export needs --out FILE")
+    out = output_file(args.out, "--out")
+    guard_outputs([("--out", out)], cache=args.path)
+    return out
+
+
 def _check_merge(path: str | None, sources: list[str]) -> None:
     """Every source (and an existing target) is a sound cogseg cache, and none is the target,
     before anything is merged or created: a refusal leaves the target as it was (or absent)."""
@@ -89,6 +96,7 @@ def _check_merge(path: str | None, sources: list[str]) -> None:
 
 
 def _check_merge_inputs(path: str | None, sources: list[str]) -> None:
+    from cogseg_ml.cache.database import check_sqlite_file
     from cogseg_ml.cache.mask_cache import cache_file, check_cache_file
     from cogseg_ml.detect.detection_cache import detections_file
 
@@ -101,24 +109,9 @@ def _check_merge_inputs(path: str | None, sources: list[str]) -> None:
                                   "other caches (e.g. the shards') as sources")
         dets = detections_file(found)
         if dets.is_file():
-            _check_sqlite(dets, f"cache merge: the text detections of source {src}")
+            check_sqlite_file(dets, f"cache merge: the text detections of source {src}")
     if target.exists():
         check_cache_file(path, role="cache merge: target")
-
-
-def _check_sqlite(path: Path, role: str) -> None:
-    import sqlite3
-
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-        try:
-            problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        problems = [str(exc)]
-    if problems != ["ok"]:
-        raise CacheError(f"{role} ({path}) is damaged (SQLite: {problems[0]}); move it away")
 
 
 def register(sub: Any) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cogseg_ml.cache.database import CacheDatabase
 from cogseg_ml.detect.detections import Detection
 from cogseg_ml.errors import CacheError
 
@@ -36,6 +35,10 @@ CREATE TABLE IF NOT EXISTS detections (
 """
 
 
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+
+
 def detections_file(mask_cache_file: str | Path) -> Path:
     """Where the detections of a mask cache file go: ``<stem>.detections.sqlite`` beside it."""
     p = Path(mask_cache_file)
@@ -49,52 +52,40 @@ def detection_key(file_identity: str, digest: str, classes: Sequence[str], detec
 
 
 class DetectionCache:
-    """Stored detections on one SQLite file.
+    """Stored detections on one SQLite file, opened through the cache's one owner of SQLite
+    files (:class:`~cogseg_ml.cache.database.CacheDatabase`): each process and thread has its
+    own connection, waits for other processes' locks end by one deadline, and a full disk, a
+    read-only location or a damaged file is a :class:`~cogseg_ml.errors.CacheError` saying what
+    to do.
+
+    Args:
+        path: the SQLite file (see :func:`detections_file`).
+        busy_timeout_s: the longest one operation waits for other processes' locks.
 
     Raises:
         CacheError: the file cannot be opened or written (the message says where and why).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
-        self._local = threading.local()
+        self.db = CacheDatabase(self.path, prepare=_prepare, name="detection cache",
+                                busy_timeout_s=busy_timeout_s)
 
     def __repr__(self) -> str:
         return f"DetectionCache({str(self.path)!r})"
 
     def __getstate__(self) -> dict[str, object]:
-        return {"path": self.path}
+        return {"path": self.path, "busy_timeout_s": self.db.busy_timeout_s}
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.path = Path(str(state["path"]))
-        self._local = threading.local()
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
-            return conn
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            new = not self.path.exists()
-            conn = sqlite3.connect(self.path, timeout=30.0)
-            if new:
-                os.chmod(self.path, 0o600)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise CacheError(f"the detection cache {self.path} cannot be used "
-                             f"({type(exc).__name__}: {exc}); check the folder's permissions "
-                             "and free space, or pass another cache") from None
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        timeout = state.get("busy_timeout_s", 30.0)
+        self.__init__(Path(str(state["path"])),  # type: ignore[misc]
+                      busy_timeout_s=float(timeout) if isinstance(timeout, (int, float)) else 30.0)
 
     def get(self, key: str) -> list[Detection] | None:
         """The stored detections under ``key`` (``None`` when there are none)."""
-        try:
-            row = self._conn().execute("SELECT detections FROM detections WHERE key = ?",
-                                       (key,)).fetchone()
-        except sqlite3.Error as exc:
-            raise CacheError(f"the detection cache {self.path} cannot be read: {exc}") from None
+        row = self.db.retry(lambda: self.db.connection().execute(
+            "SELECT detections FROM detections WHERE key = ?", (key,)).fetchone())
         if row is None:
             return None
         try:
@@ -110,14 +101,8 @@ class DetectionCache:
                 for key, file, detector, classes, dets in items]
         if not rows:
             return 0
-        conn = self._conn()
-        try:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO detections VALUES (?, ?, ?, ?, ?, ?)",
-                                 rows)
-        except sqlite3.Error as exc:
-            raise CacheError(f"the detection cache {self.path} cannot be written ({exc}); "
-                             "check free space and permissions") from None
+        self.db.write(lambda c: c.executemany(
+            "INSERT OR REPLACE INTO detections VALUES (?, ?, ?, ?, ?, ?)", rows))
         return len(rows)
 
     def merge(self, source: str | Path) -> int:
@@ -128,36 +113,25 @@ class DetectionCache:
         """
         if not Path(source).is_file():
             raise CacheError(f"there is no detection cache at {source}")
-        conn = self._conn()
+
+        def run(c: sqlite3.Connection) -> int:
+            return int(c.execute("INSERT OR IGNORE INTO detections "
+                                 "SELECT * FROM other.detections").rowcount)
+
         try:
-            conn.execute("ATTACH DATABASE ? AS src", (str(source),))
-            try:
-                with conn:
-                    cur = conn.execute("INSERT OR IGNORE INTO detections "
-                                       "SELECT * FROM src.detections")
-                return int(cur.rowcount)
-            finally:
-                conn.execute("DETACH DATABASE src")
+            return self.db.attach(Path(source), run)
         except sqlite3.Error as exc:
             raise CacheError(f"detections of {source} cannot be merged into {self.path}: "
                              f"{exc}") from None
 
     def clear(self) -> int:
         """Remove every stored detection; returns how many there were."""
-        conn = self._conn()
-        try:
-            with conn:
-                return int(conn.execute("DELETE FROM detections").rowcount)
-        except sqlite3.Error as exc:
-            raise CacheError(f"the detection cache {self.path} cannot be cleared: {exc}"
-                             ) from None
+        return int(self.db.write(lambda c: c.execute("DELETE FROM detections").rowcount))
 
     def __len__(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM detections").fetchone()[0])
+        return int(self.db.retry(lambda: self.db.connection().execute(
+            "SELECT COUNT(*) FROM detections").fetchone()[0]))
 
     def close(self) -> None:
         """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()

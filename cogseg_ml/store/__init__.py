@@ -261,10 +261,8 @@ class SegmentStore:
 
     def _stored_version(self, ref: FileRef) -> str | None:
         prefix = file_identity(self.origin, self.config.project, ref) + "@"
-        row = self.cache.retry(lambda: self.cache.connection().execute(
-            "SELECT file_key FROM images WHERE file_key >= ? AND file_key < ? "
-            "ORDER BY last_access DESC LIMIT 1", (prefix, prefix + "\uffff")).fetchone())
-        return None if row is None else str(row[0])[len(prefix):]
+        key = self.images_store.latest_key(prefix)
+        return None if key is None else key[len(prefix):]
 
     def info(self, ref: FileRef) -> FileInfo:
         """The file's version and name.

@@ -151,5 +151,5 @@ def test_wal_is_checkpointed_after_a_large_write(tmp_path: Path) -> None:
     wal = Path(f"{cache.path}-wal")
     assert not wal.exists() or wal.stat().st_size < 1024**2
     assert cache.stats().entries == 2000 and cache.integrity_check()
-    limit = cache._conn().execute("PRAGMA journal_size_limit").fetchone()[0]
+    limit = cache.db.connection().execute("PRAGMA journal_size_limit").fetchone()[0]
     assert 0 < limit <= 64 * 1024**2

@@ -73,7 +73,7 @@ def test_a_cache_in_a_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 def _limit_pages(cache: MaskCache, extra: int = 0) -> None:
     """Cap this thread's connection at the file's current size: SQLite's own 'disk is full'."""
-    conn = cache._conn()
+    conn = cache.db.connection()
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + extra}")
 
