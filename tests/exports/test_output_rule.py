@@ -1,5 +1,5 @@
-"""The output-folder rule of ``cogseg export`` (shared with review and demo): a folder is
-written whole, an earlier output of the same command (recognised by its manifest,
+"""The output-folder rule of ``cogseg export`` and ``cogseg review`` (shared with demo): a
+folder is written whole, an earlier output of the same command (recognised by its manifest,
 ``cogseg-output.json``) is replaced whole, and nothing cogseg did not write is ever touched:
 such a folder is refused before any work, with one line, its files byte-for-byte unchanged."""
 
@@ -31,15 +31,27 @@ def export(labelset: LabelSet, out: Path | str, capsys: pytest.CaptureFixture[st
     return code, capsys.readouterr().err
 
 
+def run_command(command: str, labelset: LabelSet, out: Path | str,
+                capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``cogseg export`` or ``cogseg review`` (offline, from the cache) into ``out``: both
+    follow the one output-folder rule."""
+    if command == "export":
+        return export(labelset, out, capsys)
+    code = main(["review", str(labelset.labels), "--out", str(out), "--cache",
+                 str(labelset.cache), "--offline", "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["export", "review"])
 @pytest.mark.parametrize("theirs", ["index.html", "coco.json", "report.md"])
 def test_a_folder_with_files_cogseg_did_not_write_is_refused_untouched(
         labelset: LabelSet, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        theirs: str) -> None:
+        theirs: str, command: str) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / theirs).write_text("the user's own file\n")
     before = snapshot(out)
-    code, err = export(labelset, out, capsys)
+    code, err = run_command(command, labelset, out, capsys)
     assert code == 2
     assert theirs in one_line(err)
     assert snapshot(out) == before and siblings(tmp_path) == ["out"]
@@ -104,14 +116,15 @@ def test_an_input_inside_the_output_is_refused(labelset: LabelSet, tmp_path: Pat
     assert snapshot(out) == before
 
 
+@pytest.mark.parametrize("command", ["export", "review"])
 @pytest.mark.parametrize("out", ["", "."])
 def test_an_empty_path_and_the_current_folder_are_refused(
         labelset: LabelSet, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        monkeypatch: pytest.MonkeyPatch, out: str) -> None:
+        monkeypatch: pytest.MonkeyPatch, out: str, command: str) -> None:
     here = tmp_path / "here"
     here.mkdir()
     monkeypatch.chdir(here)
-    code, err = export(labelset, out, capsys)
+    code, err = run_command(command, labelset, out, capsys)
     assert code == 2 and "--out" in one_line(err)
     assert siblings(here) == [] and siblings(tmp_path) == ["here"]
 
