@@ -54,14 +54,23 @@ def is_image_of(image, truth: SyntheticImage) -> bool:
         image.permute(1, 2, 0).numpy(), truth.pixels)
 
 
+def seen_then_replaced(replaced, cache: Path) -> Callable[[], CdfSegmentationDataset]:
+    """The old image read through one dataset, then replaced in CDF; what makes further
+    datasets over the same sample and cache."""
+    emu, old, _, replace = replaced
+
+    def dataset() -> CdfSegmentationDataset:
+        return CdfSegmentationDataset([sample(old)], client=emu.config, cache=cache)
+
+    assert is_image_of(dataset()[0][0], old)
+    replace()
+    return dataset
+
+
 def test_prefetch_of_a_new_dataset_sees_a_file_replaced_seconds_ago(replaced, tmp_path: Path
                                                                      ) -> None:
-    emu, old, new, replace = replaced
-    samples = [sample(old)]
-    first = CdfSegmentationDataset(samples, client=emu.config, cache=tmp_path / "cache")
-    assert is_image_of(first[0][0], old)
-    replace()
-    second = CdfSegmentationDataset(samples, client=emu.config, cache=tmp_path / "cache")
+    emu, _, new, _ = replaced
+    second = seen_then_replaced(replaced, tmp_path / "cache")()
     report = second.prefetch(progress=False)
     assert report.ok and report.images_downloaded == 1
     assert second.get_height_and_width(0) == (200, 100)
@@ -109,19 +118,15 @@ def test_label_sees_a_file_replaced_seconds_ago(replaced, tmp_path: Path) -> Non
 
 def test_implicit_lookups_reuse_versions_until_the_memo_expires(replaced, tmp_path: Path
                                                                  ) -> None:
-    emu, old, new, replace = replaced
-    samples = [sample(old)]
-    first = CdfSegmentationDataset(samples, client=emu.config, cache=tmp_path / "cache")
-    assert is_image_of(first[0][0], old)
+    emu, _, new, _ = replaced
+    dataset = seen_then_replaced(replaced, tmp_path / "cache")
     calls = byids(emu)
-    replace()
     # dataset[i] without prefetch(): a version resolved moments ago in this process is reused
     # (no files/byids call), as documented.
-    second = CdfSegmentationDataset(samples, client=emu.config, cache=tmp_path / "cache")
-    second[0]
+    dataset()[0]
     assert byids(emu) == calls
     # Once VERSION_TTL_S has passed on the store's clock, CDF is asked again.
-    third = CdfSegmentationDataset(samples, client=emu.config, cache=tmp_path / "cache")
+    third = dataset()
     third.store.clock = lambda: time.monotonic() + store_module.VERSION_TTL_S + 1
     image, _ = third[0]
     assert byids(emu) == calls + 1

@@ -93,6 +93,17 @@ def _labels(t: Path, images: list[SyntheticImage], env: Emulator, capsys: Any) -
     return t / "labels.json"
 
 
+def _labels_edited(t: Path, images: list[SyntheticImage], env: Emulator, capsys: Any,
+                   edit: Callable[[dict[str, Any]], None]) -> tuple[Path, dict[str, Any]]:
+    """A labels file cogseg wrote, then changed by ``edit`` (written back by ``json.dumps``,
+    which writes a NaN bare); the file and the changed document."""
+    labels = _labels(t, images, env, capsys)
+    coco = json.loads(labels.read_text())
+    edit(coco)
+    labels.write_text(json.dumps(coco))
+    return labels, coco
+
+
 READERS: dict[str, Callable[[Path, str], list[str]]] = {
     "--prompts JSON Lines": lambda t, doc: ["label", "--prompts", _write(t / "p.jsonl", doc),
                                             "--out", str(t / "o.json")],
@@ -136,11 +147,9 @@ def test_every_reader_refuses_hostile_json_with_one_line(
 def test_a_nan_score_in_a_labels_file_is_refused_naming_the_annotation(
         tmp_path: Path, images: list[SyntheticImage], env: Emulator,
         capsys: pytest.CaptureFixture[str]) -> None:
-    labels = _labels(tmp_path, images, env, capsys)
-    coco = json.loads(labels.read_text())
+    labels, coco = _labels_edited(tmp_path, images, env, capsys,
+                                  lambda c: c["annotations"][1].update(score=float("nan")))
     target = coco["annotations"][1]
-    target["score"] = float("nan")
-    labels.write_text(json.dumps(coco))  # Python writes a bare NaN
     assert "NaN" in labels.read_text()
     for argv in (["export", str(labels), "--to", "labelstudio", "--out", str(tmp_path / "ls")],
                  ["review", str(labels), "--out", str(tmp_path / "rev")]):
@@ -152,11 +161,12 @@ def test_a_nan_score_in_a_labels_file_is_refused_naming_the_annotation(
 def test_a_corrupt_rle_names_the_file_and_the_annotation(
         tmp_path: Path, images: list[SyntheticImage], env: Emulator,
         capsys: pytest.CaptureFixture[str]) -> None:
-    labels = _labels(tmp_path, images, env, capsys)
-    coco = json.loads(labels.read_text())
+    def corrupt(coco: dict[str, Any]) -> None:
+        rle = coco["annotations"][0]["segmentation"]
+        rle["counts"] = rle["counts"][:-3] + "zz9"
+
+    labels, coco = _labels_edited(tmp_path, images, env, capsys, corrupt)
     ann = coco["annotations"][0]
-    ann["segmentation"]["counts"] = ann["segmentation"]["counts"][:-3] + "zz9"
-    labels.write_text(json.dumps(coco))
     with pytest.raises(ValidationError) as exc:
         read_labels(labels)
     assert "labels.json" in str(exc.value) and f"id {ann['id']}" in str(exc.value)
@@ -170,10 +180,8 @@ def test_a_corrupt_rle_names_the_file_and_the_annotation(
 def test_rle_counts_that_do_not_cover_the_image_are_refused(
         counts: Any, tmp_path: Path, images: list[SyntheticImage], env: Emulator,
         capsys: pytest.CaptureFixture[str]) -> None:
-    labels = _labels(tmp_path, images, env, capsys)
-    coco = json.loads(labels.read_text())
-    coco["annotations"][0]["segmentation"]["counts"] = counts
-    labels.write_text(json.dumps(coco))
+    labels, _ = _labels_edited(tmp_path, images, env, capsys, lambda c: c["annotations"][0][
+        "segmentation"].update(counts=counts))
     with pytest.raises(ValidationError, match="RLE"):
         read_labels(labels)
 
