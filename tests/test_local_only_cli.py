@@ -21,7 +21,7 @@ from cogseg_ml.cli import build_parser, emulator_from_args
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
 from cogseg_ml.errors import VISION_RETIREMENT_DATE
-from tests.test_cli_input import cdf_env, label_argv, records, run_main
+from tests.test_cli_input import cdf_env, earlier_labels, label_argv, records, run_main
 
 pytest.importorskip("transformers", reason="the sam2 extra (transformers) is needed")
 
@@ -102,7 +102,7 @@ def test_api_backend_on_a_retired_api_is_exit_3_with_one_line_saying_so(
         retired: Emulator, images: list[SyntheticImage], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "labels.json"
-    out.write_text("previous labels")
+    before = earlier_labels(out)
     argv = label_argv(tmp_path, images) + ["--backend", "api", "--concurrency", "1"]
     code, _, err = run_main(argv, capsys)
     assert code == 3, err
@@ -112,7 +112,7 @@ def test_api_backend_on_a_retired_api_is_exit_3_with_one_line_saying_so(
                      "--backend fallback"):
         assert fragment in said[0], (fragment, err)
     assert "failed x" not in err and "Traceback" not in err  # not one error per item
-    assert out.read_text() == "previous labels"
+    assert out.read_bytes() == before
     assert vision_requests(retired) == [("POST", 404)]
 
 

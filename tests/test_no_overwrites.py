@@ -18,7 +18,13 @@ from cogseg_ml.cli import main
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
 from tests.cache.test_mask_cache import key, result
-from tests.test_cli_input import cdf_env, records, run_process, write_prompts
+from tests.test_cli_input import (
+    cdf_env,
+    earlier_labels,
+    records,
+    run_process,
+    write_prompts,
+)
 
 
 def snapshot(folder: Path, side_files: bool = False) -> dict[str, bytes]:
@@ -165,7 +171,7 @@ def test_an_empty_out_is_refused(tmp_path: Path, images: list[SyntheticImage], e
 def test_a_run_where_every_file_is_unknown_leaves_out_untouched(
         tmp_path: Path, env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "labels.json"
-    out.write_text('{"precious": true}')
+    before = earlier_labels(out)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"file": f"no-such-file-{i}", "box": [0.1, 0.1,
                                                                                    0.5, 0.5]})
@@ -173,7 +179,7 @@ def test_a_run_where_every_file_is_unknown_leaves_out_untouched(
     code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--out", str(out)],
                     capsys)
     assert code == 1, err
-    assert out.read_text() == '{"precious": true}'
+    assert out.read_bytes() == before
     assert "nothing was labelled" in err and "left as it was" in err, err
 
 
@@ -215,11 +221,11 @@ def test_from_annotations_with_no_match_says_which_statuses_exist_and_leaves_out
         capsys: pytest.CaptureFixture[str]) -> None:
     ids = _annotate(env, images, "suggested")
     out = tmp_path / "labels.json"
-    out.write_text("mine")
+    before = earlier_labels(out)
     code, err = run(["label", "--no-progress", "--from-annotations",
                      ",".join(map(str, ids)), "--out", str(out)], capsys)
     assert code == 1, err
-    assert out.read_text() == "mine"
+    assert out.read_bytes() == before
     assert "0 approved" in err and "3 suggested" in err and "--annotation-status" in err, err
     assert "--out was not written" in err
 
@@ -502,3 +508,163 @@ def test_an_empty_report_path_is_refused(tmp_path: Path, images: list[SyntheticI
                      str(tmp_path / "l.json"), "--report", ""], capsys)
     assert code == 2 and "--report is empty" in err, err
     assert not env.requests
+
+
+# --- 5. a single output file is replaced only when cogseg wrote it -------------------------------
+
+def _text(name: str, text: str) -> Callable[[Path], Path]:
+    def make(t: Path) -> Path:
+        (t / name).write_text(text)
+        return t / name
+    return make
+
+
+def _bytes(name: str, data: bytes) -> Callable[[Path], Path]:
+    def make(t: Path) -> Path:
+        (t / name).write_bytes(data)
+        return t / name
+    return make
+
+
+#: Files a user may have at an output path; none of them was written by cogseg.
+USER_FILES: dict[str, Callable[[Path], Path]] = {
+    "a hand-made COCO file": _text("coco.json", json.dumps({
+        "info": {"description": "site A, outlined by hand", "version": "1"},
+        "images": [{"id": 1, "file_name": "a.png", "height": 4, "width": 4}],
+        "annotations": [], "categories": [{"id": 1, "name": "valve"}]})),
+    "a COCO file with no info": _text("plain.json", json.dumps({
+        "images": [], "annotations": [], "categories": []})),
+    "notes.txt": _text("notes.txt", "my notes: labelled with cogseg_ml last week\n"),
+    "cogseg's marker not at the start": _text("moved.json", json.dumps({
+        "images": [], "info": {"description": "cogseg_ml labels"}})),
+    "cogseg's marker past the bytes read": _text(
+        "padded.json", " " * (256 * 1024) + '{"info": {"description": "cogseg_ml labels"}}'),
+    "a binary file": _bytes("photo.png", bytes(range(256)) * 512),
+    "an empty file": _bytes("empty.json", b""),
+}
+
+
+@pytest.mark.parametrize("flag", ["--out", "--report"])
+@pytest.mark.parametrize("kind", list(USER_FILES))
+def test_label_never_replaces_a_file_cogseg_did_not_write(
+        flag: str, kind: str, tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    theirs = USER_FILES[kind](tmp_path)
+    argv = ["label", "--no-progress", "--prompts", str(prompts), "--cache",
+            str(tmp_path / "cache"), "--out", str(tmp_path / "labels.json")]
+    if flag == "--out":
+        argv[-1] = str(theirs)
+    else:
+        argv += ["--report", str(theirs)]
+    before = snapshot(tmp_path, side_files=True)
+    code, err = run(argv, capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"{flag} {theirs} already exists and is not a file cogseg wrote" in err, err
+    assert "choose another path, or move or remove that file" in err, err
+    if kind == "an empty file":
+        assert "empty" in err, err
+    assert snapshot(tmp_path, side_files=True) == before  # theirs as it was, nothing new
+    assert not env.requests  # refused before any request
+
+
+@pytest.mark.parametrize("kind", list(USER_FILES))
+def test_cache_export_never_replaces_a_file_cogseg_did_not_write(
+        kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = _cache_with_entries(tmp_path / "cache")
+    theirs = USER_FILES[kind](tmp_path)
+    before = snapshot(tmp_path, side_files=True)
+    code, err = run(["cache", "export", "--path", str(cache), "--out", str(theirs)], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--out {theirs} already exists and is not a file cogseg wrote" in err, err
+    assert snapshot(tmp_path, side_files=True) == before
+
+
+def test_label_and_cache_export_replace_their_own_earlier_files(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What cogseg wrote is replaced: a re-run's labels and report, a cache export over
+    labels and labels over a cache export."""
+    from cogseg_ml.version import __version__
+
+    out, report, cache = tmp_path / "labels.json", tmp_path / "run.json", tmp_path / "cache"
+
+    def label(n: int) -> None:
+        prompts = write_prompts(tmp_path / f"p{n}.jsonl", images[:n])
+        code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--cache",
+                         str(cache), "--out", str(out), "--report", str(report)], capsys)
+        assert code == 0, err
+        coco = json.loads(out.read_text())
+        assert coco["info"]["description"].startswith("cogseg_ml ")
+        assert len(coco["images"]) == n
+        written = json.loads(report.read_text())
+        assert next(iter(written)) == "written_by"  # the marker opens the report
+        assert written["written_by"] == f"cogseg_ml {__version__}"
+        assert written["instances"] == sum(len(im.objects) for im in images[:n])
+
+    label(1)
+    label(2)  # its own earlier labels and report: replaced
+    code, err = run(["cache", "export", "--path", str(cache), "--out", str(out)], capsys)
+    assert code == 0, err  # labels replaced by an export
+    exported = json.loads(out.read_text())
+    assert exported["info"]["description"] == "cogseg_ml cache export"
+    assert len(exported["annotations"]) == sum(len(im.objects) for im in images[:2])
+    label(1)  # an export replaced by labels
+
+
+def test_cache_export_replaces_its_own_earlier_export(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cache = _cache_with_entries(tmp_path / "cache")
+    out = tmp_path / "all.json"
+    code, err = run(["cache", "export", "--path", str(cache), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert len(json.loads(out.read_text())["annotations"]) == 3
+    more = MaskCache(cache)
+    more.put_many([(key(i), result(i)) for i in range(3, 5)])
+    more.close()
+    code, err = run(["cache", "export", "--path", str(cache), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert len(json.loads(out.read_text())["annotations"]) == 5
+
+
+def test_a_file_put_at_out_during_the_run_is_not_replaced(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out is checked again when the run ends: a file someone saved there while it ran is
+    kept, and the run says so (its masks are cached, so running it again is quick)."""
+    from cogseg_ml.labeler import SegmentationLabeler
+
+    out = tmp_path / "labels.json"
+    real_label = SegmentationLabeler.label
+
+    def label_then_a_user_saves_out(self: SegmentationLabeler, *a: object, **kw: object
+                                    ) -> object:
+        report = real_label(self, *a, **kw)  # type: ignore[arg-type]
+        out.write_text("saved by an editor while the run went on\n")
+        return report
+
+    monkeypatch.setattr(SegmentationLabeler, "label", label_then_a_user_saves_out)
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--cache",
+                     str(tmp_path / "cache"), "--out", str(out)], capsys)
+    assert code == 2, err
+    assert out.read_text() == "saved by an editor while the run went on\n"
+    assert f"--out {out} already exists and is not a file cogseg wrote" in err, err
+    assert "cached" in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob(".labels.json.*"))  # no temporary file left
+
+
+def test_files_cogseg_writes_are_recognised_and_others_are_not(tmp_path: Path) -> None:
+    """The rule itself, on every kind of file the commands write and the users' files."""
+    from cogseg_ml.cli.owned_files import not_ours_because
+    from cogseg_ml.coco_io import CocoWriter
+
+    labels = tmp_path / "labels.json"
+    CocoWriter(labels, [{"id": 1, "name": "valve"}]).close()
+    assert not_ours_because(labels) is None
+    assert not_ours_because(tmp_path / "missing.json") is None  # nothing there to keep
+    for kind, make in USER_FILES.items():
+        assert not_ours_because(make(tmp_path)) is not None, kind
+    assert not_ours_because(tmp_path) == "it is not a regular file"

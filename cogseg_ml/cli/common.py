@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any, Literal
 
 import cogseg_ml.strict_json as strict_json
+from cogseg_ml.cli.owned_files import check_replaceable
 from cogseg_ml.errors import ValidationError
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
@@ -192,7 +193,9 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
     links resolved and hard links recognised. Refused: an output that is an input, is an
     existing file inside an input folder (a model's), lies inside the cache's folders, or is one
     of the cache's files; an output folder that holds an input or the cache; two outputs that
-    are one file. A new file beside an input folder's files is allowed.
+    are one file; an output file that exists and was not written by cogseg (see
+    :mod:`cogseg_ml.cli.owned_files`; output folders have their manifest rule instead). A new
+    file beside an input folder's files is allowed.
 
     Raises:
         ValidationError: one line naming both paths; nothing was written.
@@ -217,16 +220,17 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
                 raise ValidationError(f"{flag} {out} holds {src}, which this run reads "
                                       f"({in_flag}): writing the folder would destroy it; "
                                       "choose another folder (nothing was written)")
-        if cache is False:
-            continue
-        hit = next((f for f in files if _same(out, f)), None) or \
-            next((d for d in cache_folders if _same(out, d) or _inside(out, d)), None)
-        if hit is None and is_folder:
-            hit = next((f for f in files[:1] if _inside(f, out)), None)
-        if hit is not None:
-            raise ValidationError(f"{flag} {out} is part of the mask cache ({hit}): writing "
-                                  "there would damage the cache; choose a path outside it "
-                                  "(nothing was written)")
+        if cache is not False:
+            hit = next((f for f in files if _same(out, f)), None) or \
+                next((d for d in cache_folders if _same(out, d) or _inside(out, d)), None)
+            if hit is None and is_folder:
+                hit = next((f for f in files[:1] if _inside(f, out)), None)
+            if hit is not None:
+                raise ValidationError(f"{flag} {out} is part of the mask cache ({hit}): "
+                                      "writing there would damage the cache; choose a path "
+                                      "outside it (nothing was written)")
+        if not is_folder:
+            check_replaceable(out, flag)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -43,6 +43,7 @@ from cogseg_ml.cli.common import (
     signals_stop_the_run,
     write_atomically,
 )
+from cogseg_ml.cli.owned_files import REPORT_MARKER, check_replaceable, written_by
 from cogseg_ml.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -77,6 +78,19 @@ def _stopped(summary: str | None, name: str) -> int:
     else:
         say(f"stopped by {name}: {RESUME_HINT}")
     return EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+
+
+#: What became of a run refused at its end: its masks are in the cache.
+_CACHED = "nothing was written; the masks are cached, so running again with another path is quick"
+
+
+def _report_json(report: LabelingReport, detection: Any = None) -> str:
+    """``--report``'s text: cogseg's marker first (so a later run may replace the file), then
+    the run's report and, for a run from class names, its detection counts."""
+    details = {REPORT_MARKER: written_by(), **report.as_dict()}
+    if detection is not None:
+        details["detection"] = detection.as_dict()
+    return json.dumps(details, indent=2)
 
 
 def _failure_kinds(report: LabelingReport) -> set[str]:
@@ -232,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     labeler: SegmentationLabeler | None = None
     samples: Any = None
+    text_samples: Any = None  # a run from class names: the detector's samples
     with signals_stop_the_run() as received:
         try:
             if prompts is not None:
@@ -269,6 +284,9 @@ def run(args: argparse.Namespace) -> int:
                 say(f"nothing was labelled: {out} was not written"
                     f"{' (left as it was)' if out.exists() else ''}")
                 return EXIT_PARTIAL
+            for flag, path in (("--out", out), ("--report", report_path)):
+                if path is not None:  # saved there by someone while the run went on?
+                    check_replaceable(path, flag, note=_CACHED)
             if text is not None:  # atomic: all or nothing; the detector named per label
                 labeler.to_coco(out, segmentation=args.segmentation, samples=samples)
             else:
@@ -287,11 +305,8 @@ def run(args: argparse.Namespace) -> int:
                 labeler.report.interrupted = name
                 summary = labeler.report.summary()
             return _stopped(summary, name)
-    details = report.as_dict()
-    if text is not None:
-        details["detection"] = text_samples.as_dict()
     if report_path is not None:
-        write_atomically(report_path, json.dumps(details, indent=2))
+        write_atomically(report_path, _report_json(report, text_samples))
     print(report.summary(), file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     if retired is not None:  # some items failed on it, others were labelled (e.g. cached)
