@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.cogseg-installed
 
-.PHONY: demo test lint docs bench soak clean test-browser notebook
+.PHONY: demo test lint docs bench bench-gpu soak clean test-browser notebook test-labelstudio
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ test-browser: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[browser]"
 	COGSEG_REVIEW_SCREENSHOTS=build/review $(BIN)/python -m pytest -m browser tests/browser
 
+# The Label Studio export against a real Label Studio server on loopback (SQLite in a temporary
+# folder); not part of `make test`. Label Studio and its Django pins get a virtual environment
+# of their own, LS_VENV, kept between runs.
+LS_VENV ?= build/labelstudio-venv
+LS_SPEC ?= label-studio==1.23.*
+test-labelstudio: $(STAMP)
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --disable-pip-version-check "$(LS_SPEC)"
+	COGSEG_LABELSTUDIO_VENV=$(LS_VENV) $(BIN)/python -m pytest -m labelstudio tests/labelstudio
+
 # Execute the benchmarking notebook and commit it with its outputs (tables and plots).
 notebook: $(STAMP)
 	$(BIN)/python -m notebooks.make_notebook --execute
@@ -52,6 +62,12 @@ notebook: $(STAMP)
 # Every benchmark, then the tables of docs/benchmarks.md and README.md from the result files.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks table
+
+# Every GPU figure (local SAM 2.1 labelling, batched text detection, CUDA mask decode, a
+# local-model Ray actor) in at most 8 minutes on one GPU; without one it says so and exits 0.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu
 	$(BIN)/python -m benchmarks table
 
 soak: $(STAMP)

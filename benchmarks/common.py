@@ -73,9 +73,11 @@ class Report:
     def add(self, *figs: Figure) -> None:
         self.figures.extend(figs)
 
-    def write(self) -> Path:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{self.benchmark}.json"
+    def write(self, path: Path | None = None) -> Path:
+        """Write the result file (default ``benchmarks/results/<benchmark>.json``)."""
+        if path is None:
+            RESULTS.mkdir(exist_ok=True)
+            path = RESULTS / f"{self.benchmark}.json"
         data = {"benchmark": self.benchmark, "machine": machine(), "params": self.params,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "figures": [{**asdict(f), "ratio": f.ratio} for f in self.figures]}

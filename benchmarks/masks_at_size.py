@@ -178,19 +178,27 @@ def run(repeats: int = 3) -> Report:
                    higher_is_better=False))
 
     if torch.cuda.is_available():
-        dev = torch.device("cuda")
-        decode_rle_batch(rles, H, W, device=dev)
-        torch.cuda.synchronize()
-
-        def on_cuda() -> None:
-            full_compact.to_dense(dev)
-            torch.cuda.synchronize()
-
-        t = _best({"cuda": on_cuda, "cpu": lambda: full_compact.to_dense()}, repeats)
-        rep.add(Figure(f"CompactMasks.to_dense, {N} at {W}x{H}, CUDA", t["cuda"] * 1e3, "ms",
-                       "the same on the CPU", t["cpu"] * 1e3, higher_is_better=False,
-                       notes=torch.cuda.get_device_name(0)))
+        rep.add(*device_decode_figures(torch.device("cuda"), repeats))
     return rep
+
+
+def device_decode_figures(dev: torch.device, repeats: int = 3) -> list[Figure]:
+    """The batch decoder at full resolution on ``dev`` (CUDA) beside the same on the CPU."""
+    rles = blob_rles(N, H, W)
+    full_compact = CompactMasks.from_rles(rles, H, W)
+    decode_rle_batch(rles, H, W, device=dev)  # warm-up (kernels, allocator)
+    _sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    _sync()
+
+    def on_device() -> None:
+        full_compact.to_dense(dev)
+        _sync()
+
+    t = _best({"device": on_device, "cpu": lambda: full_compact.to_dense()}, repeats)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    return [Figure(f"CompactMasks.to_dense, {N} at {W}x{H}, {dev.type.upper()}",
+                   t["device"] * 1e3, "ms", "the same on the CPU", t["cpu"] * 1e3,
+                   higher_is_better=False, notes=where)]
 
 
 def main(argv: list[str] | None = None) -> Report:
