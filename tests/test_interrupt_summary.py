@@ -1,4 +1,5 @@
-"""The summary of a labelling run stopped by SIGINT counts what was finished and stored.
+"""The summary of a labelling run stopped by SIGINT counts what was finished and stored, and
+so does the command line's ``--report``.
 
 Ctrl-C arrives after ``n`` answers (the API backend over real HTTP, a real SQLite cache file):
 the summary the CLI prints must say how many prompts are finished and stored (answers of this
@@ -7,17 +8,25 @@ run plus results already cached), how many failed, and how to resume, never "0 l
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cogseg_ml.backends.api_backend import ApiBackend
 from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.cli import main
 from cogseg_ml.errors import RunInterrupted
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.test_cli_input import cdf_env, write_prompts
 from tests.test_crash_safety import InterruptAfter
 
 
@@ -82,3 +91,44 @@ def test_sigint_summary_counts_cached_results_and_failures(shared_emulator, imag
     assert re.search(r"\b25 finished \(15 from cache, 10 jobs run\), 2 failed\b", summary)
     assert "NotFoundError" in summary  # why the two failed
     assert "25 finished and stored" in str(info.value)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_cli_run_still_writes_its_report(sig: signal.Signals, env, images,
+                                                  tmp_path: Path) -> None:
+    """``cogseg label --report`` stopped by a signal: the report says what was finished and
+    stored (the cached image's masks), that the run was stopped and by what; ``--out`` is not
+    written."""
+    cache, report, out = tmp_path / "cache", tmp_path / "run.json", tmp_path / "labels.json"
+    first = write_prompts(tmp_path / "first.jsonl", images[:1])
+    assert main(["label", "--no-progress", "--prompts", str(first), "--cache", str(cache),
+                 "--out", str(tmp_path / "first.json")]) == 0
+    cached = len(images[0].objects)
+    env.jobs.end_limit = 0  # from now on no job ends: the run is stopped mid-way
+    jobs = len(env.jobs.jobs)
+    both = write_prompts(tmp_path / "both.jsonl", images[:2])
+    proc = subprocess.Popen([sys.executable, "-m", "cogseg_ml.cli", "label", "--no-progress",
+                             "--prompts", str(both), "--cache", str(cache), "--out", str(out),
+                             "--report", str(report)],
+                            env={**os.environ, **cdf_env(env)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while len(env.jobs.jobs) == jobs:  # until the second image's first job is in flight
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no job was created"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + sig, err
+    assert not out.exists()
+    written = json.loads(report.read_text())
+    assert written["written_by"].startswith("cogseg_ml ")
+    assert written["interrupted"] == sig.name
+    assert written["stored"] == written["from_cache"] == cached
+    assert written["instances"] == sum(len(im.objects) for im in images[:2])
+    assert f"{cached} finished and stored" in err, err

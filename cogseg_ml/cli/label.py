@@ -93,6 +93,19 @@ def _report_json(report: LabelingReport, detection: Any = None) -> str:
     return json.dumps(details, indent=2)
 
 
+def _report_when_stopped(path: Any, report: LabelingReport, detection: Any) -> None:
+    """``--report`` of a stopped run: what was finished and stored, written like any report
+    (atomically, never over a file cogseg did not write); a failure is one line, not a
+    different exit code."""
+    try:
+        check_replaceable(path, "--report", note="the report was not written")
+        write_atomically(path, _report_json(report, detection))
+    except ValidationError as exc:
+        say(str(exc))
+    except OSError as exc:
+        say(f"--report {path} was not written ({exc.strerror or exc})")
+
+
 def _failure_kinds(report: LabelingReport) -> set[str]:
     return {reason.split(":", 1)[0] for reason in report.failure_reasons}
 
@@ -296,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"write-back: {wb.created} created, {wb.already_present} already "
                       f"present, {wb.skipped} skipped", file=sys.stderr)
         except RunInterrupted as exc:
+            if labeler is not None and report_path is not None:
+                _report_when_stopped(report_path, labeler.report, text_samples)
             return _stopped(exc.summary, received[0] if received else exc.signal_name)
         except KeyboardInterrupt as exc:
             name = received[0] if received else (str(exc.args[0]) if exc.args else "SIGINT")
@@ -304,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
                 labeler.report.seconds = time.perf_counter() - t0
                 labeler.report.interrupted = name
                 summary = labeler.report.summary()
+                if report_path is not None:
+                    _report_when_stopped(report_path, labeler.report, text_samples)
             return _stopped(summary, name)
     if report_path is not None:
         write_atomically(report_path, _report_json(report, text_samples))
