@@ -373,6 +373,28 @@ def test_merge_reports_entries_and_images(tmp_path: Path,
     assert store.get("file-10") == bytes([1]) * 100 and store.get("file-11") == bytes([2]) * 101
 
 
+MERGE_ORDERS = {
+    "--path after the sources": lambda t: ["cache", "merge", str(t / "b"), str(t / "c"),
+                                           "--path", str(t / "a")],
+    "--path before the sources": lambda t: ["cache", "merge", "--path", str(t / "a"),
+                                            str(t / "b"), str(t / "c")],
+    "--path between the sources": lambda t: ["cache", "merge", str(t / "b"), "--path",
+                                             str(t / "a"), str(t / "c")],
+}
+
+
+@pytest.mark.parametrize("order", list(MERGE_ORDERS))
+def test_merge_takes_path_before_between_or_after_the_sources(
+        order: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _filled(tmp_path / "a", 2).close()
+    _filled(tmp_path / "b", 3, offset=10).close()
+    _filled(tmp_path / "c", 4, offset=20).close()
+    code, out, err = run_main(MERGE_ORDERS[order](tmp_path), capsys)
+    assert code == 0, err
+    assert "merged 7 new entries" in out, out
+    assert MaskCache(tmp_path / "a").stats().entries == 2 + 3 + 4
+
+
 def test_clear_keeps_images_unless_asked(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     _filled(tmp_path / "a", 4, images=3).close()

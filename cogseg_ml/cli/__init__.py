@@ -24,8 +24,8 @@ import argparse
 import errno
 import logging
 import re
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
 
 from cogseg_ml.cli import cache, demo, emulator, export, label, review
 from cogseg_ml.cli.common import (
@@ -60,7 +60,28 @@ def plain(text: str) -> str:
 
 class _OneLineParser(argparse.ArgumentParser):
     """Usage errors as one ``cogseg: ...`` line (exit 2), like every other refusal, instead
-    of argparse's usage block; ``--help`` still prints the whole usage."""
+    of argparse's usage block; ``--help`` still prints the whole usage.
+
+    ``intermixed=True`` (a subcommand passes it to ``add_parser``): options may come before,
+    between or after the positional arguments, e.g. ``cogseg cache merge --path C A B`` as
+    well as ``cogseg cache merge A B --path C`` (argparse alone takes every positional at its
+    first run of them, so a list after an option would be refused)."""
+
+    def __init__(self, *args: Any, intermixed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._intermixed = intermixed
+        self._in_pass = False
+
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        if not self._intermixed or self._in_pass:
+            return super().parse_known_args(args, namespace)
+        self._in_pass = True  # the intermixed parse calls this method for each of its passes
+        try:
+            return self.parse_known_intermixed_args(None if args is None else list(args),
+                                                    namespace)
+        finally:
+            self._in_pass = False
 
     def error(self, message: str) -> NoReturn:
         say(f"{self.prog}: {message} (see {self.prog} --help)")

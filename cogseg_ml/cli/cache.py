@@ -116,7 +116,7 @@ def _check_merge_inputs(path: str | None, sources: list[str]) -> None:
 
 def register(sub: Any) -> None:
     """Add ``cache`` to the subcommands ``sub``."""
-    c = sub.add_parser("cache", help="inspect and maintain the mask cache",
+    c = sub.add_parser("cache", intermixed=True, help="inspect and maintain the mask cache",
                        description="stats: counts and sizes; ls: list entries; export: COCO "
                                    "file of every entry's best mask; clear: remove entries "
                                    "and text detections (--images: the stored images too); "
