@@ -373,6 +373,26 @@ def test_merge_reports_entries_and_images(tmp_path: Path,
     assert store.get("file-10") == bytes([1]) * 100 and store.get("file-11") == bytes([2]) * 101
 
 
+@pytest.mark.parametrize("action", ["stats", "ls", "export", "clear", "vacuum", "merge"])
+def test_a_cache_path_naming_another_file_is_one_clear_line_and_changes_nothing(
+        action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--path labels.json``: a cache is a folder or a SQLite file, so the line says that
+    instead of looking for ``labels.json/masks.sqlite``."""
+    notes = tmp_path / "labels.json"
+    notes.write_text('{"images": [], "annotations": [], "categories": []}')
+    _filled(tmp_path / "src", 2).close()
+    extra = {"export": ["--out", str(tmp_path / "x.json")],
+             "merge": [str(tmp_path / "src")]}.get(action, [])
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, out, err = run_main(["cache", action, "--path", str(notes), *extra], capsys)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--path {notes} is a file, not a mask cache" in err, err
+    assert "labels.json/masks.sqlite" not in err and "Error" not in err, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+    assert not (tmp_path / "x.json").exists()
+
+
 MERGE_ORDERS = {
     "--path after the sources": lambda t: ["cache", "merge", str(t / "b"), str(t / "c"),
                                            "--path", str(t / "a")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from cogseg_ml.cli.common import EXIT_OK, count, guard_outputs, output_file
@@ -18,6 +19,11 @@ def run(args: argparse.Namespace) -> int:
     from cogseg_ml.coco_io import export_cache
     from cogseg_ml.detect.detection_cache import DetectionCache, detections_file
 
+    if args.path is not None and cache_file(args.path) != Path(args.path) and \
+            os.path.exists(args.path) and not os.path.isdir(args.path):
+        raise ValidationError(f"--path {args.path} is a file, not a mask cache (a cache is a "
+                              "folder holding masks.sqlite, or a .sqlite, .sqlite3 or .db "
+                              "file); check the path (nothing was read or changed)")
     if args.action == "merge":
         if not args.sources:
             raise ValidationError("cogseg cache merge needs one or more source caches")
