@@ -134,7 +134,8 @@ def register(sub: Any) -> None:
     c.add_argument("sources", nargs="*", help="for merge: cache files or folders to copy from")
     c.add_argument("--path", default=None,
                    help="cache file or folder (default: the user cache directory)")
-    c.add_argument("--out", help="for export: the COCO JSON file to write")
+    c.add_argument("--out", help="for export: the COCO JSON file to write (an existing file "
+                                 "is replaced only when cogseg wrote it)")
     c.add_argument("--limit", type=count, default=50,
                    help="for ls: at most this many rows (0: all)")
     c.add_argument("--images", action="store_true",

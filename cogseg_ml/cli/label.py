@@ -419,7 +419,9 @@ def register(sub: Any) -> None:
     lab.add_argument("--device", type=device, default="auto",
                      help="where the local model runs: auto (CUDA when available), cpu, cuda, "
                           "cuda:N")
-    lab.add_argument("--out", required=True, help="the COCO JSON file to write")
+    lab.add_argument("--out", required=True,
+                     help="the COCO JSON file to write (an existing file is replaced only when "
+                          "cogseg wrote it)")
     lab.add_argument("--segmentation", choices=["rle", "polygon"], default="rle")
     lab.add_argument("--concurrency", type=positive, default=32, help="jobs in flight")
     lab.add_argument("--job-timeout", type=seconds, default=None, metavar="SECONDS",
@@ -438,6 +440,8 @@ def register(sub: Any) -> None:
     lab.add_argument("--write-back", action="store_true",
                      help="also create 'suggested' ObjectDetection polygon annotations in CDF")
     lab.add_argument("--creating-app", default="cogseg-ml")
-    lab.add_argument("--report", help="also write the run's report as JSON here")
+    lab.add_argument("--report", help="also write the run's report as JSON here (also when "
+                                      "stopped; an existing file is replaced only when cogseg "
+                                      "wrote it)")
     lab.add_argument("--no-progress", action="store_true")
     lab.set_defaults(func=run)
