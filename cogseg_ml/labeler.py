@@ -218,6 +218,19 @@ class SegmentationLabeler:
         return (f"SegmentationLabeler(project={self.config.project!r}, keep={self.keep!r}, "
                 f"min_score={self.min_score}, min_area={self.min_area}, shard={self.shard})")
 
+    def close(self) -> None:
+        """Release what the labeller opened: the download threads, its session, and this
+        thread's connection to the cache (its pending LRU touches written first). The labeller
+        can still be used afterwards: they open again on first use."""
+        self.store.close()
+        self.cache.close()
+
+    def __enter__(self) -> SegmentationLabeler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- labeling ----------------------------------------------------------------------------
     def _file_key(self, sample: Sample) -> str:
         """The file's identity (cluster, project, reference): what shards are drawn from."""

@@ -143,6 +143,7 @@ class CacheDatabase:
             self._touch_lock = threading.Lock()
             self._touches: dict[str, dict[str, float]] = {t: {} for t in self._touch_sql}
             self._last_flush = time.monotonic()
+            self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
             self._pid = os.getpid()
 
     def connection(self) -> sqlite3.Connection:
@@ -153,6 +154,8 @@ class CacheDatabase:
         if conn is None:
             conn = self.retry(self._open)
             self._local.conn = conn
+            with self._touch_lock:
+                self._opened.append((threading.current_thread(), conn))
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -191,9 +194,13 @@ class CacheDatabase:
         return conn
 
     def close(self) -> None:
-        """Write this process's pending touches, then close this thread's connection.
+        """Write this process's pending touches, then close this thread's connection and those
+        of threads that have ended (e.g. a finished download pool's).
 
-        Other threads' connections close when their threads end. Touches that cannot be
+        A running thread's connection stays open (it may be in use); it is closed by a later
+        ``close`` once that thread has ended. Closing matters: CPython frees a SQLite
+        connection only in a garbage collection (its statement cache refers back to it), and
+        an open one keeps the ``-wal`` file and its pages until then. Touches that cannot be
         written within ``busy_timeout_s`` are dropped with a warning (they only order LRU).
         """
         self._check_fork()
@@ -202,10 +209,13 @@ class CacheDatabase:
                 self.write(lambda c: None)
             except (CacheError, sqlite3.Error) as exc:
                 _log.warning("dropped pending LRU touches for %s: %s", self.path, exc)
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        me = threading.current_thread()
+        with self._touch_lock:
+            done = [(t, c) for t, c in self._opened if t is me or not t.is_alive()]
+            self._opened = [(t, c) for t, c in self._opened if t is not me and t.is_alive()]
+        for _, conn in done:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None
 
     # --- one deadline per operation ----------------------------------------------------------
     def _time_left_s(self) -> float:

@@ -322,6 +322,9 @@ def run(args: argparse.Namespace) -> int:
                 if report_path is not None:
                     _report_when_stopped(report_path, labeler.report, text_samples)
             return _stopped(summary, name)
+        finally:  # nothing of the run stays open once the command returns (its cache above all)
+            if labeler is not None:
+                labeler.close()
     if report_path is not None:
         write_atomically(report_path, _report_json(report, text_samples))
     print(report.summary(), file=sys.stderr)
