@@ -58,15 +58,26 @@ FLOOR_1 = ("cogseg_ml.errors", "cogseg_ml.version", "cogseg_ml.progress",
            "cogseg_ml.strict_json")
 FLOOR_2 = FLOOR_1 + ("cogseg_ml.prompts", "cogseg_ml.config", "cogseg_ml.mask_codec")
 #: Each product, as the modules that make it.
-PRODUCT_GROUPS = (("cogseg_ml.dataset",), ("cogseg_ml.labeler",), ("cogseg_ml.ray",))
+PRODUCT_GROUPS = (("cogseg_ml.dataset",), ("cogseg_ml.labeler",), ("cogseg_ml.ray",),
+                  ("cogseg_ml.service",))
 PRODUCTS = tuple(m for group in PRODUCT_GROUPS for m in group)
 
 RULES = {
     "the first floor imports only itself": (FLOOR_1, FLOOR_1),
     "pure values import only the floors below": (FLOOR_2, FLOOR_2),
-    "the emulator shares only the wire schema, value types, codec and local model":
+    "the emulator shares only the wire schema, value types, codec, local model and the "
+    "segment service's routes rules":
         (("cogseg_ml.emulator",), FLOOR_2 + ("cogseg_ml.emulator", "cogseg_ml.api.wire_schema",
-                                             "cogseg_ml.backends.local_sam")),
+                                             "cogseg_ml.backends.local_sam",
+                                             "cogseg_ml.service.problems",
+                                             "cogseg_ml.service.segment_wire")),
+    "the service's shared parts import only the wire schema and the floors below":
+        (("cogseg_ml.service.problems", "cogseg_ml.service.segment_wire"),
+         FLOOR_2 + ("cogseg_ml.api.wire_schema", "cogseg_ml.service.problems")),
+    "the service stands on the floors below the products":
+        (("cogseg_ml.service",), FLOOR_2 + ("cogseg_ml.api", "cogseg_ml.cache", "cogseg_ml.store",
+                                            "cogseg_ml.backends", "cogseg_ml.image_decode",
+                                            "cogseg_ml.service")),
 }
 
 

@@ -3,7 +3,8 @@
 Subcommands: ``label`` (prompts or class names in, a COCO file out), ``export`` (a labels
 file to COCO, YOLO or Label Studio, optionally filtered by review decisions), ``review`` (a
 static review page for a labels file), ``emulator`` (serve the local CDF emulator), ``demo``
-(README's main job), ``cache`` (inspect and maintain the mask cache).
+(README's main job), ``cache`` (inspect and maintain the mask cache), ``serve`` (CDF's
+segment API on a local model, for a team).
 
 Exit codes: 0 all done; 1 the work ran but some items failed (summarized); 2 bad usage or
 input, a path that cannot be used, a cache that cannot be written (full disk, read-only), a
@@ -27,7 +28,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
-from cogseg_ml.cli import cache, demo, emulator, export, label, review
+from cogseg_ml.cli import cache, demo, emulator, export, label, review, serve
 from cogseg_ml.cli.common import (
     AUTH_HINT,
     EXIT_AUTH,
@@ -46,7 +47,7 @@ from cogseg_ml.errors import ValidationError
 __all__ = ["build_parser", "emulator_from_args", "main", "plain"]
 
 # One module per subcommand, each with ``register(subparsers)``; the order is --help's order.
-COMMANDS = (emulator, label, cache, export, review, demo)
+COMMANDS = (emulator, label, cache, export, review, demo, serve)
 
 
 _ROLE = re.compile(r":[a-z]+:`~?(?:[\w.]*\.)?([^`]+)`")

@@ -64,16 +64,14 @@ import asyncio
 import base64
 import hashlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -109,28 +107,17 @@ from cogseg_ml.emulator.state import (
 )
 from cogseg_ml.errors import ValidationError
 from cogseg_ml.prompts import Box, Point
+from cogseg_ml.service.problems import ApiProblem, error_response, parse_body
+from cogseg_ml.service.segment_wire import (
+    check_beta,
+    check_segmentable,
+    job_id_from_path,
+    unknown_job,
+)
 
 __all__ = ["ApiProblem", "Availability", "ConnectionDropped", "build_app"]
 
-BETA_VERSION = re.compile(r"^(beta|\d{8}-beta)$")
-ALLOWED_EXTENSIONS = (".jpeg", ".jpg", ".png")
-ALLOWED_MIME = ("image/png", "image/jpeg")
-ModelT = TypeVar("ModelT", bound=BaseModel)
 UNKNOWN_ROUTE = "Not Found"  # the message of a 404 for a route the emulator does not serve
-
-
-class ApiProblem(Exception):
-    """Raised by handlers; rendered as CDF's error body by one handler."""
-
-    def __init__(self, status: int, message: str, *, missing: list[dict[str, Any]] | None = None,
-                 duplicated: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.missing = missing
-        self.duplicated = duplicated
-        self.headers = headers or {}
 
 
 @dataclass
@@ -146,29 +133,6 @@ class Availability:
 
 class ConnectionDropped(Exception):
     """Raised after a response has started, so the server closes the connection mid-response."""
-
-
-def error_response(problem: ApiProblem) -> JSONResponse:
-    """CDF's error body: ``{"error": {"code", "message", "missing"?, "duplicated"?}}``."""
-    err: dict[str, Any] = {"code": problem.status, "message": problem.message}
-    if problem.missing:
-        err["missing"] = problem.missing
-    if problem.duplicated:
-        err["duplicated"] = problem.duplicated
-    return JSONResponse({"error": err}, status_code=problem.status, headers=problem.headers)
-
-
-async def parse_body(request: Request, model: type[ModelT]) -> ModelT:
-    """Validate a JSON body against a wire model; 400 naming the bad fields otherwise."""
-    body = await request.body()
-    try:
-        return model.model_validate_json(body)
-    except PydanticValidationError as exc:
-        parts = []
-        for e in exc.errors()[:5]:
-            loc = ".".join(str(p) for p in e["loc"]) or "body"
-            parts.append(f"{loc}: {e['msg']}")
-        raise ApiProblem(400, "Invalid request body: " + "; ".join(parts)) from None
 
 
 def _cursor_for(request: BaseModel, offset: int) -> str:
@@ -230,10 +194,7 @@ class Handlers:
         if project != self.state.project:
             raise ApiProblem(403, f"Project {project!r} is not accessible with this token")
         if beta:
-            version = request.headers.get("cdf-version", "")
-            if not BETA_VERSION.match(version):
-                raise ApiProblem(400, "The vision segment API is in beta: send the header "
-                                      "'cdf-version: beta'")
+            check_beta(request.headers.get("cdf-version", ""))
 
     def _resolve_all(self, idents: list[FileIdentifier], *, ignore_unknown: bool = False
                      ) -> list[Any]:
@@ -363,11 +324,7 @@ class Handlers:
         ident = FileIdentifier(id=item.file_id, external_id=item.file_external_id,
                                instance_id=item.file_instance_id)
         ((_, rec),) = self._resolve_all([ident])
-        name = rec.name.lower()
-        if not name.endswith(ALLOWED_EXTENSIONS) or rec.mime_type not in ALLOWED_MIME:
-            raise ApiProblem(400, f"File {rec.id} ({rec.name!r}, mimeType {rec.mime_type!r}) "
-                                  "cannot be segmented: the extension must be .jpeg, .jpg or "
-                                  ".png and the mimeType image/png or image/jpeg")
+        check_segmentable(rec.id, rec.name, rec.mime_type)
         points = tuple(Point(p.x, p.y, p.label) for p in body.points)
         b = body.bounding_box
         box = Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None
@@ -383,12 +340,10 @@ class Handlers:
         """``GET /context/vision/segment/{jobId}``."""
         self.route_exists()
         self.authorize(request, beta=True)
-        raw = request.path_params["job_id"]
-        if not raw.isdigit():
-            raise ApiProblem(400, f"jobId must be an integer, got {raw!r}")
-        job = self.jobs.jobs.get(int(raw))
+        job_id = job_id_from_path(request.path_params["job_id"])
+        job = self.jobs.jobs.get(job_id)
         if job is None:
-            raise ApiProblem(400, f"Job {raw} not found", missing=[{"jobId": int(raw)}])
+            raise unknown_job(job_id)
         return Response(job.retrieve_body(), media_type="application/json")
 
     async def annotations_list(self, request: Request) -> Response:

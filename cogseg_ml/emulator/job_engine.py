@@ -16,23 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cogseg_ml.api.wire_schema import (
-    FailedItemGroup,
-    JobStatus,
-    SegmentBoundingBox,
-    SegmentFileRef,
-    SegmentJob,
-    SegmentJobItem,
-    SegmentPoint,
-    SegmentPolygon,
-    SegmentPrompt,
-    SegmentResult,
-    SegmentVertex,
-)
+from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob, SegmentResult
 from cogseg_ml.emulator.segmentation_engines import SegmentationEngine
 from cogseg_ml.emulator.state import FileRecord, now_ms
-from cogseg_ml.mask_codec import mask_to_polygons
 from cogseg_ml.prompts import Box, Point
+from cogseg_ml.service.segment_wire import job_view, mask_segment
 
 __all__ = ["JobEngine", "JobRecord"]
 
@@ -76,28 +64,11 @@ class JobRecord:
 
     def to_wire(self, *, created: bool) -> SegmentJob:
         """The POST (``created=True``, prompt at top level) or GET view of the job."""
-        pts = [SegmentPoint(x=p.x, y=p.y, label=p.label) for p in self.points]  # type: ignore[arg-type]
-        box = (SegmentBoundingBox(x_min=self.box.x_min, y_min=self.box.y_min,
-                                  x_max=self.box.x_max, y_max=self.box.y_max)
-               if self.box else None)
-        ref = self.item_ref()
-        if created:
-            items = [SegmentJobItem(file_id=ref.file_id, file_external_id=ref.file_external_id)]
-            return SegmentJob(status=self.status, job_id=self.job_id,
-                              created_time=self.created_time, start_time=self.start_time,
-                              status_time=self.status_time, items=items, points=pts,
-                              bounding_box=box)
-        items = []
-        failed = None
-        if self.status is JobStatus.COMPLETED:
-            items = [SegmentJobItem(file_id=ref.file_id, file_external_id=ref.file_external_id,
-                                    segments=self.segments)]
-        if self.failed_item_message is not None:
-            failed = [FailedItemGroup(error_message=self.failed_item_message, items=[ref])]
-        return SegmentJob(status=self.status, job_id=self.job_id, created_time=self.created_time,
-                          start_time=self.start_time, status_time=self.status_time, items=items,
-                          prompt=SegmentPrompt(points=pts, bounding_box=box),
-                          error_message=self.error_message, failed_items=failed)
+        return job_view(job_id=self.job_id, status=self.status, created_time=self.created_time,
+                        start_time=self.start_time, status_time=self.status_time,
+                        ref=self.item_ref(), points=self.points, box=self.box,
+                        segments=self.segments, error_message=self.error_message,
+                        failed_item_message=self.failed_item_message, created=created)
 
 
 def _key(rec: JobRecord) -> tuple[object, ...]:
@@ -221,14 +192,9 @@ class JobEngine:
                 self._results.move_to_end(key)
                 return cached
         pixels = rec.file.pixels()
-        h, w = pixels.shape[:2]
-        out: list[SegmentResult] = []
-        for seg in self.engine.segment(pixels, rec.points, rec.box):
-            polys = [
-                SegmentPolygon(vertices=[SegmentVertex(x=x / w, y=y / h) for x, y in poly])
-                for poly in mask_to_polygons(seg.mask, outline="filled")
-            ]
-            out.append(SegmentResult(score=round(float(seg.score), 4), polygons=polys))
+        # CDF's polygons cannot carry holes: the emulator answers with each part's outline.
+        out = [mask_segment(seg.mask, seg.score, outline="filled")
+               for seg in self.engine.segment(pixels, rec.points, rec.box)]
         out.sort(key=lambda s: -s.score)
         with self._results_lock:
             self._results[key] = out

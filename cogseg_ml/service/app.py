@@ -1,0 +1,322 @@
+"""The segment service's ASGI app: CDF's segment routes on a local model.
+
+Routes (paths under ``/api/v1/projects/{project}`` unless absolute):
+
+=======  ==================================  ===========================================
+POST     ``/context/vision/segment``         start a job [ref 1.2]
+GET      ``/context/vision/segment/{jobId}`` status and result [ref 1.3]
+any      any other project path              passed through to CDF with the caller's token
+GET      ``/healthz``                        the process answers
+GET      ``/readyz``                         the model is loaded and CDF reachable (else 503)
+GET      ``/metrics``                        Prometheus text format
+=======  ==================================  ===========================================
+
+Where CDF's behaviour is not documented the service makes a choice and says so here:
+
+* a token CDF refuses gets CDF's own answer (the reference does not say what the segment route
+  answers; ``files/byids`` answers 401) and no job is created;
+* a file that does not exist is a 400 with ``error.missing`` as CDF's ``files/byids`` gives it;
+* an unknown ``jobId`` (or one of another project) is a 400 with ``missing: [{"jobId": N}]``,
+  as the emulator answers;
+* reading a job needs a token that can read the job's file (``files/byids`` with that token);
+  CDF's answer is remembered for ``access_ttl_s`` by a SHA-256 of the token, never the token;
+* other project routes (``files/byids``, ``files/downloadlink``, ``files/list``, annotations,
+  instances) are forwarded to CDF unchanged, so a client pointed at the service (cogseg's
+  labeller and dataset) reads its files as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from cogseg_ml.api.wire_schema import FileIdentifier, SegmentJobCreateRequest
+from cogseg_ml.backends.local_sam import LocalSamBackend
+from cogseg_ml.cache.cache_keys import file_key, origin_of
+from cogseg_ml.cache.image_store import ImageStore
+from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.errors import CogsegError
+from cogseg_ml.image_decode import image_size
+from cogseg_ml.prompts import Box, FileRef, Point, Prompt
+from cogseg_ml.service.cdf_files import FORWARDED_HEADERS, CdfFiles
+from cogseg_ml.service.guards import BodyLimit, RateLimit, bearer_token, token_hash
+from cogseg_ml.service.job_store import JobStore
+from cogseg_ml.service.model_worker import ModelWorker
+from cogseg_ml.service.problems import ApiProblem, error_response, parse_body
+from cogseg_ml.service.segment_wire import (
+    check_beta,
+    check_segmentable,
+    job_id_from_path,
+    unknown_job,
+)
+from cogseg_ml.store import file_version
+
+__all__ = ["ServiceLimits", "create_app"]
+
+_log = logging.getLogger("cogseg_ml.service")
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """The service's limits.
+
+    Attributes:
+        max_body_bytes: the largest request body (413 beyond).
+        rate_per_s, burst: each token's request rate and burst (429 with Retry-After beyond;
+            ``rate_per_s <= 0`` turns the limit off).
+        access_ttl_s: how long CDF's answer to "can this token read this file" is reused.
+        max_image_bytes: the largest image the service downloads.
+    """
+
+    max_body_bytes: int = 1024 * 1024
+    rate_per_s: float = 200.0
+    burst: int = 400
+    access_ttl_s: float = 60.0
+    max_image_bytes: int = 64 * 1024 * 1024
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Gauge("cogseg_service_jobs", "Jobs by status", ["status"], registry=r)
+        self.queue = Gauge("cogseg_service_queue_depth", "Jobs waiting for the model",
+                           registry=r)
+        self.accepted = Counter("cogseg_service_jobs_accepted", "Jobs accepted", registry=r)
+        self.encoder_images = Gauge("cogseg_service_encoder_images",
+                                    "Images through the image encoder since start", registry=r)
+        self.decoder_calls = Gauge("cogseg_service_decoder_calls",
+                                   "Mask decoder calls since start", registry=r)
+        self.decoder_prompts = Gauge("cogseg_service_decoder_prompts",
+                                     "Prompts through the mask decoder since start", registry=r)
+        self.latency = Histogram("cogseg_service_job_latency_seconds",
+                                 "From accepted to finished", registry=r,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+        self.cdf_errors = Counter("cogseg_service_cdf_errors", "CDF calls that failed",
+                                  ["reason"], registry=r)
+        self.rate_limited = Counter("cogseg_service_rate_limited", "Requests answered 429",
+                                    registry=r)
+
+
+class _Service:
+    def __init__(self, backend: LocalSamBackend, cdf_base_url: str, jobs: JobStore,
+                 cache: MaskCache, limits: ServiceLimits,
+                 http: httpx.AsyncClient | None) -> None:
+        self.backend = backend
+        self.origin = origin_of(cdf_base_url)
+        self.jobs = jobs
+        self.cache = cache
+        self.images = ImageStore(cache)
+        self.limits = limits
+        self.metrics = _Metrics()
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(follow_redirects=False)
+        self.cdf = CdfFiles(cdf_base_url, self.http, max_image_bytes=limits.max_image_bytes,
+                            on_error=lambda reason: self.metrics.cdf_errors.labels(reason).inc())
+        self.worker = ModelWorker(jobs, self.images, backend, cache=cache, origin=self.origin,
+                                  on_finished=self.metrics.latency.observe)
+        self._access: dict[tuple[str, str, int], float] = {}
+        self._fetching: dict[str, asyncio.Lock] = {}
+        self._sizes: dict[str, tuple[str, int, int]] = {}
+
+    # --- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def token(request: Request) -> str:
+        token = bearer_token(dict(request.headers))
+        if token is None:
+            raise ApiProblem(401, "Unauthorized: missing bearer token")
+        return token
+
+    async def image(self, project: str, token: str, meta_id: int, xid: str | None,
+                    version: str) -> tuple[str, int, int]:
+        """``(sha256, height, width)`` of the file's content version, downloaded once."""
+        key = file_key(self.origin, project, FileRef(id=meta_id), version)
+        known = self._sizes.get(key)
+        if known is not None:
+            return known
+        lock = self._fetching.setdefault(key, asyncio.Lock())
+        async with lock:
+            known = self._sizes.get(key)
+            if known is not None:
+                return known
+            found = await asyncio.to_thread(self.images.get_with_digest, key)
+            if found is None:
+                data = await self.cdf.download(project, token, meta_id)
+                digest = await asyncio.to_thread(self.images.put, key, data)
+                if xid is not None:
+                    xkey = file_key(self.origin, project, FileRef(external_id=xid), version)
+                    await asyncio.to_thread(self.images.put, xkey, data)
+            else:
+                data, digest = found
+            try:
+                h, w = image_size(data, FileRef(id=meta_id))
+            except CogsegError as exc:
+                raise ApiProblem(400, f"File {meta_id} is not a readable image: {exc}") from None
+            self._sizes[key] = out = (digest, h, w)
+            if len(self._sizes) > 100_000:
+                self._sizes.clear()
+        self._fetching.pop(key, None)
+        return out
+
+    async def can_read(self, project: str, token: str, file_id: int) -> None:
+        """CDF says this token reads this file (answer reused ``access_ttl_s``)."""
+        key = (token_hash(token), project, file_id)
+        now = time.monotonic()
+        if self._access.get(key, 0.0) > now:
+            return
+        await self.cdf.metadata(project, token, {"id": file_id})
+        if len(self._access) > 100_000:
+            self._access.clear()
+        self._access[key] = now + self.limits.access_ttl_s
+
+    # --- routes -------------------------------------------------------------------------------
+    async def segment_create(self, request: Request) -> Response:
+        token = self.token(request)
+        check_beta(request.headers.get("cdf-version", ""))
+        project = request.path_params["project"]
+        body = await parse_body(request, SegmentJobCreateRequest)
+        item = body.items[0]
+        ident = FileIdentifier(id=item.file_id, external_id=item.file_external_id,
+                               instance_id=item.file_instance_id)
+        meta = await self.cdf.metadata(project, token, ident.to_wire())
+        check_segmentable(meta.id, meta.name, meta.mime_type)
+        version = file_version(meta)
+        digest, h, w = await self.image(project, token, meta.id, meta.external_id, version)
+        b = body.bounding_box
+        prompt = Prompt(points=tuple(Point(p.x, p.y, p.label) for p in body.points),
+                        box=Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None)
+        job = await asyncio.to_thread(
+            self.jobs.add, project=project, file_id=meta.id, file_external_id=meta.external_id,
+            file_version=version, prompt=prompt, digest=digest, height=h, width=w)
+        self._access[(token_hash(token), project, meta.id)] = \
+            time.monotonic() + self.limits.access_ttl_s
+        self.metrics.accepted.inc()
+        self.worker.wake()
+        _log.info("job %d accepted: file %d, %d point(s)%s", job.job_id, meta.id,
+                  len(prompt.points), " and a box" if prompt.box else "")
+        return Response(job.view(created=True).model_dump_json(by_alias=True,
+                                                               exclude_none=True),
+                        media_type="application/json")
+
+    async def segment_retrieve(self, request: Request) -> Response:
+        token = self.token(request)
+        check_beta(request.headers.get("cdf-version", ""))
+        project = request.path_params["project"]
+        job_id = job_id_from_path(request.path_params["job_id"])
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job is None or job.project != project:
+            raise unknown_job(job_id)
+        await self.can_read(project, token, job.file_id)
+        return Response(job.view(created=False).model_dump_json(by_alias=True,
+                                                                exclude_none=True),
+                        media_type="application/json")
+
+    async def forward(self, request: Request) -> Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
+        resp = await self.cdf.forward(request.method, request.url.path, request.url.query,
+                                      headers, await request.body())
+        keep = {k: v for k, v in resp.headers.items()
+                if k.lower() in ("content-type", "x-request-id", "retry-after")}
+        return Response(resp.content, status_code=resp.status_code, headers=keep)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(self, request: Request) -> Response:
+        model = self.worker.alive
+        cdf = await self.cdf.reachable()
+        return JSONResponse({"ready": model and cdf, "model": model, "cdf": cdf},
+                            status_code=200 if model and cdf else 503)
+
+    async def metrics_route(self, request: Request) -> Response:
+        m = self.metrics
+        counts = await asyncio.to_thread(self.jobs.counts)
+        for status, n in counts.items():
+            m.jobs.labels(status).set(n)
+        m.queue.set(counts.get("Queued", 0))
+        m.encoder_images.set(getattr(self.backend, "encoder_calls", 0))
+        m.decoder_calls.set(getattr(self.backend, "decoder_calls", 0))
+        m.decoder_prompts.set(self.worker.counters.decoder_prompts)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.worker.stop)
+        if self._own_http:
+            await self.http.aclose()
+
+
+def create_app(backend: LocalSamBackend, cdf_base_url: str, *, jobs_db: str | Path,
+               cache: str | Path | MaskCache | None = None,
+               limits: ServiceLimits | None = None,
+               http_client: httpx.AsyncClient | None = None) -> ASGIApp:
+    """The segment service as an ASGI app (serve it with uvicorn; the model worker starts
+    and stops with the app's lifespan).
+
+    Args:
+        backend: the model (e.g. ``LocalSamBackend.from_pretrained(folder)``).
+        cdf_base_url: the CDF cluster files come from, e.g. ``https://api.cognitedata.com``.
+        jobs_db: the jobs' SQLite file (created when missing; kept across restarts).
+        cache: the mask cache file (or a :class:`MaskCache`) the results are also written to,
+            and whose image store keeps downloaded images (default: the user's cache).
+        limits: body size, rate and access-check limits.
+        http_client: the client for CDF calls (default: one of the app's own).
+    """
+    mask_cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
+    svc = _Service(backend, cdf_base_url, JobStore(jobs_db), mask_cache,
+                   limits or ServiceLimits(), http_client)
+    p = "/api/v1/projects/{project}"
+    routes = [
+        Route(p + "/context/vision/segment", svc.segment_create, methods=["POST"]),
+        Route(p + "/context/vision/segment/{job_id}", svc.segment_retrieve, methods=["GET"]),
+        Route(p + "/{rest:path}", svc.forward,
+              methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        Route("/healthz", svc.healthz, methods=["GET"]),
+        Route("/readyz", svc.readyz, methods=["GET"]),
+        Route("/metrics", svc.metrics_route, methods=["GET"]),
+    ]
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiProblem)
+        return error_response(exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        code = int(getattr(exc, "status_code", 500))
+        return error_response(ApiProblem(code, str(getattr(exc, "detail", "error"))))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        svc.worker.start()
+        try:
+            yield
+        finally:
+            await svc.close()
+
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        ApiProblem: on_problem, 404: on_http, 405: on_http}
+    inner = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    inner.state.service = svc
+    limits = svc.limits
+    limited = RateLimit(inner, limits.rate_per_s, limits.burst,
+                        on_limited=svc.metrics.rate_limited.inc)
+    return BodyLimit(limited, limits.max_body_bytes)

@@ -1,0 +1,218 @@
+"""The segment service's jobs in SQLite: every accepted job survives a restart, even SIGKILL.
+
+A job is written (``Queued``) before its POST is answered, with everything the model needs to
+run it later: the file's identity, the prompt, and the SHA-256 of the image bytes (already in
+the image store). No token is kept: a job runs without the caller. On start,
+:meth:`JobStore.requeue_running` puts jobs a stopped process left ``Running`` back in the queue.
+
+The file is owned by :class:`~cogseg_ml.cache.database.CacheDatabase` (one connection per
+thread, WAL, bounded lock waits, storage errors as :class:`~cogseg_ml.errors.CacheError`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob, SegmentResult
+from cogseg_ml.cache.database import CacheDatabase
+from cogseg_ml.errors import CacheError
+from cogseg_ml.prompts import Box, Point, Prompt
+from cogseg_ml.service.segment_wire import job_view
+
+__all__ = ["FIRST_JOB_ID", "JobStore", "StoredJob"]
+
+SCHEMA_VERSION = 1
+#: Job ids start here (CDF's ids are large int64 numbers; a small one would look like a bug).
+FIRST_JOB_ID = 1_000_000_001
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    project TEXT NOT NULL,
+    file_id INTEGER NOT NULL,
+    file_external_id TEXT,
+    file_version TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_time INTEGER NOT NULL,
+    start_time INTEGER,
+    status_time INTEGER NOT NULL,
+    segments TEXT,
+    error_message TEXT,
+    failed_item_message TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, job_id);
+CREATE TABLE IF NOT EXISTS service_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch (the wire's times)."""
+    return int(time.time() * 1000)
+
+
+def prompt_json(prompt: Prompt) -> str:
+    """A prompt as stored: ``{"points": [[x, y, label], ...], "box": [..] | null}``."""
+    b = prompt.box
+    return json.dumps({"points": [[p.x, p.y, p.label] for p in prompt.points],
+                       "box": None if b is None else [b.x_min, b.y_min, b.x_max, b.y_max]})
+
+
+def _prompt_from_json(text: str) -> Prompt:
+    data = json.loads(text)
+    box = Box(*data["box"]) if data["box"] is not None else None
+    return Prompt(points=tuple(Point(x, y, label) for x, y, label in data["points"]), box=box)
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """One job as stored (see the module docstring)."""
+
+    job_id: int
+    project: str
+    file_id: int
+    file_external_id: str | None
+    file_version: str
+    prompt: Prompt
+    digest: str
+    height: int
+    width: int
+    status: JobStatus
+    created_time: int
+    start_time: int | None
+    status_time: int
+    segments: tuple[SegmentResult, ...] = ()
+    error_message: str | None = None
+    failed_item_message: str | None = None
+
+    def view(self, *, created: bool) -> SegmentJob:
+        """The wire view (POST when ``created``, else GET)."""
+        ref = SegmentFileRef(file_id=self.file_id, file_external_id=self.file_external_id)
+        return job_view(job_id=self.job_id, status=self.status, created_time=self.created_time,
+                        start_time=self.start_time, status_time=self.status_time, ref=ref,
+                        points=self.prompt.points, box=self.prompt.box,
+                        segments=self.segments, error_message=self.error_message,
+                        failed_item_message=self.failed_item_message, created=created)
+
+
+_COLUMNS = ("job_id, project, file_id, file_external_id, file_version, prompt, digest, height, "
+            "width, status, created_time, start_time, status_time, segments, error_message, "
+            "failed_item_message")
+
+
+def _row(r: Sequence[object]) -> StoredJob:
+    segs = tuple(SegmentResult.model_validate(s) for s in json.loads(str(r[13]))) if r[13] else ()
+    return StoredJob(job_id=int(r[0]), project=str(r[1]), file_id=int(r[2]),  # type: ignore[call-overload]
+                     file_external_id=None if r[3] is None else str(r[3]),
+                     file_version=str(r[4]), prompt=_prompt_from_json(str(r[5])),
+                     digest=str(r[6]), height=int(r[7]), width=int(r[8]),  # type: ignore[call-overload]
+                     status=JobStatus(r[9]), created_time=int(r[10]),  # type: ignore[call-overload]
+                     start_time=None if r[11] is None else int(r[11]),  # type: ignore[call-overload]
+                     status_time=int(r[12]), segments=segs,  # type: ignore[call-overload]
+                     error_message=None if r[14] is None else str(r[14]),
+                     failed_item_message=None if r[15] is None else str(r[15]))
+
+
+class JobStore:
+    """Segment jobs in one SQLite file.
+
+    Args:
+        path: the jobs database (created when missing).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.db = CacheDatabase(self.path, prepare=self._prepare, name="jobs database")
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM service_meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT OR IGNORE INTO service_meta VALUES ('schema', ?)",
+                         (str(SCHEMA_VERSION),))
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', ? WHERE NOT "
+                         "EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+                         (FIRST_JOB_ID - 1,))
+            conn.commit()
+        elif row[0] != str(SCHEMA_VERSION):
+            raise CacheError(f"{self.path} is a jobs database of schema {row[0]}; this "
+                             f"version reads schema {SCHEMA_VERSION}: give another --jobs-db")
+
+    def close(self) -> None:
+        """Close this process's connections."""
+        self.db.close()
+
+    def add(self, *, project: str, file_id: int, file_external_id: str | None,
+            file_version: str, prompt: Prompt, digest: str, height: int, width: int
+            ) -> StoredJob:
+        """Store a new ``Queued`` job (committed when this returns) and return it."""
+        t = now_ms()
+
+        def insert(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "INSERT INTO jobs (project, file_id, file_external_id, file_version, prompt, "
+                "digest, height, width, status, created_time, status_time) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (project, file_id, file_external_id, file_version, prompt_json(prompt), digest,
+                 height, width, JobStatus.QUEUED.value, t, t))
+            return int(cur.lastrowid or 0)
+
+        job_id = self.db.write(insert)
+        return StoredJob(job_id=job_id, project=project, file_id=file_id,
+                         file_external_id=file_external_id, file_version=file_version,
+                         prompt=prompt, digest=digest, height=height, width=width,
+                         status=JobStatus.QUEUED, created_time=t, start_time=None,
+                         status_time=t)
+
+    def get(self, job_id: int) -> StoredJob | None:
+        """The job, or ``None`` when no such job was accepted."""
+        row = self.db.retry(lambda: self.db.connection().execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
+        return None if row is None else _row(row)
+
+    def take_queued(self, limit: int) -> list[StoredJob]:
+        """Up to ``limit`` queued jobs, oldest first, marked ``Running`` in one transaction."""
+        t = now_ms()
+
+        def take(c: sqlite3.Connection) -> list[StoredJob]:
+            rows = c.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY job_id "
+                             "LIMIT ?", (JobStatus.QUEUED.value, limit)).fetchall()
+            c.executemany("UPDATE jobs SET status = ?, start_time = ?, status_time = ? "
+                          "WHERE job_id = ?",
+                          [(JobStatus.RUNNING.value, t, t, r[0]) for r in rows])
+            return [_row(r) for r in rows]
+
+        return self.db.write(take)
+
+    def finish(self, results: Sequence[tuple[int, JobStatus, Sequence[SegmentResult],
+                                             str | None, str | None]]) -> None:
+        """Record terminal states: ``(job_id, status, segments, error, item_error)`` each."""
+        t = now_ms()
+        rows = [(status.value, t, json.dumps([s.model_dump(mode="json") for s in segs]),
+                 err, item_err, job_id) for job_id, status, segs, err, item_err in results]
+        self.db.write(lambda c: c.executemany(
+            "UPDATE jobs SET status = ?, status_time = ?, segments = ?, error_message = ?, "
+            "failed_item_message = ? WHERE job_id = ?", rows))
+
+    def requeue_running(self) -> int:
+        """Put jobs left ``Running`` by a stopped process back in the queue; how many."""
+        def run(c: sqlite3.Connection) -> int:
+            return c.execute("UPDATE jobs SET status = ?, start_time = NULL WHERE status = ?",
+                             (JobStatus.QUEUED.value, JobStatus.RUNNING.value)).rowcount
+        return int(self.db.write(run))
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status."""
+        rows = self.db.retry(lambda: self.db.connection().execute(
+            "SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        out = {s.value: 0 for s in JobStatus}
+        out.update({str(s): int(n) for s, n in rows})
+        return out

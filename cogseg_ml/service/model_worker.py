@@ -1,0 +1,175 @@
+"""The model side of the service: one thread drains every waiting job into one backend run.
+
+Jobs of all callers that wait together go through one
+:meth:`~cogseg_ml.backends.local_sam.LocalSamBackend.run` call, which groups them by image:
+an image's embedding is computed once (keyed by the bytes' SHA-256, so every job on the same
+content shares it, whoever asked), encoder calls batch images, and all prompts of an image go
+through the decoder together. Masks go out as exact polygons (holes and parts kept) and are
+also written to the mask cache under the keys a labeller with the same local model and the
+same CDF project would look up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cogseg_ml.api.results import SegmentRequest
+from cogseg_ml.api.wire_schema import JobStatus, SegmentResult
+from cogseg_ml.backends.base import BackendJob, MaskResult, SegmentationBackend
+from cogseg_ml.cache.cache_keys import CacheKey
+from cogseg_ml.cache.image_store import ImageStore
+from cogseg_ml.cache.mask_cache import MaskCache
+from cogseg_ml.errors import CogsegError
+from cogseg_ml.mask_codec import decode
+from cogseg_ml.prompts import FileRef
+from cogseg_ml.service.job_store import JobStore, StoredJob, now_ms
+from cogseg_ml.service.segment_wire import mask_segment
+from cogseg_ml.store import cached_result
+
+__all__ = ["ModelWorker", "WorkerCounters"]
+
+_log = logging.getLogger("cogseg_ml.service")
+
+#: Jobs taken from the queue into one backend run at most.
+MAX_BATCH_JOBS = 512
+
+
+@dataclass
+class WorkerCounters:
+    """What the worker did (read by the metrics)."""
+
+    decoder_prompts: int = 0
+    backend_runs: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    finished: int = 0
+
+
+def result_segments(result: MaskResult) -> list[SegmentResult]:
+    """A backend result as CDF segments: exact polygons, best first."""
+    if not result.segments:
+        return []
+    masks = decode([s.rle for s in result.segments])
+    return [mask_segment(m, s.score) for m, s in zip(masks, result.segments, strict=True)]
+
+
+class ModelWorker:
+    """Runs queued jobs through the backend, on its own thread.
+
+    Args:
+        store: the jobs.
+        images: where each job's bytes are (by SHA-256).
+        backend: the model (``LocalSamBackend``).
+        cache: the mask cache to fill (``None``: none).
+        origin: the CDF cluster's origin, for cache keys.
+        on_finished: called with each finished job's latency in seconds (metrics).
+    """
+
+    def __init__(self, store: JobStore, images: ImageStore, backend: SegmentationBackend, *,
+                 cache: MaskCache | None, origin: str,
+                 on_finished: Callable[[float], None] = lambda s: None) -> None:
+        self.store = store
+        self.images = images
+        self.backend = backend
+        self.cache = cache
+        self.origin = origin
+        self.on_finished = on_finished
+        self.counters = WorkerCounters()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Requeue what a stopped process left running, then start the thread."""
+        n = self.store.requeue_running()
+        if n:
+            _log.warning("requeued %d job(s) a previous process left running", n)
+        self._thread = threading.Thread(target=self._loop, name="cogseg-serve-model",
+                                        daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """New jobs are queued."""
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Take no further batch; wait for the one running (jobs it leaves ``Running`` are
+        requeued by the next start)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            while not self._stopping.is_set():
+                jobs = self.store.take_queued(MAX_BATCH_JOBS)
+                if not jobs:
+                    break
+                try:
+                    self._run(jobs)
+                except Exception:  # the worker lives on; the batch's jobs fail
+                    _log.exception("model run failed")
+                    self.store.finish([(j.job_id, JobStatus.FAILED, (), "internal error", None)
+                                       for j in jobs])
+
+    def _load(self, digest: str) -> Callable[[], bytes]:
+        def load() -> bytes:
+            data = self.images.get_by_digest(digest)
+            if data is None:
+                raise CogsegError(f"the image bytes {digest[:12]}... are no longer stored")
+            return data
+        return load
+
+    def _run(self, jobs: Sequence[StoredJob]) -> None:
+        by_id = {j.job_id: j for j in jobs}
+        backend_jobs = [BackendJob(SegmentRequest(FileRef(id=j.file_id), j.prompt, tag=j.job_id),
+                                   j.height, j.width, j.digest, self._load(j.digest),
+                                   file_checked=True) for j in jobs]
+        self.counters.backend_runs += 1
+        self.counters.decoder_prompts += len(jobs)
+        done: list[tuple[int, JobStatus, Sequence[SegmentResult], str | None, str | None]] = []
+        answers: list[tuple[CacheKey, MaskResult]] = []
+        for outcome in self.backend.run(backend_jobs):
+            job = by_id[int(outcome.job.request.tag)]
+            if outcome.result is not None:
+                done.append((job.job_id, JobStatus.COMPLETED, result_segments(outcome.result),
+                             None, None))
+                answers += [(key, cached_result(outcome.result))
+                            for key in self._cache_keys(job, outcome.result)]
+            else:
+                done.append((job.job_id, JobStatus.FAILED, (), None,
+                             f"could not segment file {job.file_id}: {outcome.error}"))
+        self.store.finish(done)
+        now = now_ms()
+        for job_id, *_ in done:
+            latency = max(0.0, (now - by_id[job_id].created_time) / 1000)
+            self.on_finished(latency)
+        self.counters.finished += len(done)
+        if self.cache is not None and answers:
+            try:
+                self.cache.put_many(answers)
+            except CogsegError as exc:  # the jobs are answered; the cache is a bonus
+                _log.warning("mask cache not written: %s", exc)
+        _log.info("ran %d job(s) in one model run at %.3f", len(done), time.time())
+
+    def _cache_keys(self, job: StoredJob, result: MaskResult) -> list[CacheKey]:
+        """The keys a labeller on this host would look this answer up by: the file by id and
+        by external id, the bytes' SHA-256 as version, the local model's identity."""
+        refs = [FileRef(id=job.file_id)]
+        if job.file_external_id is not None:
+            refs.append(FileRef(external_id=job.file_external_id))
+        return [CacheKey(job.project, ref, job.prompt, result.backend, file_version=job.digest,
+                         model_version=result.model_version, origin=self.origin)
+                for ref in refs]
