@@ -30,6 +30,7 @@ from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
 from tests.cache.test_mask_cache import key, result
+from tests.exports.outputs import signalled_when
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_permissions = pytest.mark.skipif(AS_ROOT, reason="root ignores file permissions")
@@ -280,19 +281,16 @@ def test_a_signal_stops_the_run_cleanly_with_a_resume_hint(
                                                                                  images[:2])],
                             env={**os.environ, **cdf_env(emu)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
+
+    def a_job_in_flight() -> None:
         deadline = time.monotonic() + 90
-        while not _job_created(emu):
+        while not _job_created(emu):  # a condition with a deadline, not a guessed pause
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no job was created"
             time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == code, err
+
+    returncode, err = signalled_when(proc, a_job_in_flight, sig)
+    assert returncode == code, err
     assert HINT in err and sig.name in err and "Traceback" not in err, err
     assert not (tmp_path / "labels.json").exists()
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 GATE = Path(__file__).parent / "gate"
@@ -50,16 +51,27 @@ def stopped_at_image(args: list[str], at: int, signum: int = signal.SIGINT,
     proc = subprocess.Popen([str(COGSEG), *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=cwd)
-    try:
+
+    def at_the_gate() -> None:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         if line != "gate\n":  # it ended (or failed) before reaching the image
             _, rest = proc.communicate(timeout=120)
             raise AssertionError(f"never reached image {at}: {line}{rest}")
+
+    return signalled_when(proc, at_the_gate, signum)
+
+
+def signalled_when(proc: subprocess.Popen[str], ready: Callable[[], None],
+                   signum: int) -> tuple[int, str]:
+    """Wait for ``ready()`` (it raises when the process cannot get there), send ``signum``,
+    and return the exit code and the rest of stderr; the process never outlives the call."""
+    try:
+        ready()
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.communicate()
     return proc.returncode, err
