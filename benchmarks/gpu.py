@@ -84,17 +84,10 @@ def _peak_mib(fn: Callable[[], object], device: torch.device) -> float:
 def sam_figures(size: str, device: str, images: int, prompts: tuple[int, ...]
                 ) -> list[Figure]:
     """SAM 2.1 of one size: images/s per prompt count, encoder share, peak memory."""
-    from benchmarks.sam import _boxes, _jobs, sam2_layout
-    from cogseg_ml.backends.local_sam import LocalSamBackend
-    from cogseg_ml.backends.sam2 import TransformersSamAdapter, save_random_checkpoint
+    from benchmarks.sam import _boxes, _jobs, sam2_backend
     from cogseg_ml.emulator.synthetic_images import make_image
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_checkpoint(Path(tmp) / "sam2", "sam2", seed=0,
-                                        config=sam2_layout(size))
-        be = LocalSamBackend.from_pretrained(folder, device=device)
-    adapter = be.adapter
-    assert isinstance(adapter, TransformersSamAdapter)
+    be = sam2_backend(size, device)
     dev = be.device
     n_params = sum(p.numel() for p in be.model.parameters()) / 1e6
     dtype = "bf16" if dev.type == "cuda" else "float32"

@@ -174,6 +174,18 @@ def sam2_layout(size: str) -> Any:
     return Sam2Config(vision_config=vision)
 
 
+def sam2_backend(size: str, device: str) -> LocalSamBackend:
+    """``LocalSamBackend`` on a random-weight SAM 2.1 of ``size`` (written, loaded, removed)."""
+    from cogseg_ml.backends.sam2 import TransformersSamAdapter, save_random_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_random_checkpoint(Path(tmp) / "sam2", "sam2", seed=0,
+                                        config=sam2_layout(size))
+        be = LocalSamBackend.from_pretrained(folder, device=device)
+    assert isinstance(be.adapter, TransformersSamAdapter)
+    return be
+
+
 def _naive_sam2(model: Any, proc: Any, pixels: np.ndarray, prompt: Prompt,
                 device: torch.device) -> torch.Tensor:
     """What a first user of transformers writes: processor, full forward, post-process."""
@@ -211,15 +223,8 @@ def _jobs(pix: list[np.ndarray], prompts: list[Prompt], round_: str) -> list[Bac
 
 def run_sam2(size: str = "tiny-test", device: str = "auto", images: int = 3) -> list[Figure]:
     """SAM 2.1 (random weights of a published size, or the tiny test config)."""
-    from cogseg_ml.backends.sam2 import TransformersSamAdapter, save_random_checkpoint
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = save_random_checkpoint(Path(tmp) / "sam2", "sam2", seed=0,
-                                        config=sam2_layout(size))
-        be = LocalSamBackend.from_pretrained(folder, device=device)
-    adapter = be.adapter
-    assert isinstance(adapter, TransformersSamAdapter)
-    dev, model, proc = be.device, be.model, adapter.processor
+    be = sam2_backend(size, device)
+    dev, model, proc = be.device, be.model, be.adapter.processor  # type: ignore[attr-defined]
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     tag = f"sam2.1 {size} ({n_params:.1f} M)"
     pix = [make_image(700 + i, 480, 640).pixels for i in range(images)]

@@ -30,7 +30,7 @@ from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
 from tests.cache.test_mask_cache import key, result
-from tests.exports.outputs import signalled_when
+from tests.exports.outputs import more_jobs_than, signalled_when
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_permissions = pytest.mark.skipif(AS_ROOT, reason="root ignores file permissions")
@@ -267,11 +267,6 @@ def test_refused_credentials_are_exit_4_and_out_is_left_alone(
 # --- SIGTERM and SIGINT ----------------------------------------------------------------------
 
 
-def _job_created(emu: Emulator) -> bool:
-    return any(r.method == "POST" and r.path.endswith("/context/vision/segment")
-               for r in emu.requests)
-
-
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_the_run_cleanly_with_a_resume_hint(
         sig: signal.Signals, code: int, make_emulator: Callable[..., Emulator],
@@ -282,14 +277,7 @@ def test_a_signal_stops_the_run_cleanly_with_a_resume_hint(
                             env={**os.environ, **cdf_env(emu)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
-    def a_job_in_flight() -> None:
-        deadline = time.monotonic() + 90
-        while not _job_created(emu):  # a condition with a deadline, not a guessed pause
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no job was created"
-            time.sleep(0.02)
-
-    returncode, err = signalled_when(proc, a_job_in_flight, sig)
+    returncode, err = signalled_when(proc, more_jobs_than(emu, 0, proc), sig)
     assert returncode == code, err
     assert HINT in err and sig.name in err and "Traceback" not in err, err
     assert not (tmp_path / "labels.json").exists()

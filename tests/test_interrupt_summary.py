@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from cogseg_ml.errors import RunInterrupted
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import Box, FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.exports.outputs import more_jobs_than, signalled_when
 from tests.test_cli_input import cdf_env, write_prompts
 from tests.test_crash_safety import InterruptAfter
 
@@ -112,19 +112,9 @@ def test_a_stopped_cli_run_still_writes_its_report(sig: signal.Signals, env, ima
                              "--report", str(report)],
                             env={**os.environ, **cdf_env(env)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while len(env.jobs.jobs) == jobs:  # until the second image's first job is in flight
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no job was created"
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 128 + sig, err
+    # signalled once the second image's first job is in flight
+    returncode, err = signalled_when(proc, more_jobs_than(env, jobs, proc), sig)
+    assert returncode == 128 + sig, err
     assert not out.exists()
     written = json.loads(report.read_text())
     assert written["written_by"].startswith("cogseg_ml ")

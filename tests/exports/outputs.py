@@ -12,8 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from cogseg_ml.emulator.server import Emulator
 
 GATE = Path(__file__).parent / "gate"
 COGSEG = Path(sys.executable).parent / "cogseg"
@@ -75,3 +78,18 @@ def signalled_when(proc: subprocess.Popen[str], ready: Callable[[], None],
             proc.kill()
             proc.communicate()
     return proc.returncode, err
+
+
+def more_jobs_than(emulator: Emulator, jobs: int, proc: subprocess.Popen[str]
+                   ) -> Callable[[], None]:
+    """A ``ready`` for :func:`signalled_when`: the emulator holds more than ``jobs`` jobs (a
+    condition polled against a deadline, not a guessed pause; the process must not end
+    first)."""
+    def ready() -> None:
+        deadline = time.monotonic() + 90
+        while len(emulator.jobs.jobs) <= jobs:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no job was created"
+            time.sleep(0.02)
+
+    return ready
