@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from cogseg_ml.cli.common import EXIT_OK, guard_outputs, input_file, signals_stop_the_run, stopped
+from cogseg_ml.cli.export_labelstudio import check_server_options, push
 
 
 def _fraction(text: str) -> float:
@@ -21,6 +22,8 @@ def _fraction(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ls_url is not None:  # a push to a Label Studio server
+        return push(args, _FORMAT_OPTIONS)
     with signals_stop_the_run() as received:
         try:
             return _export(args)
@@ -34,6 +37,10 @@ def _export(args: argparse.Namespace) -> int:
     from cogseg_ml.exports.folder_writer import check_out
     from cogseg_ml.store.image_fetcher import existing_cache
 
+    check_server_options(args)
+    if args.out is None:
+        raise ValidationError("give --out DIR (the folder to write), or --to labelstudio "
+                              "--ls-url URL (a Label Studio server)")
     # Every path is checked before any work: an export never fails at its end on a typo.
     labels = input_file(args.labels, "LABELS")
     decisions = input_file(args.decisions, "--decisions") if args.decisions else None
@@ -80,12 +87,17 @@ def register(sub: Any) -> None:
                     "folder holding anything else is refused. Exit 0: written; 2: bad input "
                     "(not a cogseg labels file, decisions for another labels file, a missing "
                     "image, an --out that is not ours); 3: CDF unreachable; 4: credentials "
-                    "refused; 130/143: stopped by SIGINT/SIGTERM (nothing half-written).")
+                    "refused; 130/143: stopped by SIGINT/SIGTERM (nothing half-written). "
+                    "--to labelstudio --ls-url URL instead of --out: the project, its images, "
+                    "tasks and predictions go straight into that Label Studio server (token in "
+                    "LABEL_STUDIO_API_KEY; run again, nothing is added twice; exit 3: server "
+                    "unreachable, 4: token refused, 1: a request refused, with its reason).")
     exp.add_argument("labels", metavar="LABELS.json", help="the COCO file `cogseg label` wrote")
     exp.add_argument("--to", required=True, choices=["coco", "yolo", "labelstudio"],
                      help="the format to write")
-    exp.add_argument("--out", required=True, metavar="DIR",
-                     help="the folder to write: new, empty, or an earlier export (replaced)")
+    exp.add_argument("--out", metavar="DIR",
+                     help="the folder to write: new, empty, or an earlier export (replaced); "
+                          "needed unless --ls-url")
     exp.add_argument("--decisions", metavar="FILE",
                      help="a review decisions file (from `cogseg review`): write only the "
                           "accepted masks")
@@ -105,4 +117,16 @@ def register(sub: Any) -> None:
     exp.add_argument("--model-version", default=None,
                      help="--to labelstudio: the predictions' model_version (default: the "
                           "backends that made the masks)")
+    exp.add_argument("--ls-url", default=None, metavar="URL",
+                     help="--to labelstudio: instead of --out, put the labels into the Label "
+                          "Studio server at URL (e.g. http://localhost:8080): project, "
+                          "uploaded images, tasks with the masks as predictions; run again, "
+                          "nothing is added twice")
+    exp.add_argument("--ls-token", default=None, metavar="TOKEN",
+                     help="with --ls-url: the Label Studio access token (default: "
+                          "$LABEL_STUDIO_API_KEY, better: a command line is seen by other "
+                          "users of the machine)")
+    exp.add_argument("--ls-project", default=None, metavar="TITLE_OR_ID",
+                     help="with --ls-url: a project id, or a title (the project is made when "
+                          "none has it; default: the labels file's name without .json)")
     exp.set_defaults(func=run)

@@ -38,7 +38,8 @@ from cogseg_ml.mask_codec import mask_to_ring
 from cogseg_ml.store.image_fetcher import ImageFetcher
 from cogseg_ml.version import __version__
 
-__all__ = ["label_config", "task", "write_labelstudio"]
+__all__ = ["check_scores", "check_tag_names", "label_config", "model_version_of", "task",
+           "write_labelstudio"]
 
 _TAG = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
@@ -46,6 +47,14 @@ _TAG = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 def _decimals(height: int, width: int) -> int:
     """Decimals of a percentage so that it lands within 0.01 pixel."""
     return max(4, math.ceil(math.log10(max(height, width) * 0.5)))
+
+
+def check_tag_names(from_name: str, to_name: str) -> None:
+    """Refuse tag names the labelling config cannot hold."""
+    for flag, tag in (("from_name", from_name), ("to_name", to_name)):
+        if not tag or not set(tag) <= _TAG:
+            raise ValidationError(f"{flag} {tag!r} must be a tag name: letters, digits, _ "
+                                  "and -")
 
 
 def label_config(names: list[str], from_name: str = "label", to_name: str = "image") -> str:
@@ -86,7 +95,18 @@ def task(item: LabelledImage, names: dict[int, str], *, image: str, model_versio
     return out, empty
 
 
-def _model_version(labelled: Labelled) -> str:
+def check_scores(labelled: Labelled) -> None:
+    """Refuse a score that is not a finite number (tasks are JSON, read by browsers)."""
+    for ann in labelled.coco["annotations"]:
+        score = ann.get("score", 1.0)
+        if not (isinstance(score, int | float) and math.isfinite(score)):
+            raise ValidationError(f"{labelled.path}: annotation {ann.get('id')!r} has score "
+                                  f"{score!r}, which is not a JSON number (tasks.json is read "
+                                  "by browsers); give a finite score")
+
+
+def model_version_of(labelled: Labelled) -> str:
+    """The predictions' default ``model_version``: the backends that made the masks."""
     sources = sorted({str(a["source"]) for a in labelled.coco["annotations"]
                       if isinstance(a.get("source"), str) and a["source"]})
     return "+".join(sources) if sources else f"cogseg_ml {__version__}"
@@ -96,19 +116,11 @@ def write_labelstudio(labelled: Labelled, fetcher: ImageFetcher, folder: Path, *
                       image_prefix: str = "images/", model_version: str | None = None,
                       from_name: str = "label", to_name: str = "image") -> ExportReport:
     """Write the Label Studio export into ``folder`` (an empty folder)."""
-    for flag, tag in (("from_name", from_name), ("to_name", to_name)):
-        if not tag or not set(tag) <= _TAG:
-            raise ValidationError(f"{flag} {tag!r} must be a tag name: letters, digits, _ "
-                                  "and -")
+    check_tag_names(from_name, to_name)
     if not isinstance(image_prefix, str):
         raise ValidationError(f"image_prefix must be a string, got {type(image_prefix).__name__}")
-    for ann in labelled.coco["annotations"]:
-        score = ann.get("score", 1.0)
-        if not (isinstance(score, int | float) and math.isfinite(score)):
-            raise ValidationError(f"{labelled.path}: annotation {ann.get('id')!r} has score "
-                                  f"{score!r}, which is not a JSON number (tasks.json is read "
-                                  "by browsers); give a finite score")
-    version = model_version or _model_version(labelled)
+    check_scores(labelled)
+    version = model_version or model_version_of(labelled)
     names = {int(c["id"]): str(c["name"]) for c in labelled.categories}
     report = ExportReport(folder, "labelstudio")
     (folder / "images").mkdir()
