@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import ipaddress
 import json
 import logging
@@ -119,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"base_url": f"{scheme}://{shown}:{bound[1]}", "pid": os.getpid(),
                       "model_version": backend.model_version}), flush=True)
     logging.getLogger("cogseg_ml.service").setLevel(logging.INFO)
-    config: Any = uvicorn.Config(app, log_level="info", access_log=True,
+    # Every log line goes to stderr (uvicorn sends access lines to stdout by default): stdout
+    # carries the one JSON line, and a caller that reads only that must not stall the server.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    config: Any = uvicorn.Config(app, log_level="info", access_log=True, log_config=log_config,
                                  ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
                                  timeout_graceful_shutdown=30)
     server = _server_class()(config)

@@ -204,3 +204,14 @@ def test_a_non_loopback_bind_without_tls_is_refused(model_dir: Path, cdf: Emulat
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "--allow-insecure-http" in lines[0] and "--tls-cert" in lines[0]
     assert run.stdout == ""
+
+
+def test_a_caller_reading_only_the_first_line_never_stalls_the_server(
+        serve: Any, cdf: Emulator) -> None:
+    """Access lines go to stderr: stdout holds the one JSON line, so a full stdout pipe nobody
+    reads (this fixture reads only that line) cannot block the server."""
+    svc = serve()
+    for _ in range(1500):  # about 100 KB of access lines: more than a pipe's buffer
+        assert svc.http.get("/healthz", timeout=10).status_code == 200
+    assert svc.stop(signal.SIGTERM) == 0
+    assert svc.log.read_text(errors="replace").count("GET /healthz") >= 1500
