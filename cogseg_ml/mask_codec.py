@@ -10,6 +10,8 @@ along pixel corners rasterizes back to exactly the pixels it was traced from. Ma
 and several parts become such polygons too (:func:`mask_to_polygons`, which is
 :func:`mask_to_rings` unless asked for the lossy ``outline="filled"``, and :func:`mask_to_ring`):
 holes are joined to their part by zero-width cuts, which any crossing-based filler cancels.
+Readers that fill with OpenCV's ``fillPoly`` (Ultralytics, supervision) take vertices as pixel
+centres and paint the outline too: :func:`mask_to_inset_rings` traces rings exact for them.
 
 RLE objects are COCO's ``{"size": [h, w], "counts": str}`` (column-major runs, first run
 background), JSON-safe: ``counts`` is always ``str`` here. Masks in and out are row-major
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "InsetParts",
     "Outline",
     "Rle",
     "bbox_of",
@@ -41,6 +44,7 @@ __all__ = [
     "empty_rle",
     "encode",
     "iou_matrix",
+    "mask_to_inset_rings",
     "mask_to_polygons",
     "mask_to_ring",
     "mask_to_rings",
@@ -325,8 +329,16 @@ def polygons_to_rle(
 # so the single ring fills exactly the part's pixels, holes left empty.
 
 _RIGHT, _DOWN, _LEFT, _UP = 0, 1, 2, 3
+_INSET = 16  # inset rings (mask_to_inset_rings) are in units of 1/16 pixel
 _DX = np.array([1, 0, -1, 0], dtype=np.int64)
 _DY = np.array([0, 1, 0, -1], dtype=np.int64)
+
+
+def _quarter(offset: np.ndarray) -> np.ndarray:
+    """An inset ring's offset from a pixel corner, in 1/16 pixel, for an edge moved toward
+    ``offset`` (-1, 0 or 1): +1 from a pixel's left or top side, -9 from its right or bottom
+    side (7/16 into it), 0 along it. Truncated or rounded, the vertex is the pixel's."""
+    return np.where(np.asarray(offset) < 0, -9, offset)
 
 
 class _Boundary:
@@ -375,6 +387,7 @@ class _Boundary:
         self.y: list[int] = y.tolist()
         self.succ: list[int] = succ.tolist()
         self.pred: list[int] = pred.tolist()
+        self._dirs, self._preds = d, pred
 
     def _key(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
         return (y * (self.width + 1) + x) * 4 + d  # type: ignore[no-any-return]
@@ -389,9 +402,14 @@ class _Boundary:
 
     def node(self, x: int, y: int, d: int) -> int:
         """The node of one edge (it must exist)."""
-        found = int(self.find(np.array([x]), np.array([y]), np.array([d]))[0])
-        if found < 0:  # cannot happen: callers name edges the mask's pixels imply
-            raise AssertionError(f"no boundary edge at ({x}, {y}) direction {d}")
+        return int(self.nodes(np.array([x]), np.array([y]), d)[0])
+
+    def nodes(self, x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        """The nodes of edges ``(x[i], y[i], d)`` (they must exist)."""
+        found = self.find(x, y, np.full(np.shape(x), d, dtype=np.int64))
+        if (found < 0).any():  # cannot happen: callers name edges the mask's pixels imply
+            k = int(np.flatnonzero(found < 0)[0])
+            raise AssertionError(f"no boundary edge at ({x[k]}, {y[k]}) direction {d}")
         return found
 
     def splice(self, at: int, loop: int) -> None:
@@ -404,6 +422,32 @@ class _Boundary:
         self.succ[down], self.pred[loop] = loop, down
         self.succ[last], self.pred[up] = up, last
         self.succ[up], self.pred[at] = at, up
+
+    def inset(self) -> None:
+        """Move every node into a pixel of the mask's boundary, in units of 1/16 pixel (call
+        before any splice).
+
+        Each edge moves along its normal into its foreground pixel: a left or top edge by 1/16
+        pixel, a right or bottom edge by 9/16, so that it runs through the top-left quarter of
+        its pixels. A node sits where the moved lines of its incoming and its own edge meet: in
+        its pixel at a convex corner, in the foreground pixel that makes the turn at a concave
+        one, on the moved line when the edge goes straight on.
+        """
+        d, dp = self._dirs, self._dirs[self._preds]
+        nx, ny = -_DY[d], _DX[d]  # the inward normal: the edge's direction turned right
+        straight = d == dp
+        ox = np.where(straight, nx, nx - _DY[dp])
+        oy = np.where(straight, ny, ny + _DX[dp])
+        self.x = (np.asarray(self.x, dtype=np.int64) * _INSET + _quarter(ox)).tolist()
+        self.y = (np.asarray(self.y, dtype=np.int64) * _INSET + _quarter(oy)).tolist()
+
+    def insert_after(self, node: int, x: int, y: int) -> int:
+        """A new node at ``(x, y)`` right after ``node`` (a point on ``node``'s segment keeps
+        the path as it was)."""
+        new, after = self._add(x, y), self.succ[node]
+        self.succ[node], self.pred[new] = new, node
+        self.succ[new], self.pred[after] = after, new
+        return new
 
     def _add(self, x: int, y: int) -> int:
         self.x.append(x)
@@ -560,40 +604,55 @@ def mask_to_polygons(mask: np.ndarray, *, outline: Outline = "exact"
     return _shifted(out, x0, y0)
 
 
+def _holes(m: np.ndarray) -> list[tuple[int, int, int]]:
+    """Each hole (a bounded 8-connected background region) as ``(r, c, r2)``: its top-left
+    pixel ``(r, c)`` in row-major order and the row ``r2`` of the first background pixel above
+    it in column ``c`` (-1: none up to the image's top edge). Column ``c`` is foreground from
+    row ``r2 + 1`` to ``r - 1``: one part's pixels, the path of the hole's cut."""
+    from scipy import ndimage
+
+    w = m.shape[1]
+    padded, _ = ndimage.label(np.pad(~m, 1, constant_values=True),
+                              structure=np.ones((3, 3), dtype=bool))
+    outside = int(padded[0, 0])  # the padding joins all of the outside
+    flat = padded[1:-1, 1:-1].ravel()
+    idx = np.flatnonzero(flat)
+    labels, first = np.unique(flat[idx], return_index=True)
+    out = []
+    for label, at in zip(labels.tolist(), idx[first].tolist(), strict=True):
+        if label == outside:
+            continue
+        r, c = divmod(int(at), w)
+        above = np.flatnonzero(~m[:r, c])
+        out.append((r, c, int(above[-1]) if above.size else -1))
+    return out
+
+
+def _part_starts(b: _Boundary, labels: np.ndarray) -> list[int]:
+    """For each labelled part, in raster order of its top-left pixel, the node of that pixel's
+    top edge (on the part's outer loop)."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    _, first = np.unique(flat[idx], return_index=True)
+    r, c = np.divmod(np.sort(idx[first]), labels.shape[1])
+    starts: list[int] = b.nodes(c, r, _RIGHT).tolist()
+    return starts
+
+
 def _parts(m: np.ndarray) -> tuple[_Boundary, list[int]]:
     """The boundary with every hole spliced into its part's loop, and for each part (in raster
     order of its top-left pixel) a node of its loop."""
     from scipy import ndimage
 
     b = _Boundary(m)
-    w = m.shape[1]
-    # Holes: bounded 8-connected background regions (the padding joins all of the outside).
-    padded, _ = ndimage.label(np.pad(~m, 1, constant_values=True),
-                              structure=np.ones((3, 3), dtype=bool))
-    outside = int(padded[0, 0])
-    flat = padded[1:-1, 1:-1].ravel()
-    idx = np.flatnonzero(flat)
-    labels, first = np.unique(flat[idx], return_index=True)
-    for label, at in zip(labels.tolist(), idx[first].tolist(), strict=True):
-        if label == outside:
-            continue
-        r, c = divmod(int(at), w)  # the hole's top-left pixel (row-major order: first)
+    for r, c, r2 in _holes(m):
         # The cut: up column c from the hole's top-left pixel (r, c) to the first background
         # pixel (row r2, or the image's top edge), along the column's left edge.
-        above = np.flatnonzero(~m[:r, c])
-        r2 = int(above[-1]) if above.size else -1
         target = b.node(c, r2 + 1, _RIGHT)   # the top edge of pixel (r2 + 1, c)
         hole = b.node(c, r, _DOWN)          # the hole's edge leaving corner (c, r)
         b.splice(target, hole)
     fg, _ = ndimage.label(m)
-    flat = fg.ravel()
-    idx = np.flatnonzero(flat)
-    _, first = np.unique(flat[idx], return_index=True)
-    starts = []
-    for at in sorted(idx[first].tolist()):
-        r, c = divmod(int(at), w)
-        starts.append(b.node(c, r, _RIGHT))  # the top edge of the part's top-left pixel
-    return b, starts
+    return b, _part_starts(b, fg)
 
 
 def mask_to_rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -674,3 +733,118 @@ def _join_parts(b: _Boundary, starts: list[int]) -> None:
         dist, near = tree.query(corner_xy[k])
         i = int(np.argmin(dist))
         b.splice(int(corner_nodes[j][int(near[i])]), int(corner_nodes[k][i]))
+
+
+# --- inset rings: for fillers that take each vertex to a pixel and paint the outline ---------
+#
+# OpenCV's fillPoly takes integer vertices as pixel centres and paints the polygon's outline as
+# well as its inside; its callers make the vertices integers by truncating (Ultralytics'
+# polygon2mask: ``astype(int32)``) or by rounding (supervision: ``np.round``). A ring along pixel
+# corners then grows by a pixel on its right and bottom edges, and a zero-width cut becomes a
+# line one pixel wide. An inset ring keeps every vertex in the top-left quarter of a foreground
+# pixel (1/16 pixel from the quarter's sides): truncated or rounded, the vertices are pixels of
+# the mask's own boundary, every edge runs along a row or a column of foreground pixels, so the
+# painted outline is foreground and the inside is what the corner ring encloses. A hole's cut
+# runs down a column of the part's own pixels; parts that touch at a corner join there (the line
+# between two diagonal neighbours paints no third pixel).
+
+InsetParts = Literal["separate", "joined"]
+"""How :func:`mask_to_inset_rings` treats an object in several pieces: see there."""
+
+
+def _touch_pairs(m: np.ndarray, labels: np.ndarray, b: _Boundary
+                 ) -> list[tuple[int, int, int, int]]:
+    """Pixels of two parts that touch only at a corner: ``(part, part, node, node)``, the nodes
+    of each pixel's boundary that start at the shared corner."""
+    out: list[tuple[int, int, int, int]] = []
+    for diagonal, first, second, dirs in (
+            # (r, c) and (r+1, c+1): the first's bottom edge and the second's top edge
+            (m[:-1, :-1] & m[1:, 1:] & ~m[:-1, 1:] & ~m[1:, :-1], (0, 0), (1, 1),
+             (_LEFT, _RIGHT)),
+            # (r, c+1) and (r+1, c): the first's left edge and the second's right edge
+            (m[:-1, 1:] & m[1:, :-1] & ~m[:-1, :-1] & ~m[1:, 1:], (0, 1), (1, 0),
+             (_UP, _DOWN))):
+        r, c = np.nonzero(diagonal)
+        x, y = c + 1, r + 1  # the shared corner
+        out.extend(zip(labels[r + first[0], c + first[1]].tolist(),
+                       labels[r + second[0], c + second[1]].tolist(),
+                       b.nodes(x, y, dirs[0]).tolist(), b.nodes(x, y, dirs[1]).tolist(),
+                       strict=True))
+    return out
+
+
+def _inset_loops(m: np.ndarray, parts: InsetParts) -> tuple[_Boundary, list[int]]:
+    """The inset boundary with holes cut in and pieces joined; a node of each ring."""
+    from scipy import ndimage
+
+    b = _Boundary(m)
+    b.inset()
+    s = _INSET
+    for r, c, r2 in _holes(m):
+        # The cut runs 1/16 pixel right of column c's left edge, from the moved top edge of
+        # pixel (r2 + 1, c) down to the hole's moved edge along the bottom of pixel (r - 1, c).
+        top = b.insert_after(b.node(c, r2 + 1, _RIGHT), s * c + 1, s * (r2 + 1) + 1)
+        hole = b.insert_after(b.node(c + 1, r, _LEFT), s * c + 1, s * r - 9)
+        b.splice(top, hole)
+    labels, n = ndimage.label(m)
+    starts = _part_starts(b, labels)
+    group = list(range(n + 1))  # union-find over 4-connected parts touching at corners
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for p, q, at, loop in _touch_pairs(m, labels, b):
+        rp, rq = root(p), root(q)
+        if rp != rq:
+            group[max(rp, rq)] = min(rp, rq)
+            b.splice(at, loop)
+    # Parts are labelled in raster order of their top-left pixel, as ``starts`` is ordered.
+    firsts = [starts[i - 1] for i in range(1, n + 1) if root(i) == i]
+    if parts == "joined" and len(firsts) > 1:
+        _join_parts(b, firsts)
+        return b, firsts[:1]
+    return b, firsts
+
+
+def mask_to_inset_rings(mask: np.ndarray, *, parts: InsetParts = "separate"
+                        ) -> list[list[tuple[float, float]]]:
+    """Trace a binary mask into rings that OpenCV's ``fillPoly`` paints back exactly.
+
+    For polygon readers that take each vertex to a pixel, by truncating (Ultralytics'
+    ``polygon2mask``) or by rounding (supervision's YOLO and COCO readers), and fill with
+    ``cv2.fillPoly``, which paints the outline too: every vertex lies in the top-left quarter
+    of a boundary pixel of the mask, 1/16 pixel from the quarter's sides, holes are joined to
+    their piece by a zero-width cut down a column of its own pixels, and pixels that touch only
+    at a corner are joined there; the painted outline never leaves the mask. Vertices are
+    multiples of 1/16 pixel: exact through any text precision that keeps them less than 1/16
+    pixel off. (A filler that takes a pixel when its centre is inside, pycocotools' rule, misses
+    the right and bottom boundary pixels: use :func:`mask_to_rings` for such readers.)
+
+    Args:
+        mask: ``(H, W)`` bool or 0/1 array.
+        parts: ``"separate"`` (the default): one ring per piece (8-connected: pixels touching
+            at a corner are one piece), each exact; ``"joined"``: one ring for the whole mask,
+            pieces joined by zero-width cuts between their closest vertices: OpenCV paints
+            each such cut as a line one pixel wide across the background.
+
+    Returns:
+        The rings in raster order of each piece's top-left pixel, each a list of ``(x, y)``
+        vertices in pixels (``(0, 0)`` the top-left corner of the image); ``[]`` for an empty
+        mask. A ring has at least four vertices.
+
+    Raises:
+        ValidationError: ``mask`` is not 2-D, or ``parts`` is neither of the above.
+    """
+    if parts not in ("separate", "joined"):
+        raise ValidationError(f"parts must be 'separate' or 'joined', got {parts!r}")
+    found = _cropped(mask)
+    if found is None:
+        return []
+    m, x0, y0 = found
+    b, starts = _inset_loops(m, parts)
+    s = float(_INSET)
+    return [[(x / s + x0, y / s + y0) for x, y in ring]
+            for ring in b.corners([b.walk(i) for i in starts])]

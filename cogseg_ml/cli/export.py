@@ -68,6 +68,7 @@ def _export(args: argparse.Namespace) -> int:
 #: (flag, format, option) of the options one format takes
 _FORMAT_OPTIONS = (("--segmentation", "coco", "segmentation"),
                    ("--val-fraction", "yolo", "val_fraction"),
+                   ("--yolo-parts", "yolo", "parts"),
                    ("--image-prefix", "labelstudio", "image_prefix"),
                    ("--model-version", "labelstudio", "model_version"))
 
@@ -111,6 +112,10 @@ def register(sub: Any) -> None:
     exp.add_argument("--val-fraction", type=_fraction, default=None, metavar="F",
                      help="--to yolo: share of images for the val split (default 0: val is "
                           "the training images)")
+    exp.add_argument("--yolo-parts", dest="parts", choices=["separate", "joined"], default=None,
+                     help="--to yolo: an object in several pieces as one line per piece "
+                          "(separate, default: exact in Ultralytics) or one line with cuts "
+                          "between the pieces (joined: Ultralytics paints each cut as a line)")
     exp.add_argument("--image-prefix", default=None, metavar="URL_OR_PATH",
                      help="--to labelstudio: put before each image file name in data.image "
                           "(default images/; e.g. /data/local-files/?d=site-a/images/)")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from cogseg_ml.cache.mask_cache import MaskCache
     from cogseg_ml.coco_io import SegmentationFormat
     from cogseg_ml.config import CdfConfig
+    from cogseg_ml.mask_codec import InsetParts
 
 __all__ = ["FORMATS", "ExportReport", "ExportFormat", "export_labels", "to_coco",
            "to_labelstudio", "to_yolo"]
@@ -102,19 +103,23 @@ def to_coco(labels: str | Path, out: str | Path, *, segmentation: SegmentationFo
 
 
 def to_yolo(labels: str | Path, out: str | Path, *, val_fraction: float = 0.0,
-            decisions: str | Path | None = None, undecided: Undecided = "drop",
-            cache: str | Path | MaskCache | None = None,
+            parts: InsetParts = "separate", decisions: str | Path | None = None,
+            undecided: Undecided = "drop", cache: str | Path | MaskCache | None = None,
             config: CdfConfig | None = None) -> ExportReport:
     """Export a labels file as an Ultralytics YOLO segmentation dataset.
 
-    ``data.yaml`` (``names`` in COCO category id order, 0-based), ``images/<split>/`` and
-    ``labels/<split>/*.txt`` with one object a line, ``class x1 y1 x2 y2 ...`` normalised; each
-    mask is one ring that keeps its holes and parts (zero-width cuts; see
-    :mod:`cogseg_ml.exports.yolo`).
+    ``data.yaml`` (``names`` in COCO category id order, 0-based; no absolute ``path``, so the
+    folder can be moved), ``images/<split>/`` and ``labels/<split>/*.txt`` with one polygon a
+    line, ``class x1 y1 x2 y2 ...`` normalised. Ultralytics and supervision (OpenCV's
+    ``fillPoly``) fill each line back to exactly its pixels at the image's size, holes kept
+    (see :mod:`cogseg_ml.exports.yolo`).
 
     Args:
         val_fraction: share of images for ``val`` (a stable hash of each CDF file); 0: no
             split (``val`` names the training images).
+        parts: an object in several pieces: ``"separate"`` (default) one line per piece, each
+            exact; ``"joined"`` one line per object, its pieces joined by cuts that OpenCV
+            paints as lines one pixel wide.
         labels, out, decisions, undecided, cache, config: as for :func:`to_coco`.
 
     Raises:
@@ -122,10 +127,9 @@ def to_yolo(labels: str | Path, out: str | Path, *, val_fraction: float = 0.0,
     """
     from cogseg_ml.exports.yolo import write_yolo
 
-    final = Path(out).absolute()
     return _run("yolo", labels, out, decisions, undecided, cache, config,
-                lambda lab, fetch, folder: write_yolo(lab, fetch, folder, final=final,
-                                                      val_fraction=val_fraction))
+                lambda lab, fetch, folder: write_yolo(lab, fetch, folder,
+                                                      val_fraction=val_fraction, parts=parts))
 
 
 def to_labelstudio(labels: str | Path, out: str | Path, *, image_prefix: str = "images/",
@@ -158,7 +162,7 @@ def to_labelstudio(labels: str | Path, out: str | Path, *, image_prefix: str = "
                     from_name=from_name, to_name=to_name))
 
 
-_OPTIONS = {"coco": {"segmentation"}, "yolo": {"val_fraction"},
+_OPTIONS = {"coco": {"segmentation"}, "yolo": {"val_fraction", "parts"},
             "labelstudio": {"image_prefix", "model_version", "from_name", "to_name"}}
 
 
@@ -169,7 +173,7 @@ def export_labels(labels: str | Path, to: ExportFormat, out: str | Path, *,
     """Export a labels file to ``to`` (``"coco"``, ``"yolo"`` or ``"labelstudio"``) in ``out``.
 
     ``options`` are the format's own: ``segmentation`` (coco, see :func:`to_coco`),
-    ``val_fraction`` (yolo, :func:`to_yolo`), ``image_prefix``, ``model_version``,
+    ``val_fraction``, ``parts`` (yolo, :func:`to_yolo`), ``image_prefix``, ``model_version``,
     ``from_name``, ``to_name`` (labelstudio, :func:`to_labelstudio`). The other arguments
     are the same for every format (see :func:`to_coco`).
 

@@ -85,3 +85,92 @@ def random_masks(rng: np.random.Generator, n: int, max_side: int = 40) -> list[n
                 m[1:-1, 1:-1] = rng.random((h - 2, w - 2)) < 0.5
         out.append(m)
     return out
+
+
+def _blank(h: int, w: int) -> np.ndarray:
+    return np.zeros((h, w), dtype=bool)
+
+
+def thin_ring(h: int, w: int) -> np.ndarray:
+    """A ring three pixels wide (a gasket): every pixel on an outline."""
+    return _disk(h, w, h / 2, w / 2, min(h, w) * 0.3) & ~_disk(h, w, h / 2, w / 2,
+                                                                min(h, w) * 0.3 - 3)
+
+
+def pixel_ring(h: int, w: int) -> np.ndarray:
+    """The eight pixels around a one-pixel hole."""
+    m = _blank(h, w)
+    m[h // 2 - 1: h // 2 + 2, w // 2 - 1: w // 2 + 2] = True
+    m[h // 2, w // 2] = False
+    return m
+
+
+def two_blobs(h: int, w: int) -> np.ndarray:
+    """Two blocks far apart (an object seen either side of a pipe)."""
+    m = _blank(h, w)
+    m[h // 8: h // 3, w // 8: w // 3] = True
+    m[2 * h // 3: 7 * h // 8, 2 * w // 3: 7 * w // 8] = True
+    return m
+
+
+def pixel_and_line(h: int, w: int) -> np.ndarray:
+    """A one-pixel part and a horizontal line one pixel thick."""
+    m = _blank(h, w)
+    m[h // 4, w // 4] = True
+    m[3 * h // 4, w // 8: 7 * w // 8] = True
+    return m
+
+
+def lines(h: int, w: int) -> np.ndarray:
+    """Lines one pixel thick: vertical, and diagonal both ways (a cable, a railing)."""
+    m = _blank(h, w)
+    m[h // 8: 7 * h // 8, w // 8] = True
+    n = min(h, w) // 2
+    k = np.arange(n)
+    m[h // 4 + k, w // 4 + k] = True
+    m[h // 4 + k, 3 * w // 4 + 4 - k] = True
+    return m
+
+
+def checker(h: int, w: int) -> np.ndarray:
+    """A checkerboard patch: pixels touching only at corners, in both diagonals."""
+    m = _blank(h, w)
+    r, c = np.mgrid[0:h // 3, 0:w // 3]
+    m[h // 3: h // 3 + h // 3, w // 3: w // 3 + w // 3] = (r + c) % 2 == 0
+    return m
+
+
+def full(h: int, w: int) -> np.ndarray:
+    """The whole image."""
+    return np.ones((h, w), dtype=bool)
+
+
+def border_pieces(h: int, w: int) -> np.ndarray:
+    """Pieces on every edge and corner of the image, a one-pixel one in each corner."""
+    m = _blank(h, w)
+    m[0, 0] = m[0, w - 1] = m[h - 1, 0] = m[h - 1, w - 1] = True
+    m[0, w // 4: w // 2] = True
+    m[h // 4: h // 2, w - 1] = True
+    m[h - 3:, w // 2: 3 * w // 4] = True
+    m[h // 2: 3 * h // 4, :2] = True
+    return m
+
+
+#: Every shape a polygon reader gets wrong in some way: holes, islands in holes, several parts,
+#: one-pixel parts and lines, pixels touching at a corner, parts on the image's border.
+STRESS = {**SHAPES, "thin_ring": thin_ring, "pixel_ring": pixel_ring, "two_blobs": two_blobs,
+          "pixel_and_line": pixel_and_line, "lines": lines, "checker": checker, "full": full,
+          "border_pieces": border_pieces}
+
+
+def stress_masks(h: int, w: int, seed: int = 0, n_random: int = 20) -> dict[str, np.ndarray]:
+    """The :data:`STRESS` shapes at ``h`` x ``w``, and random masks placed in the image."""
+    out = {name: make(h, w) for name, make in STRESS.items()}
+    rng = np.random.default_rng(seed)
+    for i, small in enumerate(random_masks(rng, n_random, max_side=min(h, w, 40))):
+        m = _blank(h, w)
+        sh, sw = small.shape
+        y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+        m[y:y + sh, x:x + sw] = small
+        out[f"random_{i}"] = m
+    return out

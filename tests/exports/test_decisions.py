@@ -32,7 +32,7 @@ def test_only_accepted_masks_are_written(labelset: LabelSet, tmp_path: Path) -> 
     assert len(got["images"]) == len(labelset.coco()["images"])  # images are all kept
     assert report.objects == 2 and report.dropped == len(ids) - 2
     kept = to_yolo(labelset.holey, tmp_path / "y", decisions=dec, undecided="keep",
-                   cache=labelset.cache)
+                   cache=labelset.cache, parts="joined")  # one line per mask
     lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "y" / "labels").rglob("*.txt"))
     assert lines == kept.objects == len(ids) - len(rejected)
     assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["nc"] >= 1
