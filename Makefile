@@ -76,3 +76,16 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out .mypy_cache .ruff_cache .pytest_cache
+
+# Ultralytics (AGPL-3.0: never a dependency of the package) in a venv of its own, without the
+# system's packages: one epoch of yolo11n-seg from its yaml (offline, from scratch, CPU) on the
+# demo's YOLO export, its loader and polygon2mask against our masks. Not part of `make test`.
+ULTRALYTICS_VENV ?= build/ultralytics-venv
+.PHONY: test-ultralytics
+test-ultralytics:
+	test -x $(ULTRALYTICS_VENV)/bin/python || $(PYTHON) -m venv $(ULTRALYTICS_VENV)
+	$(ULTRALYTICS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(ULTRALYTICS_VENV)/bin/python -m pip install -q --disable-pip-version-check ultralytics \
+		-e ".[emulator]" "pytest>=8" "pytest-timeout>=2.3" "pyyaml>=6"
+	YOLO_OFFLINE=1 YOLO_CONFIG_DIR=build/ultralytics-config \
+		$(ULTRALYTICS_VENV)/bin/python -m pytest -m ultralytics tests/ultralytics
