@@ -215,3 +215,34 @@ def test_a_caller_reading_only_the_first_line_never_stalls_the_server(
         assert svc.http.get("/healthz", timeout=10).status_code == 200
     assert svc.stop(signal.SIGTERM) == 0
     assert svc.log.read_text(errors="replace").count("GET /healthz") >= 1500
+
+
+def test_a_local_labeller_on_the_service_host_reuses_its_results(
+        serve: Any, cdf: Emulator, model_dir: Path, images: list[SyntheticImage],
+        tmp_path: Path) -> None:
+    """The service writes its answers to the mask cache under the keys the labeller with the
+    same local model looks up: labelling the same prompts there encodes no image."""
+    from cogseg_ml.backends.local_sam import LocalSamBackend
+    from cogseg_ml.labeler import SegmentationLabeler
+    from tests.test_labeler import samples_for
+
+    svc = serve()
+    token = cdf.issue_token()
+    samples = samples_for(images[:1])
+    for inst in samples[0].instances:
+        b = inst.prompt.box
+        assert b is not None
+        r = post_job(svc, cdf, token, {
+            "items": [{"fileExternalId": samples[0].file.external_id}], "points": [],
+            "boundingBox": {"xMin": b.x_min, "yMin": b.y_min, "xMax": b.x_max,
+                            "yMax": b.y_max}})
+        assert r.status_code == 200, r.text
+        assert wait_done(svc, cdf, token, r.json()["jobId"])["status"] == "Completed"
+    assert svc.stop(signal.SIGTERM) == 0
+    backend = LocalSamBackend.from_pretrained(model_dir, device="cpu")
+    lab = SegmentationLabeler(backend, config=cdf.static_config(),
+                              cache=tmp_path / "cache" / "masks.sqlite",
+                              workdir=tmp_path / "w", progress=False)
+    report = lab.label(samples)
+    assert report.failed == 0 and report.labelled == len(samples[0].instances)
+    assert backend.encoder_calls == 0
