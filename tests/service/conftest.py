@@ -43,7 +43,7 @@ def cdf(images: list[SyntheticImage]) -> Iterator[Emulator]:
 class Service:
     """One ``cogseg serve`` process; its stderr goes to ``log``."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, verify: Any = True) -> None:
         self.log = log
         self.args = args
         with log.open("ab") as err:
@@ -56,7 +56,7 @@ class Service:
             raise AssertionError(f"cogseg serve exited {self.proc.returncode}: "
                                  f"{log.read_text(errors='replace')[-2000:]}")
         self.base_url = json.loads(line)["base_url"]
-        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+        self.http = httpx.Client(base_url=self.base_url, timeout=30, verify=verify)
         until(lambda: self._ready(), 60, "the service to be ready")
 
     def _ready(self) -> bool:
@@ -104,11 +104,11 @@ def serve(model_dir: Path, cdf: Emulator, tmp_path: Path) -> Iterator[Callable[.
     """Start ``cogseg serve`` against ``cdf`` (jobs db and cache in ``tmp_path``)."""
     started: list[Service] = []
 
-    def start(*extra: str) -> Service:
+    def start(*extra: str, verify: Any = True) -> Service:
         args = ["--model", str(model_dir), "--cdf-base-url", cdf.base_url, "--port", "0",
                 "--device", "cpu", "--jobs-db", str(tmp_path / "jobs.sqlite"),
                 "--cache", str(tmp_path / "cache" / "masks.sqlite"), *extra]
-        svc = Service(args, tmp_path / "service.log")
+        svc = Service(args, tmp_path / "service.log", verify)
         started.append(svc)
         return svc
 
