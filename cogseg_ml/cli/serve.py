@@ -98,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.cdf_base_url.startswith(("https://", "http://")):
         raise ValidationError(f"--cdf-base-url {args.cdf_base_url}: give the cluster's URL, "
                               "e.g. https://westeurope-1.cognitedata.com")
-    if args.rate_limit < 0 or args.max_body_bytes < 1:
-        raise ValidationError("--rate-limit takes requests/s >= 0 (0: off), --max-body-bytes "
-                              "a size >= 1")
+    if not args.rate_limit >= 0 or args.burst < 1 or args.max_body_bytes < 1:
+        raise ValidationError("--rate-limit takes requests/s >= 0 (0: off), --burst a count "
+                              ">= 1, --max-body-bytes a size >= 1")
     import uvicorn
 
     from cogseg_ml.cache.mask_cache import default_cache_dir
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     jobs_db = Path(args.jobs_db) if args.jobs_db else default_cache_dir() / "service-jobs.sqlite"
     jobs_db.parent.mkdir(parents=True, exist_ok=True)
     limits = ServiceLimits(max_body_bytes=args.max_body_bytes, rate_per_s=args.rate_limit,
-                           burst=max(1, int(args.burst)))
+                           burst=args.burst)
     app = create_app(backend, args.cdf_base_url, jobs_db=jobs_db, cache=args.cache,
                      limits=limits)
     sock = _bind(host, args.port)

@@ -1,0 +1,38 @@
+"""``cogseg serve`` refuses bad options with one line and exit 2, before loading a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cogseg_ml.cli import main
+from cogseg_ml.cli.serve import is_loopback
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--host", "10.1.2.3"], "--allow-insecure-http"),
+    (["--host", "0.0.0.0"], "--tls-cert"),
+    (["--tls-cert", "cert.pem"], "go together"),
+    (["--tls-cert", "cert.pem", "--tls-key", "key.pem"], "no such file"),
+    (["--rate-limit", "-1"], "--rate-limit"),
+    (["--rate-limit", "nan"], "--rate-limit"),
+    (["--burst", "0"], "--burst"),
+    (["--max-body-bytes", "0"], "--max-body-bytes"),
+    (["--cdf-base-url", "ftp://cdf.example"], "--cdf-base-url"),
+])
+def test_bad_options_are_one_line_and_exit_2(extra: list[str], words: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["serve", "--model", str(tmp_path / "no-model"), "--cdf-base-url",
+            "https://cdf.example", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert list(tmp_path.iterdir()) == []  # nothing created: no jobs database, no cache
+
+
+def test_loopback_addresses() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.com"]))
