@@ -132,6 +132,7 @@ def test_twelve_prompts_on_one_image_cost_one_encoder_pass(serve: Any, cdf: Emul
     token = cdf.issue_token()
     xid = cdf_external_ids(cdf)[1]
     before = svc.metric("cogseg_service_encoder_images")
+    downloads = sum("/files/download/" in r.path for r in cdf.requests)
     ids = []
     for k in range(12):
         body = {"items": [{"fileExternalId": xid}],
@@ -142,6 +143,8 @@ def test_twelve_prompts_on_one_image_cost_one_encoder_pass(serve: Any, cdf: Emul
     for job_id in ids:
         assert wait_done(svc, cdf, token, job_id)["status"] == "Completed"
     assert svc.metric("cogseg_service_encoder_images") - before == 1
+    # The image was downloaded once for the twelve jobs (once per content version).
+    assert sum("/files/download/" in r.path for r in cdf.requests) - downloads == 1
     assert svc.metric("cogseg_service_decoder_prompts") >= 12
     assert svc.metric('cogseg_service_jobs{status="Completed"}') >= 12
     assert svc.metric("cogseg_service_job_latency_seconds_count") >= 12
