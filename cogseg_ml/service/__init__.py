@@ -1,19 +1,24 @@
 """CDF's segment API on your own GPU (``cogseg serve``), and the segment routes' rules and
 views the emulator shares.
 
-``create_app`` builds the ASGI app; it needs the ``serve`` extra (starlette, uvicorn,
-prometheus-client) and a local model.
+:func:`create_app` builds the ASGI app (see :mod:`cogseg_ml.service.app`); it needs the
+``serve`` extra (starlette, uvicorn, prometheus-client) and a local model. Importing this
+package imports none of them: the names resolve on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["create_app"]
+if TYPE_CHECKING:
+    from cogseg_ml.service.app import ServiceLimits, create_app
+
+__all__ = ["ServiceLimits", "create_app"]
 
 
-def create_app(*args: Any, **kwargs: Any) -> Any:
-    """The segment service's ASGI app (see :func:`cogseg_ml.service.app.create_app`)."""
-    from cogseg_ml.service.app import create_app as build
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from cogseg_ml.service import app
 
-    return build(*args, **kwargs)
+        return getattr(app, name)
+    raise AttributeError(f"module 'cogseg_ml.service' has no attribute {name!r}")
