@@ -13,6 +13,8 @@ On one CUDA GPU, with random weights of the real architectures (nothing is downl
 3. **Batch mask decode** on CUDA beside the CPU (``benchmarks.masks_at_size``).
 4. **A local-model Ray actor** (``LocalModelSpec``, ``num_gpus=1``) labelling the emulator's
    images, beside the single-process labeller with the same model in the same run.
+5. **``cogseg serve``** on the GPU (hiera-tiny layout, 8 images x 16 prompts) beside the same
+   model in-process, and its encoder passes per job (``benchmarks.service``).
 
 Writes ``benchmarks/results/gpu.json`` (``--out`` elsewhere); ``python -m benchmarks table``
 puts it in the docs and README tables. Without a CUDA GPU it says so in one line and exits 0
@@ -204,6 +206,15 @@ def ray_figures(device: str, items: int, smoke: bool) -> list[Figure]:
                    notes=f"{ok} of {items} items; actor start-up and model load included")]
 
 
+def service_figures(device: str, smoke: bool) -> list[Figure]:
+    """``cogseg serve`` on the GPU beside the same model in-process (``benchmarks.service``)."""
+    from benchmarks.service import run as run_service
+
+    if smoke:
+        return run_service(images=1, prompts=2, device="cpu", config="tiny-test").figures
+    return run_service(images=8, prompts=16, device=device, config="hiera-tiny").figures
+
+
 def run(*, smoke: bool = False, budget_s: float = 480.0, images: int = 32,
         ray_items: int = 400) -> Report:
     """Every section that fits the budget (a skipped one is named in the report)."""
@@ -224,6 +235,8 @@ def run(*, smoke: bool = False, budget_s: float = 480.0, images: int = 32,
         rep.add(*mask_decode_figures(device))
     if budget.allows("ray actor", needs_s=0 if smoke else 90):
         rep.add(*ray_figures(device, ray_items, smoke))
+    if budget.allows("segment service", needs_s=0 if smoke else 90):
+        rep.add(*service_figures(device, smoke))
     rep.params["skipped"] = budget.skipped
     return rep
 
