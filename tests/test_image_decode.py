@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -181,3 +182,118 @@ def test_check_declared_size(caplog: pytest.LogCaptureFixture) -> None:
     assert len(msgs) == 2
     assert "swapped" in msgs[0] and "EXIF-aware" in msgs[0] and "30x20" in msgs[0]
     assert "does not belong" in msgs[1]
+
+
+# --- JPEG headers read from the markers: Pillow's answer, without Pillow opening the file -----
+
+def jpeg_of(mode: str = "RGB", **save: object) -> bytes:
+    channels = {"L": 1, "RGB": 3, "CMYK": 4}[mode]
+    values = rng.integers(0, 256, size=(21, 34, channels), dtype=np.uint8)
+    img = Image.fromarray(values[..., 0] if channels == 1 else values, mode)
+    return pil_bytes(img, "JPEG", **save)
+
+
+def with_segment(data: bytes, marker: int, payload: bytes) -> bytes:
+    """``data`` with one more marker segment right after the start of image."""
+    return (data[:2] + bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+            + data[2:])
+
+
+def orientation_exif(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return b"Exif\x00\x00" + exif.tobytes()
+
+
+def pillow_header(data: bytes) -> tuple[int, int, str | None, str, int]:
+    """What Pillow itself says: size, format, mode, EXIF orientation (1 when absent)."""
+    with Image.open(io.BytesIO(data)) as img:
+        value = img.getexif().get(0x0112, 1)
+        return img.height, img.width, img.format, img.mode, value if value in imd.ORIENTATIONS \
+            else 1
+
+
+def as_tuple(h: imd.ImageHeader) -> tuple[int, int, str | None, str, int]:
+    return h.height, h.width, h.format, h.mode, h.orientation
+
+
+PLAIN_JPEGS = {
+    "rgb": lambda: jpeg_of(quality=90),
+    "progressive": lambda: jpeg_of(progressive=True, optimize=True),
+    "grey": lambda: jpeg_of("L"),
+    "cmyk": lambda: jpeg_of("CMYK"),
+    "444": lambda: jpeg_of(subsampling=0, quality=95),
+    "restart-markers": lambda: jpeg_of(restart_marker_blocks=1),
+    "icc-comment-dpi": lambda: jpeg_of(icc_profile=b"p" * 300, comment=b"hello", dpi=(300, 300)),
+    "exif-turned": lambda: jpeg_of(exif=orientation_exif(6)),
+    "exif-upright": lambda: jpeg_of(exif=orientation_exif(1)),
+    "exif-out-of-range": lambda: jpeg_of(exif=orientation_exif(9)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PLAIN_JPEGS))
+def test_plain_jpeg_headers_are_pillows_without_pillow_opening_them(
+        kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = PLAIN_JPEGS[kind]()
+    expected = pillow_header(data)
+
+    def no_open(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Pillow opened a plain JPEG")
+
+    monkeypatch.setattr("PIL.Image.open", no_open)
+    assert as_tuple(imd.read_header(data)) == expected
+    assert imd.image_size(data) == expected[:2]
+
+
+UNUSUAL_JPEGS = {
+    "xmp-orientation": lambda: jpeg_of(
+        xmp=b'<x:xmpmeta><tiff:Orientation>6</tiff:Orientation></x:xmpmeta>'),
+    "mpo": lambda: pil_bytes(Image.fromarray(np.zeros((9, 8, 3), np.uint8)), "MPO",
+                             save_all=True,
+                             append_images=[Image.fromarray(np.ones((9, 8, 3), np.uint8))]),
+    "two-exif-blocks": lambda: with_segment(jpeg_of(exif=orientation_exif(3)), 0xE1,
+                                            orientation_exif(8)),
+    "fill-bytes": lambda: jpeg_of()[:2] + b"\xff" + jpeg_of()[2:],
+    "exif-damaged": lambda: with_segment(jpeg_of(), 0xE1, b"Exif\x00\x00MM\x00*garbage"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNUSUAL_JPEGS))
+def test_unusual_jpegs_are_read_by_pillow(kind: str) -> None:
+    data = UNUSUAL_JPEGS[kind]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's word on a damaged EXIF block
+        assert as_tuple(imd.read_header(data)) == pillow_header(data)
+
+
+REFUSED_JPEGS = {
+    "truncated-header": lambda: jpeg_of()[:40],
+    "short-quantization-table": lambda: with_segment(jpeg_of(), 0xDB, b"\x00" + b"\x01" * 10),
+    "short-jfif": lambda: with_segment(jpeg_of(), 0xE0, b"JFIF\x00"),
+    "short-adobe": lambda: with_segment(jpeg_of(), 0xEE, b"Adobe\x00"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED_JPEGS))
+def test_jpegs_pillow_refuses_are_refused(kind: str) -> None:
+    data = REFUSED_JPEGS[kind]()
+    with pytest.raises(Exception):  # noqa: B017 - Pillow's own reason, whatever its type
+        pillow_header(data)
+    with pytest.raises(imd.FileValidationError, match="not a readable image"):
+        imd.read_header(data)
+
+
+def test_the_pixel_limit_applies_to_jpegs_read_from_their_markers() -> None:
+    data = jpeg_of()
+    with pytest.raises(imd.FileValidationError, match="over the limit of 700"):
+        imd.read_header(data, max_pixels=700)  # 34 x 21 = 714 pixels
+
+
+@pytest.mark.parametrize("save", [{"quality": 90}, {"progressive": True}, {"subsampling": 0},
+                                  {"subsampling": 1, "quality": 50}], ids=str)
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpeg_pixels_are_pillows(mode: str, save: dict[str, object]) -> None:
+    """8-bit JPEGs are decoded by torchvision (libjpeg-turbo): the very pixels Pillow gives."""
+    data = jpeg_of(mode, **save)
+    expect = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.array_equal(as_hwc(imd.decode_image(data)), expect)
