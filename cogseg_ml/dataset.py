@@ -39,6 +39,9 @@ by file version from the image store (downloaded once), masks from the
 without copies). The dataset pickles without live connections: each DataLoader worker uses its
 own process's segmentation session on first use (never the parent's sockets), and all share the
 cache file. File versions the parent resolved travel with it, so workers ask CDF nothing more.
+A DataLoader's batch (``__getitems__``) reads the image store's index and the mask cache with one
+query each and all its masks' RLE strings in one pass; its samples, and the error of its first
+failing sample, are those of ``dataset[i]`` one at a time.
 
 Instances whose best segment is empty are left out of the target (a zero-area box breaks
 detection losses); ``target["num_dropped"]`` counts them.
@@ -91,15 +94,19 @@ from cogseg_ml.image_decode import (
     decode_image,
     decode_image_at_size,
 )
-from cogseg_ml.mask_codec import area, bbox_of, decode_to_tensor
+from cogseg_ml.mask_codec import bbox_of
 from cogseg_ml.masks_at_size import (
     DEFAULT_IMAGE_BUDGET,
     CompactMasks,
     ImageBudgetError,
+    ParsedRle,
     check_image_budget,
     check_mask_budget,
     compact_at_size,
+    decode_many_to_tensor,
     fewest_pixels,
+    parse_many,
+    rle_areas,
     target_size,
 )
 from cogseg_ml.progress import progress_bar
@@ -115,6 +122,8 @@ MaskFormat = Literal["dense", "rle"]
 #: Default ``mask_budget_bytes``: the most one sample's dense bool masks may take (1 GiB).
 DEFAULT_MASK_BUDGET = 2**30
 RESOLVE_BLOCK = 1000  # samples whose file versions one files/byids call resolves
+#: RLEs a batch read ahead (:func:`~cogseg_ml.masks_at_size.parse_many`), by counts, height, width.
+Parsed = Mapping[tuple[str | bytes, int, int], ParsedRle]
 #: The target's per-instance fields besides ``masks`` and ``boxes`` (one entry per instance).
 INSTANCE_FIELDS = ("labels", "scores", "area", "iscrowd", "instances")
 
@@ -384,12 +393,22 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             return height, width
         return target_size(height, width, self.size, self.max_size)
 
-    def _load_image(self, index: int) -> tuple[ImageRecord, tv_tensors.Image]:
+    def _image_record(self, index: int, stored: tuple[bytes, str] | None = None
+                      ) -> tuple[bytes, ImageRecord]:
+        """Sample ``index``'s image bytes and record (``stored``: what the batch's read of the
+        image store found for it)."""
         sample = self.samples[index]
         try:
             self._resolve_around(index)
-            data, rec = self.store.image(sample.file)
+            data, rec = self.store.image(sample.file, stored=stored)
             self._remember_size(index, rec)
+            return data, rec
+        except CogsegError as exc:
+            raise SampleError(f"sample {index} ({sample.file.describe()}): {exc}") from exc
+
+    def _decode_image(self, index: int, data: bytes, rec: ImageRecord) -> tv_tensors.Image:
+        sample = self.samples[index]
+        try:
             out_h, out_w = self.output_size(rec.height, rec.width)
             if self.image_budget_bytes is not None:  # before decoding
                 check_image_budget(out_h, out_w, self.image_budget_bytes,
@@ -400,7 +419,7 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                 pixels = decode_image(data, sample.file, self.max_pixels)
             else:
                 pixels = decode_image_at_size(data, out_h, out_w, sample.file, self.max_pixels)
-            return rec, tv_tensors.Image(pixels)
+            return tv_tensors.Image(pixels)
         except ImageBudgetError:
             raise  # names the sample already; its type says what to change
         except CogsegError as exc:
@@ -419,10 +438,18 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                 out[k] = result
         return out
 
-    def _load_target(self, index: int, rec: ImageRecord) -> dict[str, Any]:
+    def _load_target(self, index: int, rec: ImageRecord,
+                     found_in_batch: list[CachedResult | None] | None = None,
+                     parsed: Parsed | None = None) -> dict[str, Any]:
+        """Sample ``index``'s target; ``found_in_batch``: its cached results as the batch's
+        lookup found them (used when complete), ``parsed``: its RLEs as the batch read them
+        (runs, areas, boxes; used when it holds all of them, well formed)."""
         sample = self.samples[index]
         height, width = rec.height, rec.width
-        results = self.store.lookup(rec, [inst.prompt for inst in sample.instances])
+        if found_in_batch is not None and all(r is not None for r in found_in_batch):
+            results = list(found_in_batch)
+        else:  # looked up now, after the samples before it fetched what they missed
+            results = self.store.lookup(rec, [inst.prompt for inst in sample.instances])
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             if self.on_miss == "raise":
@@ -435,11 +462,13 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
                     results[i] = r
         found = [(k, res.best) for k, res in enumerate(results)
                  if res is not None and res.best is not None]
-        areas = area([b.rle for _, b in found if b is not None])
+        rles = [b.rle for _, b in found]
+        read = _all_parsed(rles, parsed)
+        areas = rle_areas(rles) if read is None else [p.area for p in read]
         kept = [(k, b, float(a)) for (k, b), a in zip(found, areas, strict=True) if a > 0 and b]
         where = f"sample {index} ({sample.file.describe()})"
         out_h, out_w = self.output_size(height, width)
-        masks, xyxy, sizes = self._masks_at(kept, height, width, out_h, out_w, where)
+        masks, xyxy, sizes = self._masks_at(kept, height, width, out_h, out_w, where, parsed)
         if sizes is not None:  # resized: masks that vanished at the returned size are dropped
             keep = sizes > 0
             if not keep.all():
@@ -455,11 +484,11 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
             "masks": tv_tensors.Mask(masks) if isinstance(masks, torch.Tensor) else masks,
             "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(xyxy.astype(np.float32)),
                                               format="XYXY", canvas_size=(out_h, out_w)),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "scores": torch.tensor([b.score for _, b, _ in kept], dtype=torch.float32),
-            "area": torch.tensor([a for _, _, a in kept], dtype=torch.float32),
+            "labels": torch.from_numpy(np.array(labels, dtype=np.int64)),
+            "scores": torch.from_numpy(np.array([b.score for _, b, _ in kept], dtype=np.float32)),
+            "area": torch.from_numpy(np.array([a for _, _, a in kept], dtype=np.float32)),
             "iscrowd": torch.zeros(len(kept), dtype=torch.int64),
-            "instances": torch.tensor([k for k, _, _ in kept], dtype=torch.int64),
+            "instances": torch.from_numpy(np.array([k for k, _, _ in kept], dtype=np.int64)),
             "image_id": self._image_ids[index],
             "file": sample.file,
             "num_dropped": dropped,
@@ -467,7 +496,8 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         }
 
     def _masks_at(self, kept: Sequence[tuple[int, Any, float]], height: int, width: int,
-                  out_h: int, out_w: int, where: str
+                  out_h: int, out_w: int, where: str,
+                  parsed: Parsed | None = None
                   ) -> tuple[torch.Tensor | CompactMasks, np.ndarray, np.ndarray | None]:
         """The kept instances' masks (dense or compact), XYXY boxes, and, when resized, each
         mask's pixel count at the returned size (``None`` at full size: the cached areas)."""
@@ -476,13 +506,14 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         if self.mask_format == "rle":
             if not resized:
                 compact = CompactMasks.from_rles(rles, height, width)
-                return compact, _xyxy_of_rles(rles), None
+                return compact, _xyxy_of_rles(rles, parsed), None
             compact = compact_at_size(rles, height, width, out_h, out_w)
             xyxy, sizes = _boxes_and_areas_of_compact(compact)
             return compact, xyxy, sizes
         check_mask_budget(len(rles), out_h, out_w, self.mask_budget_bytes, where)
         if not resized:
-            return decode_to_tensor(rles, height, width), _xyxy_of_rles(rles), None
+            return (decode_many_to_tensor(rles, height, width, parsed),
+                    _xyxy_of_rles(rles, parsed), None)
         # Boxes and pixel counts from the resized runs (a few thousand numbers), then the
         # dense masks painted from the same runs: never a scan of N * out_h * out_w bools.
         compact = compact_at_size(rles, height, width, out_h, out_w)
@@ -490,12 +521,62 @@ class CdfSegmentationDataset(Dataset[tuple[tv_tensors.Image, dict[str, Any]]]):
         return compact.to_dense(), xyxy, sizes
 
     def __getitem__(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
-        index = self._index(index)
-        rec, image = self._load_image(index)
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[tv_tensors.Image,
+                                                                 dict[str, Any]]]:
+        """Samples ``indices``, reading the cache once for them all (``dataset[i]`` is
+        ``dataset.__getitems__([i])[0]``).
+
+        A DataLoader asks for each batch this way. The image store's index and the mask
+        cache are each read with one query for the batch, and the masks' RLE strings in one
+        pass; decoding and targets are per sample, in order. The samples are those of
+        ``[dataset[i] for i in indices]``, and so is the error: that of the first sample that
+        fails (nothing after it is read). A sample whose masks are not all cached is looked up
+        again at its turn, after the samples before it fetched theirs.
+        """
+        positions = [self._index(i) for i in indices]
+        try:
+            stored = self.store.stored_images([self.samples[p].file for p in positions])
+        except CogsegError:  # each sample reads for itself, and says what is wrong
+            stored = {}
+        loaded: list[tuple[bytes, ImageRecord] | SampleError] = []
+        for p in positions:
+            try:
+                loaded.append(self._image_record(p, stored.get(self.samples[p].file)))
+            except SampleError as exc:  # raised at its turn, after the samples before it
+                loaded.append(exc)
+                break
+        ready = [(p, got[1]) for p, got in zip(positions, loaded, strict=False)
+                 if not isinstance(got, SampleError)]
+        found: dict[int, list[CachedResult | None]] = {}
+        parsed: Parsed | None = None
+        try:
+            results = self.store.lookup_many(
+                [(rec, [inst.prompt for inst in self.samples[p].instances]) for p, rec in ready])
+            found = dict(enumerate(results))
+            if self.size is None and self.max_size is None:  # masks at their cached size
+                parsed = parse_many([res.best.rle for r in results for res in r
+                                     if res is not None and res.best is not None])
+        except CogsegError:  # each sample looks up and decodes for itself, naming what is wrong
+            pass
+        out = []
+        for at, (p, got) in enumerate(zip(positions, loaded, strict=False)):
+            if isinstance(got, SampleError):
+                raise got
+            out.append(self._sample(p, *got, found_in_batch=found.get(at), parsed=parsed))
+        return out
+
+    def _sample(self, index: int, data: bytes, rec: ImageRecord,
+                found_in_batch: list[CachedResult | None] | None = None,
+                parsed: Parsed | None = None) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Sample ``index`` from its image bytes and record (see :meth:`__getitems__` for what
+        a batch has read already)."""
+        image = self._decode_image(index, data, rec)
         if (int(image.shape[-2]), int(image.shape[-1])) != self.output_size(rec.height,
                                                                              rec.width):
             raise SampleError(f"sample {index}: decoded size differs from the header's")
-        target = self._load_target(index, rec)
+        target = self._load_target(index, rec, found_in_batch, parsed)
         if self.image_dtype != torch.uint8:
             image = tvf.to_dtype(image, self.image_dtype, scale=True)
         if self.transforms is None:
@@ -678,9 +759,28 @@ _SAME_ENTRIES = frozenset({torch.Tensor.clone, torch.Tensor.detach, torch.Tensor
 
 # --- boxes and areas of masks at the returned size ---------------------------------------------
 
-def _xyxy_of_rles(rles: Sequence[Any]) -> np.ndarray:
-    """Tight XYXY boxes of full-size RLEs (pycocotools' ``toBbox``)."""
-    xywh = bbox_of(rles)
+def _all_parsed(rles: Sequence[Any], parsed: Parsed | None) -> list[ParsedRle] | None:
+    """The batch's reading of each of ``rles``, or ``None`` unless it read them all, well
+    formed (then they are read again, and whatever is wrong is raised)."""
+    if parsed is None:
+        return None
+    out = []
+    for r in rles:
+        try:
+            got = parsed.get((r["counts"], int(r["size"][0]), int(r["size"][1])))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+        if got is None or not got.valid:
+            return None
+        out.append(got)
+    return out
+
+
+def _xyxy_of_rles(rles: Sequence[Any], parsed: Parsed | None = None) -> np.ndarray:
+    """Tight XYXY boxes of full-size RLEs (pycocotools' ``toBbox``; from the batch's reading
+    when it has them all)."""
+    read = _all_parsed(rles, parsed)
+    xywh = bbox_of(rles) if read is None or not read else np.array([p.box for p in read])
     out: np.ndarray = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
     return out
 

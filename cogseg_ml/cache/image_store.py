@@ -94,6 +94,36 @@ class ImageStore:
             self.db.touch("images", (file_key,), now)
         return data, row[0]
 
+    def get_many_with_digest(self, file_keys: Sequence[str]) -> dict[str, tuple[bytes, str]]:
+        """:meth:`get_with_digest` for many file keys, their index rows read with one query
+        (per 500 keys): ``{file_key: (bytes, sha256)}`` for those stored (and verified)."""
+        keys = list(dict.fromkeys(file_keys))
+        rows: list[tuple[str, str, float]] = []
+
+        def read() -> None:
+            conn = self.db.connection()
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows.extend(conn.execute(
+                    f"SELECT file_key, sha256, last_access FROM images WHERE file_key IN "
+                    f"({marks})", chunk))
+
+        self.db.retry(read)
+        out: dict[str, tuple[bytes, str]] = {}
+        now = time.time()
+        stale = []
+        for key, sha, last_access in rows:
+            data = self._read_verified(sha)
+            if data is None:
+                continue
+            out[key] = data, sha
+            if now - last_access > self.cache.touch_interval_s:
+                stale.append(key)
+        if stale:  # LRU bookkeeping: written later, batched
+            self.db.touch("images", stale, now)
+        return out
+
     def get_by_digest(self, sha256: str) -> bytes | None:
         """The stored bytes whose SHA-256 hex is ``sha256`` (verified), or ``None``.
 

@@ -148,6 +148,7 @@ class SegmentStore:
         self._client: SegmentationClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._keys: dict[tuple[str, int, tuple[Prompt, ...]], list[CacheKey]] = {}
+        self._file_keys: dict[tuple[FileRef, str], str] = {}
         self._warned_offline = False
         self._outage: tuple[float, ApiUnavailableError] | None = None
         self._lock = threading.Lock()
@@ -158,8 +159,8 @@ class SegmentStore:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _pool=None, _keys={}, _lock=None, _flush_lock=None,
-                     _unsaved=[], _outage=None)
+        state.update(_client=None, _pool=None, _keys={}, _file_keys={}, _lock=None,
+                     _flush_lock=None, _unsaved=[], _outage=None)
         state.pop("clock", None)
         return state
 
@@ -277,18 +278,29 @@ class SegmentStore:
 
     # --- images --------------------------------------------------------------------------------
     def file_key(self, ref: FileRef, info: FileInfo) -> str:
-        """The image store's key of one version of a file."""
-        return file_key(self.origin, self.config.project, ref, info.version)
+        """The image store's key of one version of a file (worked out once per process)."""
+        memo = (ref, info.version)
+        key = self._file_keys.get(memo)
+        if key is None:
+            key = file_key(self.origin, self.config.project, ref, info.version)
+            if len(self._file_keys) >= 100_000:
+                self._file_keys.clear()
+            self._file_keys[memo] = key
+        return key
 
-    def image(self, ref: FileRef) -> tuple[bytes, ImageRecord]:
+    def image(self, ref: FileRef, *, stored: tuple[bytes, str] | None = None
+              ) -> tuple[bytes, ImageRecord]:
         """The file's bytes and record: from the image store, else downloaded and stored.
+
+        ``stored``: the file's bytes and SHA-256 as :meth:`stored_images` read them (for many
+        files at once), used instead of reading the image store again.
 
         Raises:
             CogsegError: unknown, unsegmentable, unreachable, or not a readable image.
         """
         info = self.info(ref)
         key = self.file_key(ref, info)
-        found = self.images_store.get_with_digest(key)
+        found = stored if stored is not None else self.images_store.get_with_digest(key)
         if found is None:
             data = self.client.download(ref)
             found = data, self.images_store.put(key, data)
@@ -297,6 +309,19 @@ class SegmentStore:
         data, digest = found
         h, w = image_size(data, ref, self.max_pixels)
         return data, ImageRecord(ref, key, digest, h, w, info.name)
+
+    def stored_images(self, refs: Sequence[FileRef]) -> dict[FileRef, tuple[bytes, str]]:
+        """The bytes and SHA-256 of the files whose known version is in the image store, read
+        with one index query for all: what :meth:`image` would read for each (pass it as
+        ``stored=``). Files whose version this store has not resolved yet, or that are not
+        stored, are left out; nothing is asked of CDF and nothing is downloaded."""
+        keys: dict[FileRef, str] = {}
+        for ref in refs:
+            info = self._info.get(ref)
+            if isinstance(info, FileInfo):
+                keys[ref] = self.file_key(ref, info)
+        found = self.images_store.get_many_with_digest(list(keys.values()))
+        return {ref: found[key] for ref, key in keys.items() if key in found}
 
     def records(self, refs: Sequence[FileRef], *, fresh: bool = False
                 ) -> list[ImageRecord | CogsegError]:
@@ -352,16 +377,29 @@ class SegmentStore:
 
     def lookup(self, rec: ImageRecord, prompts: Sequence[Prompt]) -> list[CachedResult | None]:
         """Cached results of prompts on an image, any identity the backend may answer with."""
-        results: list[CachedResult | None] = self.cache.get_many(self.mask_keys(rec, prompts))
+        return self.lookup_many([(rec, prompts)])[0]
+
+    def lookup_many(self, requests: Sequence[tuple[ImageRecord, Sequence[Prompt]]]
+                    ) -> list[list[CachedResult | None]]:
+        """:meth:`lookup` for several images at once: one cache read per backend identity for
+        all of them, results in the order asked."""
+        keys = [self.mask_keys(rec, prompts) for rec, prompts in requests]
+        flat: list[CachedResult | None] = self.cache.get_many([k for ks in keys for k in ks])
+        out: list[list[CachedResult | None]] = []
+        at = 0
+        for ks in keys:
+            out.append(flat[at:at + len(ks)])
+            at += len(ks)
         for ident in range(1, len(self.backend.identities())):
-            missing = [i for i, r in enumerate(results) if r is None]
+            missing = [(n, i) for n, results in enumerate(out)
+                       for i, r in enumerate(results) if r is None]
             if not missing:
                 break
-            keys = self.mask_keys(rec, prompts, ident)
-            for i, r in zip(missing, self.cache.get_many([keys[i] for i in missing]),
-                            strict=True):
-                results[i] = r
-        return results
+            other = [self.mask_keys(rec, prompts, ident) for rec, prompts in requests]
+            for (n, i), r in zip(missing, self.cache.get_many([other[n][i] for n, i in missing]),
+                                 strict=True):
+                out[n][i] = r
+        return out
 
     def present(self, rec: ImageRecord, prompts: Sequence[Prompt], *,
                 preferred_only: bool = False) -> list[bool]:
