@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -235,6 +237,46 @@ def test_results_import_into_a_cache_the_dataset_reads(two_actor_run: dict[str, 
     lab.to_coco(tmp / "again.json")
     assert rep.jobs_run == 0 and rep.from_cache == N_PROMPTS and len(emu.jobs.jobs) == jobs
     assert json.loads((tmp / "again.json").read_text()) == two_actor_run["reference"]
+
+
+def test_an_actor_starts_its_next_block_before_the_last_one_ends(
+        ray_session: None, emu: Emulator, tmp_path: Path,
+        work: tuple[list[SyntheticImage], list[Sample]]) -> None:
+    """One actor, blocks of one row: the second block's jobs are created while the first
+    block's are held running. (Ray handed an actor its next block only once the last one had
+    finished, so the jobs in flight fell to none at each block's end.)"""
+    samples = work[1][:2]
+    want = {s.file.external_id for s in samples}
+    n = sum(len(s.instances) for s in samples)
+    assert n < emu.jobs.concurrency  # every held job keeps an emulator worker
+    before, ended_before = set(emu.jobs.jobs), emu.jobs.completed + emu.jobs.failed
+    seen: list[tuple[set[str | None], int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # until both rows' jobs exist (or a minute passes), no job ends
+        deadline = time.monotonic() + 60
+        files: set[str | None] = set()
+        while not stop.is_set() and time.monotonic() < deadline:
+            files = {emu.jobs.jobs[j].file.external_id for j in list(emu.jobs.jobs)
+                     if j not in before}
+            if files >= want:
+                break
+            stop.wait(0.02)
+        seen.append((files, emu.jobs.completed + emu.jobs.failed - ended_before))
+        emu.jobs.end_limit = None
+
+    emu.jobs.end_limit = ended_before
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        rows = label_dataset(prompt_dataset(samples, rows_per_block=1), emu.config,
+                             cache=tmp_path / "cache", batch_size=1, concurrency=8).take_all()
+    finally:
+        stop.set()
+        watcher.join()
+        emu.jobs.end_limit = None
+    assert seen == [(want, 0)]  # both rows' jobs in flight at once, none ended yet
+    assert {r["status"] for r in rows} == {OK} and len(rows) == n
 
 
 class KillOnce(PromptLabeler):

@@ -36,7 +36,16 @@ def _positive(name: str, value: Any, kinds: tuple[type[int] | type[float], ...] 
         raise ValidationError(f"{name} must be a positive {what}, got {value!r}")
 
 
+#: Blocks an actor works on at once. With Ray's default (one), an actor started a block only
+#: once every batch of the previous one had finished, so its jobs in flight fell to none at
+#: each block's end; with two, the next block's batches start while the other's last ones
+#: finish. Not more: two is what Ray queues on an actor by default, so a run's last blocks
+#: still spread over the actors.
+BLOCKS_PER_ACTOR = 2
+
+
 def _pool(actors: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
+    """The actor pool; each actor takes :data:`BLOCKS_PER_ACTOR` blocks at once."""
     if isinstance(actors, tuple):
         if len(actors) != 2:
             raise ValidationError(f"actors must be a count or (min, max), got {actors!r}")
@@ -45,9 +54,13 @@ def _pool(actors: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
         _positive("actors' max", hi)
         if lo > hi:
             raise ValidationError(f"actors (min, max) needs min <= max, got {actors!r}")
-        return ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+        return ray.data.ActorPoolStrategy(
+            min_size=lo, max_size=hi, max_concurrent_calls_per_actor=BLOCKS_PER_ACTOR,
+            max_tasks_in_flight_per_actor=BLOCKS_PER_ACTOR)
     _positive("actors", actors)
-    return ray.data.ActorPoolStrategy(size=actors)
+    return ray.data.ActorPoolStrategy(size=actors,
+                                      max_concurrent_calls_per_actor=BLOCKS_PER_ACTOR,
+                                      max_tasks_in_flight_per_actor=BLOCKS_PER_ACTOR)
 
 
 def label_dataset(ds: ray.data.Dataset, backend: BackendSpec, *,
@@ -71,7 +84,9 @@ def label_dataset(ds: ray.data.Dataset, backend: BackendSpec, *,
         batch_size: images per batch (default 16 on the API, 8 for a local model). A batch
             is the unit Ray retries, and what a local model encodes together.
         concurrency, batches_in_flight: jobs in flight per batch and batches per actor: an
-            actor keeps up to their product of API jobs in flight.
+            actor keeps up to their product of API jobs in flight. An actor works on two
+            blocks at once (the next one starts while the last batches of the other finish),
+            so with blocks of one batch each at most two batches run at once.
         num_cpus: CPUs reserved per actor (default 0.5 for the API, which waits on the
             network, 1 for a local model).
         num_gpus: GPUs per actor (e.g. 1 for a local model on a GPU node).
