@@ -25,10 +25,11 @@ from cogseg_ml.samples import Instance, Sample
 N_IMAGES = 20  # the emulator's --synthetic images
 
 
-def samples(n_items: int) -> list[Sample]:
-    """``n_items`` distinct point prompts spread over the emulator's synthetic images."""
-    images = make_dataset(N_IMAGES)
-    per_image = -(-n_items // N_IMAGES)
+def samples(n_items: int, n_images: int = N_IMAGES) -> list[Sample]:
+    """``n_items`` distinct point prompts spread over the emulator's first ``n_images``
+    synthetic images (``--synthetic`` must serve that many)."""
+    images = make_dataset(n_images)
+    per_image = -(-n_items // n_images)
     out, made = [], 0
     for im in images:
         insts = []
