@@ -138,16 +138,19 @@ def test_the_emulator_on_a_lan_address_opts_in_to_plain_http(images) -> None:
     from cogseg_ml.emulator.server import Emulator
     from cogseg_ml.errors import ValidationError
 
+    # The refusal needs no interface: a documentation address (TEST-NET-1) is off loopback.
+    with pytest.raises(ValidationError):
+        CdfConfig(project="p", base_url="http://192.0.2.10:1", credentials=StaticToken("t"))
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.connect(("10.254.254.254", 1))  # no packet is sent: this only picks an interface
         ip = s.getsockname()[0]
     except OSError:
-        pytest.skip("no non-loopback interface")
+        pytest.skip("no non-loopback interface to bind the emulator to")
     finally:
         s.close()
     if ip.startswith("127.") or ip == "0.0.0.0":
-        pytest.skip("no non-loopback interface")
+        pytest.skip("no non-loopback interface to bind the emulator to")
     with pytest.raises(ValidationError):
         CdfConfig(project="p", base_url=f"http://{ip}:1", credentials=StaticToken("t"))
     with Emulator(images=images[:1], host=ip) as emu:
