@@ -46,6 +46,7 @@ from cogseg_ml.exports.labelstudio_client import (
     LabelStudioProjectError,
     Secret,
 )
+from cogseg_ml.exports.report import left_out
 from cogseg_ml.store.image_fetcher import ImageFetcher
 
 if TYPE_CHECKING:
@@ -133,12 +134,7 @@ class PushReport:
         """One line for people."""
         state = "created" if self.project_created else (
             "labelling config updated" if self.config_updated else "existing")
-        extra = []
-        if self.dropped:
-            extra.append(f"{self.dropped} left out by the review decisions")
-        if self.empty:
-            extra.append(f"{self.empty} empty masks skipped")
-        tail = f" ({'; '.join(extra)})" if extra else ""
+        tail = left_out(self.dropped, self.empty)
         return (f"labelstudio: project {self.project_title!r} (id {self.project_id}, {state}): "
                 f"{self.images} images: {self.created} tasks created, {self.updated} updated, "
                 f"{self.unchanged} unchanged; {self.objects} objects{tail}; images: "

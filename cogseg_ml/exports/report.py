@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ExportReport"]
+__all__ = ["ExportReport", "left_out"]
 
 
 @dataclass
@@ -34,11 +34,16 @@ class ExportReport:
 
     def summary(self) -> str:
         """One line for people."""
-        extra = []
-        if self.dropped:
-            extra.append(f"{self.dropped} left out by the review decisions")
-        if self.empty:
-            extra.append(f"{self.empty} empty masks skipped")
-        tail = f" ({'; '.join(extra)})" if extra else ""
+        tail = left_out(self.dropped, self.empty)
         return (f"{self.format} export: {self.images} images, {self.objects} objects{tail}; "
                 f"images: {self.from_cache} from the cache, {self.downloaded} downloaded")
+
+
+def left_out(dropped: int, empty: int) -> str:
+    """What an export left out, as a parenthesis for a summary line (empty when nothing)."""
+    extra = []
+    if dropped:
+        extra.append(f"{dropped} left out by the review decisions")
+    if empty:
+        extra.append(f"{empty} empty masks skipped")
+    return f" ({'; '.join(extra)})" if extra else ""
