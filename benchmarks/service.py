@@ -38,7 +38,7 @@ from cogseg_ml.backends.sam2 import save_random_checkpoint
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image, make_dataset
 from cogseg_ml.prompts import FileRef, Point, Prompt
-from cogseg_ml.service.model_worker import result_segments
+from cogseg_ml.service.model_answers import result_segments
 
 SEGMENT = "/context/vision/segment"
 BETA = {"cdf-version": "beta"}

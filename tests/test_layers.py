@@ -62,18 +62,23 @@ PRODUCT_GROUPS = (("cogseg_ml.dataset",), ("cogseg_ml.labeler",), ("cogseg_ml.ra
                   ("cogseg_ml.service",))
 PRODUCTS = tuple(m for group in PRODUCT_GROUPS for m in group)
 
+#: The parts of the segment service the emulator runs on too (one implementation of the spec).
+SERVICE_SHARED = ("cogseg_ml.service.problems", "cogseg_ml.service.segment_wire",
+                  "cogseg_ml.service.segment_routes", "cogseg_ml.service.job_engine",
+                  "cogseg_ml.service.job_store")
+
 RULES = {
     "the first floor imports only itself": (FLOOR_1, FLOOR_1),
     "pure values import only the floors below": (FLOOR_2, FLOOR_2),
     "the emulator shares only the wire schema, value types, codec, local model and the "
-    "segment service's routes rules":
+    "segment service's routes, job engine and rules":
         (("cogseg_ml.emulator",), FLOOR_2 + ("cogseg_ml.emulator", "cogseg_ml.api.wire_schema",
                                              "cogseg_ml.backends.local_sam",
-                                             "cogseg_ml.service.problems",
-                                             "cogseg_ml.service.segment_wire")),
-    "the service's shared parts import only the wire schema and the floors below":
-        (("cogseg_ml.service.problems", "cogseg_ml.service.segment_wire"),
-         FLOOR_2 + ("cogseg_ml.api.wire_schema", "cogseg_ml.service.problems")),
+                                             *SERVICE_SHARED)),
+    "the service's shared parts import only the wire schema, the cache's database and the "
+    "floors below":
+        (SERVICE_SHARED, FLOOR_2 + ("cogseg_ml.api.wire_schema", "cogseg_ml.cache.database",
+                                    *SERVICE_SHARED)),
     "the service stands on the floors below the products":
         (("cogseg_ml.service",), FLOOR_2 + ("cogseg_ml.api", "cogseg_ml.cache", "cogseg_ml.store",
                                             "cogseg_ml.backends", "cogseg_ml.image_decode",

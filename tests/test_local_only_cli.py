@@ -201,7 +201,7 @@ def test_the_emulator_engine_can_be_sam21(model_dir: Path, images: list[Syntheti
     args = build_parser().parse_args(["emulator", "--port", "0", "--synthetic", "2", "--engine",
                                       "sam2", "--model", str(model_dir), "--device", "cpu"])
     emu = emulator_from_args(args)
-    assert emu.jobs.engine.name == "sam2"
+    assert emu.answers.engine.name == "sam2"
     name = sorted(r.name for r in emu.state.files.values())[0]
     from cogseg_ml.emulator.synthetic_images import make_dataset
 

@@ -248,7 +248,7 @@ def test_an_actor_starts_its_next_block_before_the_last_one_ends(
     samples = work[1][:2]
     want = {s.file.external_id for s in samples}
     n = sum(len(s.instances) for s in samples)
-    assert n < emu.jobs.concurrency  # every held job keeps an emulator worker
+    assert n < emu.jobs.workers  # every held job keeps an emulator worker
     before, ended_before = set(emu.jobs.jobs), emu.jobs.completed + emu.jobs.failed
     seen: list[tuple[set[str | None], int]] = []
     stop = threading.Event()
@@ -257,7 +257,7 @@ def test_an_actor_starts_its_next_block_before_the_last_one_ends(
         deadline = time.monotonic() + 60
         files: set[str | None] = set()
         while not stop.is_set() and time.monotonic() < deadline:
-            files = {emu.jobs.jobs[j].file.external_id for j in list(emu.jobs.jobs)
+            files = {emu.jobs.jobs[j].file_external_id for j in list(emu.jobs.jobs)
                      if j not in before}
             if files >= want:
                 break

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             info = {"base_url": emu.base_url, "project": emu.project,
                     "token_url": emu.token_url, "client_id": emu.state.client_id,
-                    "files": len(emu.state.files), "engine": emu.jobs.engine.name,
+                    "files": len(emu.state.files), "engine": emu.answers.engine.name,
                     "vision_retired": emu.retired}
             # The secret is printed only when asked for: it is what a local client needs.
             if args.print_secret:

@@ -26,6 +26,10 @@ Where the reference is silent the emulator makes a choice and says so here:
 * an unknown ``jobId`` gets 400 with ``missing: [{"jobId": N}]`` (CDF's convention for unknown
   ids; the reference leaves the status open);
 * a project other than the emulator's gets 403; ``POST /annotations`` answers 201;
+* a token scoped to data sets (``Emulator.issue_token(data_set_ids=...)``) reads only their
+  files: ``files/byids``, ``files/downloadlink``, a new segment job and a job's result answer
+  403 for another file (the reference does not give CDF's answer), and listings leave such
+  files out;
 * download URLs need no bearer token (they carry their own short-lived secret);
 * a retired Vision API (``Emulator(retired=True)``, ``cogseg emulator --retired``) answers both
   segment routes 404 with CDF's error body and no ``missing``, before any check of the token
@@ -66,13 +70,12 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from pydantic import BaseModel
-from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -88,8 +91,6 @@ from cogseg_ml.api.wire_schema import (
     FilesByIdsRequest,
     FilesListRequest,
     InstancesListRequest,
-    SegmentFileRef,
-    SegmentJobCreateRequest,
 )
 from cogseg_ml.emulator.faults import (
     NO_BODY_STATUSES,
@@ -98,26 +99,25 @@ from cogseg_ml.emulator.faults import (
     check_seed,
     faults_from_data,
 )
-from cogseg_ml.emulator.job_engine import JobEngine
 from cogseg_ml.emulator.state import (
     COGNITE_FILE_VIEW,
     EmulatorState,
     FilterProblem,
     RequestLogEntry,
 )
+from cogseg_ml.emulator.synthetic_answers import SyntheticAnswerer
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.prompts import Box, Point
+from cogseg_ml.service.job_engine import JobEngine
+from cogseg_ml.service.job_store import StoredJob
 from cogseg_ml.service.problems import ApiProblem, error_response, parse_body
-from cogseg_ml.service.segment_wire import (
-    check_beta,
-    check_segmentable,
-    job_id_from_path,
-    unknown_job,
-)
+from cogseg_ml.service.segment_routes import AcceptedFile, SegmentRoutes, api_app
+from cogseg_ml.service.segment_wire import check_beta, check_segmentable
 
 __all__ = ["ApiProblem", "Availability", "ConnectionDropped", "build_app"]
 
 UNKNOWN_ROUTE = "Not Found"  # the message of a 404 for a route the emulator does not serve
+#: The answer to a file the token may not read (a token scoped to other data sets).
+FORBIDDEN = "Resource not found. This may also be due to insufficient access rights."
 
 
 @dataclass
@@ -167,10 +167,11 @@ def _cursor_offset(request: BaseModel, cursor: str | None) -> int:
 class Handlers:
     """One method per endpoint; ``state``, ``jobs`` and ``faults`` are shared with the server."""
 
-    def __init__(self, state: EmulatorState, jobs: JobEngine, faults: FaultInjector,
-                 availability: Availability | None = None) -> None:
+    def __init__(self, state: EmulatorState, jobs: JobEngine, answers: SyntheticAnswerer,
+                 faults: FaultInjector, availability: Availability | None = None) -> None:
         self.state = state
         self.jobs = jobs
+        self.answers = answers
         self.faults = faults
         self.availability = availability or Availability()
 
@@ -180,8 +181,8 @@ class Handlers:
             raise ApiProblem(404, UNKNOWN_ROUTE)
 
     # --- guards ------------------------------------------------------------------------------
-    def authorize(self, request: Request, *, beta: bool = False) -> None:
-        """Bearer token, project and (for vision) the beta version header."""
+    def authorize(self, request: Request, *, beta: bool = False) -> str:
+        """Bearer token, project and (for vision) the beta version header; the token."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -195,9 +196,14 @@ class Handlers:
             raise ApiProblem(403, f"Project {project!r} is not accessible with this token")
         if beta:
             check_beta(request.headers.get("cdf-version", ""))
+        return token
 
-    def _resolve_all(self, idents: list[FileIdentifier], *, ignore_unknown: bool = False
-                     ) -> list[Any]:
+    def _readable(self, token: str, records: list[Any]) -> list[Any]:
+        """The records this token reads (a token scoped to data sets reads only theirs)."""
+        return [r for r in records if self.state.can_read(token, r)]
+
+    def _resolve_all(self, idents: list[FileIdentifier], token: str, *,
+                     ignore_unknown: bool = False) -> list[Any]:
         keys = [i.to_wire() for i in idents]
         seen: set[str] = set()
         dup = []
@@ -212,6 +218,8 @@ class Handlers:
         missing = [k for k, r in zip(keys, records, strict=True) if r is None]
         if missing and not ignore_unknown:
             raise ApiProblem(400, "Files not found", missing=missing)
+        if any(r is not None and not self.state.can_read(token, r) for r in records):
+            raise ApiProblem(403, FORBIDDEN)
         return [(k, r) for k, r in zip(keys, records, strict=True) if r is not None]
 
     # --- endpoints ---------------------------------------------------------------------------
@@ -238,18 +246,18 @@ class Handlers:
 
     async def files_byids(self, request: Request) -> Response:
         """``POST /files/byids``."""
-        self.authorize(request)
+        token = self.authorize(request)
         body = await parse_body(request, FilesByIdsRequest)
-        found = self._resolve_all(body.items, ignore_unknown=body.ignore_unknown_ids)
+        found = self._resolve_all(body.items, token, ignore_unknown=body.ignore_unknown_ids)
         return JSONResponse({"items": [r.metadata().to_wire() for _, r in found]})
 
     async def files_downloadlink(self, request: Request) -> Response:
         """``POST /files/downloadlink`` (``?extendedExpiration=true`` gives 1 h links)."""
-        self.authorize(request)
+        token = self.authorize(request)
         body = await parse_body(request, DownloadLinkRequest)
         ttl = 3600.0 if request.query_params.get("extendedExpiration") == "true" else 30.0
         items = []
-        found = self._resolve_all(body.items)
+        found = self._resolve_all(body.items, token)
         empty = [key for key, rec in found if not rec.uploaded]
         if empty:
             raise ApiProblem(400, f"Files have no content yet (uploaded: false): {empty}")
@@ -268,14 +276,14 @@ class Handlers:
 
     async def files_list(self, request: Request) -> Response:
         """``POST /files/list``: filter, ``limit``, ``cursor``, ``partition`` [ref 2.3]."""
-        self.authorize(request)
+        token = self.authorize(request)
         body = await parse_body(request, FilesListRequest)
         part = None
         if body.partition is not None:
             m, n = body.partition.split("/")
             part = (int(m), int(n))
         try:
-            matches = self.state.list_files(body.filter, part)
+            matches = self._readable(token, self.state.list_files(body.filter, part))
         except FilterProblem as exc:
             raise ApiProblem(400, f"Invalid filter: {exc}") from None
         page, nxt = self._page(body, matches)
@@ -286,7 +294,7 @@ class Handlers:
 
     async def instances_list(self, request: Request) -> Response:
         """``POST /models/instances/list`` for CogniteFile nodes [ref 2.4]."""
-        self.authorize(request)
+        token = self.authorize(request)
         body = await parse_body(request, InstancesListRequest)
         if body.instance_type != "node":
             raise ApiProblem(400, "instanceType: the emulator lists nodes only")
@@ -300,7 +308,7 @@ class Handlers:
                                       f"{COGNITE_FILE_VIEW[2]} only)")
             with_properties = True
         try:
-            matches = self.state.list_nodes(body.filter)
+            matches = self._readable(token, self.state.list_nodes(body.filter))
         except FilterProblem as exc:
             raise ApiProblem(400, f"Invalid filter: {exc}") from None
         page, nxt = self._page(body, matches)
@@ -315,36 +323,46 @@ class Handlers:
                             media_type="text/plain")
         return Response(rec.data, media_type="application/octet-stream")
 
-    async def segment_create(self, request: Request) -> Response:
-        """``POST /context/vision/segment``."""
+    # --- SegmentFiles: the segment routes' view of the emulator's files -----------------
+    async def authorize_segment(self, request: Request) -> str:
+        """A retired endpoint is an unknown route; then token, project and beta header."""
         self.route_exists()
         self.authorize(request, beta=True)
-        body = await parse_body(request, SegmentJobCreateRequest)
-        item: SegmentFileRef = body.items[0]
-        ident = FileIdentifier(id=item.file_id, external_id=item.file_external_id,
-                               instance_id=item.file_instance_id)
-        ((_, rec),) = self._resolve_all([ident])
+        return self.state.project
+
+    def _token(self, request: Request) -> str:
+        return request.headers.get("authorization", "").partition(" ")[2]
+
+    async def accept(self, request: Request, project: str, ident: FileIdentifier
+                     ) -> AcceptedFile:
+        """The file as it is now (a later replacement does not change the job's bytes)."""
+        ((_, rec),) = self._resolve_all([ident], self._token(request))
         check_segmentable(rec.id, rec.name, rec.mime_type)
-        points = tuple(Point(p.x, p.y, p.label) for p in body.points)
-        b = body.bounding_box
-        box = Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None
+        digest = self.answers.remember(rec)
+        try:
+            h, w = rec.pixels().shape[:2]
+        except (OSError, ValueError):  # undecodable: the job's item fails when it runs
+            h = w = 0
+        return AcceptedFile(rec.id, rec.external_id, str(rec.last_updated_time), digest, h, w)
+
+    def stored(self, request: Request) -> Callable[[StoredJob], None]:
+        """Draw the job's injected failure (``job_fail``, else ``item_fail``) for it."""
         method, path = request.method, request.url.path
         job_fault = self.faults.first("job_fail", method, path)
         item_fault = None if job_fault else self.faults.first("item_fail", method, path)
-        job = self.jobs.submit(rec, points, box,
-                               fail_job=job_fault.message if job_fault else None,
-                               fail_item=item_fault.message if item_fault else None)
-        return JSONResponse(job.to_wire(created=True).to_wire())
 
-    async def segment_retrieve(self, request: Request) -> Response:
-        """``GET /context/vision/segment/{jobId}``."""
-        self.route_exists()
-        self.authorize(request, beta=True)
-        job_id = job_id_from_path(request.path_params["job_id"])
-        job = self.jobs.jobs.get(job_id)
-        if job is None:
-            raise unknown_job(job_id)
-        return Response(job.retrieve_body(), media_type="application/json")
+        def hook(job: StoredJob) -> None:
+            self.answers.set_faults(job.job_id,
+                                    fail_job=job_fault.message if job_fault else None,
+                                    fail_item=item_fault.message if item_fault else None)
+        return hook
+
+    async def may_read(self, request: Request, job: StoredJob) -> None:
+        """A job's result goes to a token that reads its file (403 otherwise; the reference
+        does not say how CDF answers a job whose file the caller cannot read)."""
+        rec = self.state.files.get(job.file_id)
+        if rec is not None and not self.state.can_read(self._token(request), rec):
+            raise ApiProblem(403, FORBIDDEN)
 
     async def annotations_list(self, request: Request) -> Response:
         """``POST /annotations/list`` with the filter keys of the reference."""
@@ -449,12 +467,11 @@ class Handlers:
 
     async def admin_stats(self, request: Request) -> Response:
         """Counters for benchmarks: jobs, statuses, peak concurrency, injected faults."""
-        statuses: dict[str, int] = {}
-        for job in list(self.jobs.jobs.values()):
-            statuses[job.status.value] = statuses.get(job.status.value, 0) + 1
+        counts = await asyncio.to_thread(self.jobs.store.counts)
+        statuses = {status: n for status, n in counts.items() if n}
         with self.state.lock:
             n_requests = len(self.state.request_log)
-        return JSONResponse({"jobs": len(self.jobs.jobs), "statuses": statuses,
+        return JSONResponse({"jobs": sum(counts.values()), "statuses": statuses,
                              "max_running": self.jobs.max_running, "requests": n_requests,
                              "tokens_issued": self.state.tokens_issued,
                              "faults_injected": self.faults.injected,
@@ -567,14 +584,15 @@ async def _discard(message: Message) -> None:
     return None
 
 
-def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
-              rate_limit_rps: float | None = None,
+def build_app(state: EmulatorState, jobs: JobEngine, answers: SyntheticAnswerer,
+              faults: FaultInjector, *, rate_limit_rps: float | None = None,
               availability: Availability | None = None) -> ASGIApp:
-    """The ASGI app: routes, one error handler, the fault/log middleware, job-engine lifespan.
+    """The ASGI app: routes (the segment routes shared with ``cogseg serve``), one error
+    handler, the fault/log middleware, job-engine lifespan.
 
     ``availability`` is read on every request (switch it to retire the Vision API while the
     app serves)."""
-    h = Handlers(state, jobs, faults, availability)
+    h = Handlers(state, jobs, answers, faults, availability)
     p = "/api/v1/projects/{project}"
     routes = [
         Route("/oauth2/token", h.token, methods=["POST"]),
@@ -582,8 +600,7 @@ def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
         Route(p + "/files/downloadlink", h.files_downloadlink, methods=["POST"]),
         Route(p + "/files/list", h.files_list, methods=["POST"]),
         Route("/files/download/{token}", h.files_download, methods=["GET"]),
-        Route(p + "/context/vision/segment", h.segment_create, methods=["POST"]),
-        Route(p + "/context/vision/segment/{job_id}", h.segment_retrieve, methods=["GET"]),
+        *SegmentRoutes(_EmulatorFiles(h), jobs).routes(),
         Route(p + "/annotations/list", h.annotations_list, methods=["POST"]),
         Route(p + "/annotations", h.annotations_create, methods=["POST"]),
         Route(p + "/models/instances/list", h.instances_list, methods=["POST"]),
@@ -592,30 +609,15 @@ def build_app(state: EmulatorState, jobs: JobEngine, faults: FaultInjector, *,
         Route("/_emulator/requests", h.admin_requests, methods=["GET"]),
         Route("/_emulator/stats", h.admin_stats, methods=["GET"]),
     ]
-
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiProblem)
-        return error_response(exc)
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        code = int(getattr(exc, "status_code", 500))
-        return error_response(ApiProblem(code, str(getattr(exc, "detail", "error"))))
-
-    from collections.abc import AsyncIterator
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await jobs.start()
-        try:
-            yield
-        finally:
-            await jobs.stop()
-
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        ApiProblem: on_problem,
-        404: on_http,
-        405: on_http,
-    }
-    inner = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    inner = api_app(routes, startup=jobs.start, shutdown=jobs.stop)
     return FaultAndLogMiddleware(inner, state, faults, rate_limit_rps)
+
+
+class _EmulatorFiles:
+    """The handlers as the segment routes' :class:`SegmentFiles`."""
+
+    def __init__(self, h: Handlers) -> None:
+        self.authorize = h.authorize_segment
+        self.accept = h.accept
+        self.stored = h.stored
+        self.may_read = h.may_read

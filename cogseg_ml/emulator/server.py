@@ -18,10 +18,12 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,11 +34,13 @@ from cogseg_ml.api.wire_schema import FileIdentifier
 from cogseg_ml.config import CdfConfig, ClientCredentials, Secret, StaticToken
 from cogseg_ml.emulator.app import Availability, ConnectionDropped, build_app
 from cogseg_ml.emulator.faults import Fault, FaultInjector
-from cogseg_ml.emulator.job_engine import JobEngine, JobRecord
 from cogseg_ml.emulator.segmentation_engines import RegionGrowingEngine, SegmentationEngine
 from cogseg_ml.emulator.state import EmulatorState, FileRecord, RequestLogEntry
+from cogseg_ml.emulator.synthetic_answers import SyntheticAnswerer
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
 from cogseg_ml.errors import ValidationError
+from cogseg_ml.service.job_engine import JobEngine
+from cogseg_ml.service.job_store import JobStore, StoredJob
 
 __all__ = ["Emulator", "check_host", "shell_env"]
 
@@ -111,6 +115,8 @@ class Emulator:
         retired: start with the Vision API retired: both segment routes answer 404 with
             CDF's error body and no ``missing``, as unknown routes do (files, tokens and
             annotations keep working). Switch it while serving with :attr:`retired`.
+        jobs_db: the jobs' SQLite file (default: a temporary one, removed with the emulator).
+            Jobs run on the job engine ``cogseg serve`` uses (:attr:`jobs`).
     """
 
     def __init__(
@@ -130,6 +136,7 @@ class Emulator:
         port: int = 0,
         client_id: str = "cogseg-emulator",
         retired: bool = False,
+        jobs_db: str | Path | None = None,
     ) -> None:
         self.host = check_host(host)
         self._port = port
@@ -138,11 +145,18 @@ class Emulator:
                                    client_secret=secrets.token_urlsafe(24),
                                    token_ttl_s=token_ttl_s)
         self.faults = FaultInjector(tuple(faults), seed)
-        self.jobs = JobEngine(engine or RegionGrowingEngine(),
-                              processing_time_s=processing_time_s, concurrency=concurrency)
+        if jobs_db is None:
+            folder = tempfile.mkdtemp(prefix="cogseg-emulator-")
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            jobs_db = Path(folder) / "jobs.sqlite"
+        self.answers = SyntheticAnswerer(engine or RegionGrowingEngine())
+        #: The jobs (``jobs.jobs`` maps id to :class:`~cogseg_ml.service.job_store.StoredJob`;
+        #: ``jobs.end_limit`` holds jobs ``Running`` once that many ended).
+        self.jobs = JobEngine(JobStore(jobs_db), self.answers, workers=concurrency,
+                              batch_jobs=1, min_job_time_s=processing_time_s, threads=2)
         self.availability = Availability(vision_retired=bool(retired))
-        self._app = build_app(self.state, self.jobs, self.faults, rate_limit_rps=rate_limit_rps,
-                              availability=self.availability)
+        self._app = build_app(self.state, self.jobs, self.answers, self.faults,
+                              rate_limit_rps=rate_limit_rps, availability=self.availability)
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -218,6 +232,7 @@ class Emulator:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        self.jobs.store.close()
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -284,9 +299,11 @@ class Emulator:
         return CdfConfig(project=self.project, base_url=self.base_url,
                          credentials=StaticToken(token), allow_insecure_http=True)
 
-    def issue_token(self, ttl_s: float | None = None) -> str:
-        """A valid bearer token (for raw-HTTP tests)."""
-        return self.state.issue_token(ttl_s)[0]
+    def issue_token(self, ttl_s: float | None = None, *,
+                    data_set_ids: Iterable[int] | None = None) -> str:
+        """A valid bearer token (for raw-HTTP tests); with ``data_set_ids`` it reads only the
+        files of those data sets (others answer 403)."""
+        return self.state.issue_token(ttl_s, data_set_ids=data_set_ids)[0]
 
     def env(self, ttl_s: float | None = None) -> dict[str, str]:
         """The variables :meth:`CdfConfig.from_env <cogseg_ml.config.CdfConfig.from_env>`
@@ -441,6 +458,6 @@ class Emulator:
         with self.state.lock:
             return list(self.state.request_log)
 
-    def job(self, job_id: int) -> JobRecord:
+    def job(self, job_id: int) -> StoredJob:
         """A job's record (for tests)."""
         return self.jobs.jobs[job_id]

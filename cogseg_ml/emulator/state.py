@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import io
 import secrets
 import threading
@@ -80,6 +81,7 @@ class FileRecord:
     asset_ids: tuple[int, ...] = ()
     uploaded: bool = True
     _pixels: np.ndarray | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def metadata(self) -> FileMetadata:
@@ -123,6 +125,12 @@ class FileRecord:
                 with Image.open(io.BytesIO(self.data)) as img:
                     self._pixels = np.asarray(img.convert("RGB"))
             return self._pixels
+
+    def digest(self) -> str:
+        """The SHA-256 of the bytes (hex; computed once, then kept)."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self.data).hexdigest()
+        return self._digest
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ class EmulatorState:
         self._by_inst: dict[tuple[str, str], int] = {}
         self._next_file_id = 1_000_001
         self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
+        self.token_scopes: dict[str, frozenset[int]] = {}  # token -> data sets it reads
         self.links: dict[str, tuple[int, float]] = {}  # link token -> (file id, expiry)
         self.annotations: dict[int, dict[str, Any]] = {}
         self._next_annotation_id = 1
@@ -260,7 +269,7 @@ class EmulatorState:
             rec = dataclasses.replace(
                 old, data=data, name=old.name if name is None else name, mime_type=mime_type,
                 last_updated_time=t, uploaded_time=t, ground_truth=list(ground_truth or []),
-                _pixels=None, _lock=threading.Lock())
+                _pixels=None, _digest=None, _lock=threading.Lock())
             self.files[rec.id] = rec
             return rec
 
@@ -277,14 +286,24 @@ class EmulatorState:
             return self.files.get(fid) if fid is not None else None
 
     # --- tokens ----------------------------------------------------------------------------
-    def issue_token(self, ttl_s: float | None = None) -> tuple[str, float]:
-        """A new bearer token and its lifetime in seconds."""
+    def issue_token(self, ttl_s: float | None = None, *,
+                    data_set_ids: Iterable[int] | None = None) -> tuple[str, float]:
+        """A new bearer token and its lifetime in seconds; with ``data_set_ids`` it reads
+        only the files of those data sets (as a group scoped to data sets does)."""
         ttl = self.token_ttl_s if ttl_s is None else ttl_s
         token = "emu-" + secrets.token_urlsafe(24)
         with self.lock:
             self.tokens[token] = self.clock() + ttl
+            if data_set_ids is not None:
+                self.token_scopes[token] = frozenset(data_set_ids)
             self.tokens_issued += 1
         return token, ttl
+
+    def can_read(self, token: str, rec: FileRecord) -> bool:
+        """Whether ``token`` (valid) may read the file: unscoped tokens read every file."""
+        with self.lock:
+            scope = self.token_scopes.get(token)
+        return scope is None or rec.data_set_id in scope
 
     def token_valid(self, token: str) -> bool:
         """Whether a bearer token is known and unexpired."""

@@ -30,11 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 from prometheus_client import (
@@ -45,31 +43,32 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from cogseg_ml.api.wire_schema import FileIdentifier, SegmentJobCreateRequest
+from cogseg_ml.api.wire_schema import FileIdentifier
 from cogseg_ml.backends.local_sam import LocalSamBackend
 from cogseg_ml.cache.cache_keys import file_key, origin_of
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.errors import CogsegError
 from cogseg_ml.image_decode import image_size
-from cogseg_ml.prompts import Box, FileRef, Point, Prompt
+from cogseg_ml.prompts import FileRef
 from cogseg_ml.service.cdf_files import FORWARDED_HEADERS, CdfFiles
 from cogseg_ml.service.guards import BodyLimit, RateLimit, bearer_token, token_hash
-from cogseg_ml.service.job_store import JobStore
-from cogseg_ml.service.model_worker import ModelWorker
-from cogseg_ml.service.problems import ApiProblem, error_response, parse_body
-from cogseg_ml.service.segment_wire import (
-    check_beta,
-    check_segmentable,
-    job_id_from_path,
-    unknown_job,
+from cogseg_ml.service.job_engine import JobEngine
+from cogseg_ml.service.job_store import JobStore, StoredJob
+from cogseg_ml.service.model_answers import MAX_BATCH_JOBS, ModelAnswerer
+from cogseg_ml.service.problems import ApiProblem
+from cogseg_ml.service.segment_routes import (
+    PROJECT_PREFIX,
+    AcceptedFile,
+    SegmentRoutes,
+    api_app,
 )
+from cogseg_ml.service.segment_wire import check_beta, check_segmentable
 from cogseg_ml.store import file_version
 
 __all__ = ["ServiceLimits", "create_app"]
@@ -120,6 +119,9 @@ class _Metrics:
 
 
 class _Service:
+    """The service's state and routes; its :class:`SegmentFiles` side reads the caller's
+    CDF project with the caller's token."""
+
     def __init__(self, backend: LocalSamBackend, cdf_base_url: str, jobs: JobStore,
                  cache: MaskCache, limits: ServiceLimits,
                  http: httpx.AsyncClient | None) -> None:
@@ -134,8 +136,9 @@ class _Service:
         self.http = http or httpx.AsyncClient(follow_redirects=False)
         self.cdf = CdfFiles(cdf_base_url, self.http, max_image_bytes=limits.max_image_bytes,
                             on_error=lambda reason: self.metrics.cdf_errors.labels(reason).inc())
-        self.worker = ModelWorker(jobs, self.images, backend, cache=cache, origin=self.origin,
-                                  on_finished=self.metrics.latency.observe)
+        self.answerer = ModelAnswerer(self.images, backend, cache=cache, origin=self.origin)
+        self.engine = JobEngine(jobs, self.answerer, workers=1, batch_jobs=MAX_BATCH_JOBS,
+                                on_finished=self.metrics.latency.observe)
         self._access: dict[tuple[str, str, int], float] = {}
         self._fetching: dict[str, asyncio.Lock] = {}
         self._sizes: dict[str, tuple[str, int, int]] = {}
@@ -190,48 +193,41 @@ class _Service:
             self._access.clear()
         self._access[key] = now + self.limits.access_ttl_s
 
-    # --- routes -------------------------------------------------------------------------------
-    async def segment_create(self, request: Request) -> Response:
-        token = self.token(request)
+    # --- SegmentFiles: the segment routes' view of CDF ------------------------------------
+    async def authorize(self, request: Request) -> str:
+        """A bearer token and the beta header; the project (CDF checks the token)."""
+        self.token(request)
         check_beta(request.headers.get("cdf-version", ""))
-        project = request.path_params["project"]
-        body = await parse_body(request, SegmentJobCreateRequest)
-        item = body.items[0]
-        ident = FileIdentifier(id=item.file_id, external_id=item.file_external_id,
-                               instance_id=item.file_instance_id)
+        return str(request.path_params["project"])
+
+    async def accept(self, request: Request, project: str, ident: FileIdentifier
+                     ) -> AcceptedFile:
+        """The file's metadata with the caller's token (401 or 400 ``missing`` as CDF
+        answers), then its bytes, downloaded once per content version."""
+        token = self.token(request)
         meta = await self.cdf.metadata(project, token, ident.to_wire())
         check_segmentable(meta.id, meta.name, meta.mime_type)
         version = file_version(meta)
         digest, h, w = await self.image(project, token, meta.id, meta.external_id, version)
-        b = body.bounding_box
-        prompt = Prompt(points=tuple(Point(p.x, p.y, p.label) for p in body.points),
-                        box=Box(b.x_min, b.y_min, b.x_max, b.y_max) if b else None)
-        job = await asyncio.to_thread(
-            self.jobs.add, project=project, file_id=meta.id, file_external_id=meta.external_id,
-            file_version=version, prompt=prompt, digest=digest, height=h, width=w)
-        self._access[(token_hash(token), project, meta.id)] = \
-            time.monotonic() + self.limits.access_ttl_s
-        self.metrics.accepted.inc()
-        self.worker.wake()
-        _log.info("job %d accepted: file %d, %d point(s)%s", job.job_id, meta.id,
-                  len(prompt.points), " and a box" if prompt.box else "")
-        return Response(job.view(created=True).model_dump_json(by_alias=True,
-                                                               exclude_none=True),
-                        media_type="application/json")
+        return AcceptedFile(meta.id, meta.external_id, version, digest, h, w)
 
-    async def segment_retrieve(self, request: Request) -> Response:
-        token = self.token(request)
-        check_beta(request.headers.get("cdf-version", ""))
-        project = request.path_params["project"]
-        job_id = job_id_from_path(request.path_params["job_id"])
-        job = await asyncio.to_thread(self.jobs.get, job_id)
-        if job is None or job.project != project:
-            raise unknown_job(job_id)
-        await self.can_read(project, token, job.file_id)
-        return Response(job.view(created=False).model_dump_json(by_alias=True,
-                                                                exclude_none=True),
-                        media_type="application/json")
+    def stored(self, request: Request) -> Callable[[StoredJob], None]:
+        """Remember that the caller reads the job's file; count and log the job."""
+        token_key = token_hash(self.token(request))
 
+        def hook(job: StoredJob) -> None:
+            self._access[(token_key, job.project, job.file_id)] = \
+                time.monotonic() + self.limits.access_ttl_s
+            self.metrics.accepted.inc()
+            _log.info("job %d accepted: file %d, %d point(s)%s", job.job_id, job.file_id,
+                      len(job.prompt.points), " and a box" if job.prompt.box else "")
+        return hook
+
+    async def may_read(self, request: Request, job: StoredJob) -> None:
+        """The caller's token reads the job's file (see :meth:`can_read`)."""
+        await self.can_read(job.project, self.token(request), job.file_id)
+
+    # --- other routes ---------------------------------------------------------------------
     async def forward(self, request: Request) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS}
         resp = await self.cdf.forward(request.method, request.url.path, request.url.query,
@@ -244,7 +240,7 @@ class _Service:
         return JSONResponse({"ok": True})
 
     async def readyz(self, request: Request) -> Response:
-        model = self.worker.alive
+        model = self.engine.alive
         cdf = await self.cdf.reachable()
         return JSONResponse({"ready": model and cdf, "model": model, "cdf": cdf},
                             status_code=200 if model and cdf else 503)
@@ -257,11 +253,14 @@ class _Service:
         m.queue.set(counts.get("Queued", 0))
         m.encoder_images.set(getattr(self.backend, "encoder_calls", 0))
         m.decoder_calls.set(getattr(self.backend, "decoder_calls", 0))
-        m.decoder_prompts.set(self.worker.counters.decoder_prompts)
+        m.decoder_prompts.set(self.answerer.counters.decoder_prompts)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def start(self) -> None:
+        await self.engine.start()
+
     async def close(self) -> None:
-        await asyncio.to_thread(self.worker.stop)
+        await self.engine.stop(drain_s=60.0)  # what still runs then is requeued at start
         if self._own_http:
             await self.http.aclose()
 
@@ -270,7 +269,7 @@ def create_app(backend: LocalSamBackend, cdf_base_url: str, *, jobs_db: str | Pa
                cache: str | Path | MaskCache | None = None,
                limits: ServiceLimits | None = None,
                http_client: httpx.AsyncClient | None = None) -> ASGIApp:
-    """The segment service as an ASGI app (serve it with uvicorn; the model worker starts
+    """The segment service as an ASGI app (serve it with uvicorn; the job engine starts
     and stops with the app's lifespan).
 
     Args:
@@ -285,36 +284,15 @@ def create_app(backend: LocalSamBackend, cdf_base_url: str, *, jobs_db: str | Pa
     mask_cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
     svc = _Service(backend, cdf_base_url, JobStore(jobs_db), mask_cache,
                    limits or ServiceLimits(), http_client)
-    p = "/api/v1/projects/{project}"
     routes = [
-        Route(p + "/context/vision/segment", svc.segment_create, methods=["POST"]),
-        Route(p + "/context/vision/segment/{job_id}", svc.segment_retrieve, methods=["GET"]),
-        Route(p + "/{rest:path}", svc.forward,
+        *SegmentRoutes(svc, svc.engine).routes(),
+        Route(PROJECT_PREFIX + "/{rest:path}", svc.forward,
               methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
         Route("/healthz", svc.healthz, methods=["GET"]),
         Route("/readyz", svc.readyz, methods=["GET"]),
         Route("/metrics", svc.metrics_route, methods=["GET"]),
     ]
-
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiProblem)
-        return error_response(exc)
-
-    async def on_http(request: Request, exc: Exception) -> Response:
-        code = int(getattr(exc, "status_code", 500))
-        return error_response(ApiProblem(code, str(getattr(exc, "detail", "error"))))
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        svc.worker.start()
-        try:
-            yield
-        finally:
-            await svc.close()
-
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        ApiProblem: on_problem, 404: on_http, 405: on_http}
-    inner = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    inner = api_app(routes, startup=svc.start, shutdown=svc.close)
     inner.state.service = svc
     limits = svc.limits
     limited = RateLimit(inner, limits.rate_per_s, limits.burst,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +54,9 @@ CREATE TABLE IF NOT EXISTS service_meta (key TEXT PRIMARY KEY, value TEXT NOT NU
 """
 
 
-def now_ms() -> int:
+def now_ms(clock: Callable[[], float] = time.time) -> int:
     """Milliseconds since the epoch (the wire's times)."""
-    return int(time.time() * 1000)
+    return int(clock() * 1000)
 
 
 def prompt_json(prompt: Prompt) -> str:
@@ -126,10 +126,12 @@ class JobStore:
 
     Args:
         path: the jobs database (created when missing).
+        clock: seconds since the epoch, for the jobs' times.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock
         self.db = CacheDatabase(self.path, prepare=self._prepare, name="jobs database")
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
@@ -154,7 +156,7 @@ class JobStore:
             file_version: str, prompt: Prompt, digest: str, height: int, width: int
             ) -> StoredJob:
         """Store a new ``Queued`` job (committed when this returns) and return it."""
-        t = now_ms()
+        t = now_ms(self.clock)
 
         def insert(c: sqlite3.Connection) -> int:
             cur = c.execute(
@@ -180,7 +182,7 @@ class JobStore:
 
     def take_queued(self, limit: int) -> list[StoredJob]:
         """Up to ``limit`` queued jobs, oldest first, marked ``Running`` in one transaction."""
-        t = now_ms()
+        t = now_ms(self.clock)
 
         def take(c: sqlite3.Connection) -> list[StoredJob]:
             rows = c.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY job_id "
@@ -195,7 +197,7 @@ class JobStore:
     def finish(self, results: Sequence[tuple[int, JobStatus, Sequence[SegmentResult],
                                              str | None, str | None]]) -> None:
         """Record terminal states: ``(job_id, status, segments, error, item_error)`` each."""
-        t = now_ms()
+        t = now_ms(self.clock)
         rows = [(status.value, t, json.dumps([s.model_dump(mode="json") for s in segs]),
                  err, item_err, job_id) for job_id, status, segs, err, item_err in results]
         self.db.write(lambda c: c.executemany(
@@ -208,6 +210,18 @@ class JobStore:
             return c.execute("UPDATE jobs SET status = ?, start_time = NULL WHERE status = ?",
                              (JobStatus.QUEUED.value, JobStatus.RUNNING.value)).rowcount
         return int(self.db.write(run))
+
+    def count(self) -> int:
+        """How many jobs were accepted."""
+        row = self.db.retry(lambda: self.db.connection().execute(
+            "SELECT COUNT(*) FROM jobs").fetchone())
+        return int(row[0])
+
+    def ids(self) -> list[int]:
+        """Every accepted job's id, oldest first."""
+        rows = self.db.retry(lambda: self.db.connection().execute(
+            "SELECT job_id FROM jobs ORDER BY job_id").fetchall())
+        return [int(r[0]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         """Jobs by status."""

@@ -20,12 +20,10 @@ from cogseg_ml.api.wire_schema import (
     SegmentJob,
     SegmentJobItem,
     SegmentPoint,
-    SegmentPolygon,
     SegmentPrompt,
     SegmentResult,
-    SegmentVertex,
 )
-from cogseg_ml.mask_codec import Outline, mask_to_polygons
+from cogseg_ml.mask_codec import Outline, mask_to_polygon_arrays
 from cogseg_ml.prompts import Box, Point
 from cogseg_ml.service.problems import ApiProblem
 
@@ -72,11 +70,22 @@ def mask_segment(mask: np.ndarray, score: float, *, outline: Outline = "exact"
 
     ``outline="exact"`` keeps holes and parts, so the client's polygon-to-RLE gives back the
     mask bit for bit; the emulator chooses ``"filled"`` (CDF's lossy outlines).
+
+    The polygons are traced as arrays and normalized in numpy (each vertex ``x / width``,
+    ``y / height``, the same floats as Python's division), and the result is validated in one
+    pass from plain lists and dicts rather than one model call per vertex.
     """
     h, w = mask.shape[:2]
-    polys = [SegmentPolygon(vertices=[SegmentVertex(x=x / w, y=y / h) for x, y in poly])
-             for poly in mask_to_polygons(mask, outline=outline)]
-    return SegmentResult(score=round(float(score), 4), polygons=polys)
+    pts, lens = mask_to_polygon_arrays(mask, outline=outline)
+    xs = (pts[:, 0] / w).tolist()
+    ys = (pts[:, 1] / h).tolist()
+    polys = []
+    at = 0
+    for n in lens.tolist():
+        polys.append({"vertices": [{"x": x, "y": y}
+                                   for x, y in zip(xs[at:at + n], ys[at:at + n], strict=True)]})
+        at += n
+    return SegmentResult.model_validate({"score": round(float(score), 4), "polygons": polys})
 
 
 def job_view(*, job_id: int, status: JobStatus, created_time: int, start_time: int | None,

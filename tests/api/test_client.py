@@ -516,5 +516,5 @@ def test_point_and_box_in_prompts_are_sent_as_given(make_emulator) -> None:
                                 points=[Point(0.25, 0.5, 1), Point(0.75, 0.5, 0)],
                                 box=Box(0.1, 0.2, 0.9, 0.8))
     rec = emu.job(job.job_id)
-    assert rec.points == (Point(0.25, 0.5, 1), Point(0.75, 0.5, 0))
-    assert rec.box == Box(0.1, 0.2, 0.9, 0.8)
+    assert rec.prompt.points == (Point(0.25, 0.5, 1), Point(0.75, 0.5, 0))
+    assert rec.prompt.box == Box(0.1, 0.2, 0.9, 0.8)

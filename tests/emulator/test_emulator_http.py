@@ -93,6 +93,38 @@ def test_other_project_gets_403(raw: RawApi) -> None:
     assert r.status_code == 403
 
 
+def test_a_token_scoped_to_data_sets_reads_only_their_files(make_emulator) -> None:
+    emu = make_emulator()
+    png = encode_image(np.zeros((8, 8, 3), np.uint8))
+    ours, theirs = emu.state.add_data_set("ours"), emu.state.add_data_set("theirs")
+    inside = emu.add_image(png, "in.png", external_id="in.png", data_set_id=ours)
+    outside = emu.add_image(png, "out.png", external_id="out.png", data_set_id=theirs)
+    root = f"{emu.base_url}/api/v1/projects/{emu.project}"
+    head = {"Authorization": f"Bearer {emu.issue_token(data_set_ids=[ours])}",
+            "cdf-version": "beta"}
+
+    def post(path: str, body: dict) -> httpx.Response:
+        return httpx.post(root + path, json=body, headers=head)
+
+    assert post("/files/byids", {"items": [{"id": inside.id}]}).status_code == 200
+    for path, body in (("/files/byids", {"items": [{"id": outside.id}]}),
+                       ("/files/downloadlink", {"items": [{"id": outside.id}]}),
+                       ("/context/vision/segment", {"items": [{"fileId": outside.id}],
+                                                    "points": [{"x": 0.5, "y": 0.5,
+                                                                "label": 1}]})):
+        r = post(path, body)
+        assert r.status_code == 403, (path, r.text)
+        assert r.json()["error"]["code"] == 403 and "downloadUrl" not in r.text
+    listed = post("/files/list", {"limit": 1000}).json()["items"]
+    assert [f["id"] for f in listed] == [inside.id]
+    # A job on the other file, made with an unscoped token, is not shown to this one.
+    job = httpx.post(root + "/context/vision/segment", headers={
+        "Authorization": f"Bearer {emu.issue_token()}", "cdf-version": "beta"},
+        json={"items": [{"fileId": outside.id}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]})
+    r = httpx.get(f"{root}/context/vision/segment/{job.json()['jobId']}", headers=head)
+    assert r.status_code == 403 and "items" not in r.json()
+
+
 def test_vision_calls_need_the_beta_version_header(raw: RawApi) -> None:
     fid = raw.file_id("synthetic_00000.png")
     body = {"items": [{"fileId": fid}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}

@@ -167,7 +167,7 @@ def test_sigkill_loses_no_accepted_job_and_the_token_is_never_kept(
     again = serve()
     for job_id in ids:
         done = wait_done(again, cdf, token, job_id)
-        assert done["status"] == "Completed", done
+        assert done["status"] == "Completed", (done, again.log.read_text(errors="replace"))
         responses.append(json.dumps(done))
     assert again.stop(signal.SIGTERM) == 0  # SIGTERM: stop accepting, persist, exit 0
     kept = [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -291,3 +291,53 @@ def test_tls_serves_https_and_the_cdf_errors_are_counted(serve: Any, cdf: Emulat
         "points": [{"x": 0.5, "y": 0.5, "label": 1}]})
     assert refused.status_code == 401
     assert svc.metric('cogseg_service_cdf_errors_total{reason="401"}') == 1
+
+
+def test_a_result_goes_only_to_a_token_that_reads_the_jobs_file(
+        serve: Any, cdf: Emulator, images: list[SyntheticImage]) -> None:
+    from cogseg_ml.emulator.synthetic_images import encode_image
+
+    svc = serve()
+    name = "restricted-scope.png"
+    ours, theirs = cdf.state.add_data_set("ours"), cdf.state.add_data_set("theirs")
+    cdf.add_image(encode_image(images[0].pixels), name, external_id=name, data_set_id=ours)
+    owner = cdf.issue_token()  # reads every file
+    insider = cdf.issue_token(data_set_ids=[ours])
+    outsider = cdf.issue_token(data_set_ids=[theirs])  # valid, but another data set
+    body = {"items": [{"fileExternalId": name}], "points": [{"x": 0.5, "y": 0.5, "label": 1}]}
+    accepted = svc.metric("cogseg_service_jobs_accepted_total")
+    refused = post_job(svc, cdf, outsider, body)
+    assert refused.status_code == 403, refused.text
+    assert svc.metric("cogseg_service_jobs_accepted_total") == accepted  # no job
+    job_id = post_job(svc, cdf, owner, body).json()["jobId"]
+    done = wait_done(svc, cdf, owner, job_id)
+    assert done["status"] == "Completed" and done["items"][0]["segments"]
+    url = f"{svc.root(cdf.project)}{SEGMENT}/{job_id}"
+    for _ in range(2):  # the refusal is not remembered as access
+        r = svc.http.get(url, headers=headers(outsider))
+        assert r.status_code == 403, r.text
+        assert "items" not in r.json() and "segments" not in r.text
+    seen = svc.http.get(url, headers=headers(insider))
+    assert seen.status_code == 200 and seen.json() == done
+
+
+def test_our_client_honours_the_services_429_and_retry_after(serve: Any, cdf: Emulator
+                                                             ) -> None:
+    from cogseg_ml.api.client import SegmentationClient
+    from cogseg_ml.config import CdfConfig, RetryConfig, StaticToken
+    from cogseg_ml.prompts import FileRef, Point
+
+    svc = serve("--rate-limit", "0.5", "--burst", "1")  # Retry-After: 2 s
+    accepted = svc.metric("cogseg_service_jobs_accepted_total")
+    # Without Retry-After this client's own backoff (10-40 ms, 4 tries) ends long before
+    # the service lets the token in again: only waiting as told gets both jobs through.
+    retry = RetryConfig(max_attempts=4, backoff_base_s=0.01, max_backoff_s=5.0,
+                        total_timeout_s=30.0)
+    cfg = CdfConfig(project=cdf.project, base_url=svc.base_url, allow_insecure_http=True,
+                    credentials=StaticToken(cdf.issue_token()), retry=retry)
+    with SegmentationClient(cfg) as client:
+        jobs = [client.create_job(FileRef(external_id=xid), points=[Point(0.5, 0.5, 1)])
+                for xid in cdf_external_ids(cdf)[:2]]
+    assert len({j.job_id for j in jobs}) == 2
+    assert svc.metric("cogseg_service_rate_limited_total") >= 1
+    assert svc.metric("cogseg_service_jobs_accepted_total") - accepted == 2  # none twice

@@ -1,6 +1,7 @@
-"""The model side of the service: one thread drains every waiting job into one backend run.
+"""The model side of the service: the job engine hands every waiting job to one backend run.
 
-Jobs of all callers that wait together go through one
+Jobs of all callers that wait together (the engine's one worker takes up to
+:data:`MAX_BATCH_JOBS`) go through one
 :meth:`~cogseg_ml.backends.local_sam.LocalSamBackend.run` call, which groups them by image:
 an image's embedding is computed once (keyed by the bytes' SHA-256, so every job on the same
 content shares it, whoever asked), encoder calls batch images, and all prompts of an image go
@@ -12,10 +13,8 @@ same CDF project would look up.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.api.wire_schema import JobStatus, SegmentResult
@@ -26,11 +25,12 @@ from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.errors import CogsegError
 from cogseg_ml.mask_codec import decode
 from cogseg_ml.prompts import FileRef
-from cogseg_ml.service.job_store import JobStore, StoredJob, now_ms
+from cogseg_ml.service.job_engine import JobOutcome
+from cogseg_ml.service.job_store import StoredJob
 from cogseg_ml.service.segment_wire import mask_segment
 from cogseg_ml.store import cached_result
 
-__all__ = ["ModelWorker", "WorkerCounters"]
+__all__ = ["MAX_BATCH_JOBS", "ModelAnswerer", "WorkerCounters", "result_segments"]
 
 _log = logging.getLogger("cogseg_ml.service")
 
@@ -44,7 +44,6 @@ class WorkerCounters:
 
     decoder_prompts: int = 0
     backend_runs: int = 0
-    latencies_s: list[float] = field(default_factory=list)
     finished: int = 0
 
 
@@ -56,73 +55,24 @@ def result_segments(result: MaskResult) -> list[SegmentResult]:
     return [mask_segment(m, s.score) for m, s in zip(masks, result.segments, strict=True)]
 
 
-class ModelWorker:
-    """Runs queued jobs through the backend, on its own thread.
+class ModelAnswerer:
+    """Answers the service's jobs with the local model (the service's
+    :class:`~cogseg_ml.service.job_engine.Answerer`).
 
     Args:
-        store: the jobs.
         images: where each job's bytes are (by SHA-256).
         backend: the model (``LocalSamBackend``).
         cache: the mask cache to fill (``None``: none).
         origin: the CDF cluster's origin, for cache keys.
-        on_finished: called with each finished job's latency in seconds (metrics).
     """
 
-    def __init__(self, store: JobStore, images: ImageStore, backend: SegmentationBackend, *,
-                 cache: MaskCache | None, origin: str,
-                 on_finished: Callable[[float], None] = lambda s: None) -> None:
-        self.store = store
+    def __init__(self, images: ImageStore, backend: SegmentationBackend, *,
+                 cache: MaskCache | None, origin: str) -> None:
         self.images = images
         self.backend = backend
         self.cache = cache
         self.origin = origin
-        self.on_finished = on_finished
         self.counters = WorkerCounters()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def alive(self) -> bool:
-        """Whether the worker thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self) -> None:
-        """Requeue what a stopped process left running, then start the thread."""
-        n = self.store.requeue_running()
-        if n:
-            _log.warning("requeued %d job(s) a previous process left running", n)
-        self._thread = threading.Thread(target=self._loop, name="cogseg-serve-model",
-                                        daemon=True)
-        self._thread.start()
-        self._wake.set()
-
-    def wake(self) -> None:
-        """New jobs are queued."""
-        self._wake.set()
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Take no further batch; wait for the one running (jobs it leaves ``Running`` are
-        requeued by the next start)."""
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            while not self._stopping.is_set():
-                jobs = self.store.take_queued(MAX_BATCH_JOBS)
-                if not jobs:
-                    break
-                try:
-                    self._run(jobs)
-                except Exception:  # the worker lives on; the batch's jobs fail
-                    _log.exception("model run failed")
-                    self.store.finish([(j.job_id, JobStatus.FAILED, (), "internal error", None)
-                                       for j in jobs])
 
     def _load(self, digest: str) -> Callable[[], bytes]:
         def load() -> bytes:
@@ -132,37 +82,35 @@ class ModelWorker:
             return data
         return load
 
-    def _run(self, jobs: Sequence[StoredJob]) -> None:
+    def answer(self, jobs: Sequence[StoredJob]) -> list[JobOutcome]:
+        """One backend run for all ``jobs``; the answers also go to the mask cache."""
         by_id = {j.job_id: j for j in jobs}
         backend_jobs = [BackendJob(SegmentRequest(FileRef(id=j.file_id), j.prompt, tag=j.job_id),
                                    j.height, j.width, j.digest, self._load(j.digest),
                                    file_checked=True) for j in jobs]
         self.counters.backend_runs += 1
         self.counters.decoder_prompts += len(jobs)
-        done: list[tuple[int, JobStatus, Sequence[SegmentResult], str | None, str | None]] = []
+        done: list[JobOutcome] = []
         answers: list[tuple[CacheKey, MaskResult]] = []
         for outcome in self.backend.run(backend_jobs):
             job = by_id[int(outcome.job.request.tag)]
             if outcome.result is not None:
-                done.append((job.job_id, JobStatus.COMPLETED, result_segments(outcome.result),
-                             None, None))
+                done.append(JobOutcome(job.job_id, JobStatus.COMPLETED,
+                                       result_segments(outcome.result)))
                 answers += [(key, cached_result(outcome.result))
                             for key in self._cache_keys(job, outcome.result)]
             else:
-                done.append((job.job_id, JobStatus.FAILED, (), None,
-                             f"could not segment file {job.file_id}: {outcome.error}"))
-        self.store.finish(done)
-        now = now_ms()
-        for job_id, *_ in done:
-            latency = max(0.0, (now - by_id[job_id].created_time) / 1000)
-            self.on_finished(latency)
+                done.append(JobOutcome(
+                    job.job_id, JobStatus.FAILED,
+                    item_error=f"could not segment file {job.file_id}: {outcome.error}"))
         self.counters.finished += len(done)
         if self.cache is not None and answers:
             try:
                 self.cache.put_many(answers)
             except CogsegError as exc:  # the jobs are answered; the cache is a bonus
                 _log.warning("mask cache not written: %s", exc)
-        _log.info("ran %d job(s) in one model run at %.3f", len(done), time.time())
+        _log.info("ran %d job(s) in one model run", len(done))
+        return done
 
     def _cache_keys(self, job: StoredJob, result: MaskResult) -> list[CacheKey]:
         """The keys a labeller on this host would look this answer up by: the file by id and
