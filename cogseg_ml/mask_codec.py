@@ -45,6 +45,7 @@ __all__ = [
     "encode",
     "iou_matrix",
     "mask_to_inset_rings",
+    "mask_to_polygon_arrays",
     "mask_to_polygons",
     "mask_to_ring",
     "mask_to_rings",
@@ -294,18 +295,18 @@ def polygons_to_rle(
     except TypeError:
         raise ValidationError(f"polygons must be an iterable of polygons, got "
                               f"{type(polygons).__name__}") from None
-    sx, sy = (float(width), float(height)) if normalized else (1.0, 1.0)
-    parts: list[dict[str, Any]] = []
-    for index, poly in enumerate(items):
-        arr = _polygon_vertices(index, poly)
-        if arr.shape[0] < 3:
-            continue
-        px = np.empty_like(arr)
-        px[:, 0] = np.clip(arr[:, 0] * sx, 0.0, float(width))
-        px[:, 1] = np.clip(arr[:, 1] * sy, 0.0, float(height))
-        parts.extend(coco_mask.frPyObjects([px.ravel().tolist()], height, width))
-    if not parts:
+    scale = np.array([float(width), float(height)] if normalized else [1.0, 1.0])
+    arrays = [arr for index, poly in enumerate(items)
+              if (arr := _polygon_vertices(index, poly)).shape[0] >= 3]
+    if not arrays:
         return empty_rle(height, width)
+    # All polygons scaled and clipped at once, rasterised by one pycocotools call.
+    px = np.concatenate(arrays) * scale
+    np.clip(px, 0.0, np.array([float(width), float(height)]), out=px)
+    flat = px.ravel()
+    ends = np.cumsum([2 * a.shape[0] for a in arrays]).tolist()
+    parts = coco_mask.frPyObjects([flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)],
+                                  height, width)
     if len(parts) == 1:
         return _to_str_rle(parts[0])
     return _to_str_rle(coco_mask.merge(parts, 0))
@@ -341,6 +342,72 @@ def _quarter(offset: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(offset) < 0, -9, offset)
 
 
+def _key(width: int, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return (y * (width + 1) + x) * 4 + d  # type: ignore[no-any-return]
+
+
+def _find(keys: np.ndarray, width: int, x: np.ndarray, y: np.ndarray, d: np.ndarray
+          ) -> np.ndarray:
+    """The node of each edge ``(x, y, d)`` among edges sorted by ``keys``, or -1 where there
+    is no such edge."""
+    want = _key(width, x, y, d)
+    if keys.size == 0:
+        return np.full(want.shape, -1, dtype=np.int64)
+    pos = np.searchsorted(keys, want).clip(0, keys.size - 1)
+    return np.where(keys[pos] == want, pos, -1)
+
+
+class _Edges:
+    """The directed unit edges of a mask's boundary, as arrays: node ``i`` is the edge from
+    corner ``(x[i], y[i])`` in direction ``d[i]``, ``succ[i]`` the edge that follows it and
+    ``pred[i]`` the one before. Nodes are sorted by ``keys`` (corner in raster order, then
+    direction)."""
+
+    def __init__(self, m: np.ndarray) -> None:
+        h, w = m.shape
+        self.height, self.width = h, w
+        p = np.pad(m, 1)
+        inner = p[1:-1, 1:-1]
+        # Which edges start at each corner (y, x), by direction: the flat index of (y, x, d) in
+        # this array is the edge's key, so the edges come out of it sorted.
+        at = np.zeros((h + 1, w + 1, 4), dtype=bool)
+        at[:h, :w, _RIGHT] = inner & ~p[:-2, 1:-1]  # top edges, from the top-left corner
+        at[:h, 1:, _DOWN] = inner & ~p[1:-1, 2:]    # right edges, from the top-right corner
+        at[1:, 1:, _LEFT] = inner & ~p[2:, 1:-1]    # bottom edges, from the bottom-right corner
+        at[1:, :w, _UP] = inner & ~p[1:-1, :-2]     # left edges, from the bottom-left corner
+        flat = at.ravel()
+        keys = np.flatnonzero(flat)
+        y, rest = np.divmod(keys, 4 * (w + 1))
+        x, d = np.divmod(rest, 4)
+        # The successor of each edge: the first of right turn, straight on, left turn that
+        # starts where the edge ends (one of them always does).
+        base = keys - d + 4 * (_DY[d] * (w + 1) + _DX[d])  # the end corner's key, direction 0
+        turn = np.where(flat[base + (d + 1) % 4], (d + 1) % 4,
+                        np.where(flat[base + d], d, (d + 3) % 4))
+        nxt = base + turn
+        if not flat[nxt].all():  # cannot happen for a boundary; guards the invariant
+            raise AssertionError("an edge of the mask's boundary has no successor")
+        node = np.empty(flat.size, dtype=np.int64)  # read only where an edge starts
+        node[keys] = np.arange(keys.size)
+        succ = node[nxt]
+        pred = np.empty_like(succ)
+        pred[succ] = np.arange(succ.size)
+        self.keys = keys
+        self.x, self.y, self.d, self.succ, self.pred = x, y, d, succ, pred
+
+    def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
+        return _find(self.keys, self.width, x, y, d)
+
+    def nodes(self, x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        """The nodes of edges ``(x[i], y[i], d)`` (they must exist)."""
+        found = self.find(x, y, np.full(np.shape(x), d, dtype=np.int64))
+        if (found < 0).any():  # cannot happen: callers name edges the mask's pixels imply
+            k = int(np.flatnonzero(found < 0)[0])
+            raise AssertionError(f"no boundary edge at ({x[k]}, {y[k]}) direction {d}")
+        return found
+
+
 class _Boundary:
     """The directed unit edges of a mask's boundary as a linked list of nodes.
 
@@ -349,56 +416,18 @@ class _Boundary:
     """
 
     def __init__(self, m: np.ndarray) -> None:
-        h, w = m.shape
-        self.height, self.width = h, w
-        p = np.pad(m, 1)
-        inner = p[1:-1, 1:-1]
-        xs: list[np.ndarray] = []
-        ys: list[np.ndarray] = []
-        ds: list[np.ndarray] = []
-        for direction, (bg, ox, oy) in enumerate((
-                (p[:-2, 1:-1], 0, 0),     # top edges, travel right from the top-left corner
-                (p[1:-1, 2:], 1, 0),      # right edges, travel down from the top-right corner
-                (p[2:, 1:-1], 1, 1),      # bottom edges, travel left from the bottom-right corner
-                (p[1:-1, :-2], 0, 1))):   # left edges, travel up from the bottom-left corner
-            r, c = np.nonzero(inner & ~bg)
-            xs.append(c.astype(np.int64) + ox)
-            ys.append(r.astype(np.int64) + oy)
-            ds.append(np.full(r.size, direction, dtype=np.int64))
-        x, y, d = np.concatenate(xs), np.concatenate(ys), np.concatenate(ds)
-        keys = self._key(x, y, d)
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]
-        x, y, d = x[order], y[order], d[order]
-        # The successor of each edge: the first of right turn, straight on, left turn that exists.
-        qx, qy = x + _DX[d], y + _DY[d]
-        succ = np.full(x.size, -1, dtype=np.int64)
-        for turn in (1, 0, 3):
-            todo = succ < 0
-            if not todo.any():
-                break
-            found = self.find(qx[todo], qy[todo], (d[todo] + turn) % 4)
-            succ[np.flatnonzero(todo)] = np.where(found >= 0, found, -1)
-        if (succ < 0).any():  # cannot happen for a boundary; guards the invariant
-            raise AssertionError("an edge of the mask's boundary has no successor")
-        pred = np.empty_like(succ)
-        pred[succ] = np.arange(succ.size)
-        self.x: list[int] = x.tolist()
-        self.y: list[int] = y.tolist()
-        self.succ: list[int] = succ.tolist()
-        self.pred: list[int] = pred.tolist()
-        self._dirs, self._preds = d, pred
-
-    def _key(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
-        return (y * (self.width + 1) + x) * 4 + d  # type: ignore[no-any-return]
+        e = _Edges(m)
+        self.height, self.width = e.height, e.width
+        self._keys = e.keys
+        self.x: list[int] = e.x.tolist()
+        self.y: list[int] = e.y.tolist()
+        self.succ: list[int] = e.succ.tolist()
+        self.pred: list[int] = e.pred.tolist()
+        self._dirs, self._preds = e.d, e.pred
 
     def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
         """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
-        keys = self._key(x, y, d)
-        if self._keys.size == 0:
-            return np.full(keys.shape, -1, dtype=np.int64)
-        pos = np.searchsorted(self._keys, keys).clip(0, self._keys.size - 1)
-        return np.where(self._keys[pos] == keys, pos, -1)
+        return _find(self._keys, self.width, x, y, d)
 
     def node(self, x: int, y: int, d: int) -> int:
         """The node of one edge (it must exist)."""
@@ -466,18 +495,6 @@ class _Boundary:
             i = succ[i]
         return out
 
-    def loops(self) -> list[list[int]]:
-        """Every loop, each once, in the order of their first node."""
-        seen = bytearray(len(self.succ))
-        out = []
-        for start in range(len(self.succ)):
-            if not seen[start]:
-                loop = self.walk(start)
-                for i in loop:
-                    seen[i] = 1
-                out.append(loop)
-        return out
-
     def corners(self, loops: Sequence[Sequence[int]]) -> list[list[tuple[int, int]]]:
         """Each loop's vertices: repeated corners and corners on a straight run dropped (the
         turning points of a zero-width cut are kept). All loops at once, in numpy."""
@@ -488,22 +505,37 @@ class _Boundary:
                             count=int(lens.sum()))
         pts = np.stack([np.asarray(self.x, dtype=np.int64)[nodes],
                         np.asarray(self.y, dtype=np.int64)[nodes]], axis=1)
-        prev, _ = _cyclic_neighbours(lens)
-        moved = (pts != pts[prev]).any(axis=1)
+        return _as_tuples(*_corner_points(pts, lens))
+
+
+def _corner_points(pts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Loops of points ``pts`` (``(n, 2)``, loops of ``lens`` one after another) with repeated
+    corners and corners on a straight run dropped (the turning points of a zero-width cut are
+    kept): the kept points and each loop's new length."""
+    if lens.size == 0:
+        return pts, lens
+    x, y = pts[:, 0], pts[:, 1]
+    prev, _ = _cyclic_neighbours(lens)
+    moved = (x != x[prev]) | (y != y[prev])
+    if not moved.all():
         lens = _counts(moved, lens)
-        pts = pts[moved]
-        prev, nxt = _cyclic_neighbours(lens)
-        a = pts - pts[prev]
-        b = pts[nxt] - pts
-        cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
-        keep = (cross != 0) | ((a * b).sum(axis=1) < 0)
-        lens = _counts(keep, lens)
-        flat = [(int(px), int(py)) for px, py in pts[keep].tolist()]
-        out, at = [], 0
-        for n in lens.tolist():
-            out.append(flat[at:at + n])
-            at += n
-        return out
+        x, y = x[moved], y[moved]
+        prev, _ = _cyclic_neighbours(lens)
+    _, nxt = _cyclic_neighbours(lens)
+    ax, ay = x - x[prev], y - y[prev]
+    bx, by = x[nxt] - x, y[nxt] - y
+    keep = (ax * by != ay * bx) | (ax * bx + ay * by < 0)
+    return np.stack([x[keep], y[keep]], axis=1), _counts(keep, lens)
+
+
+def _as_tuples(pts: np.ndarray, lens: np.ndarray) -> list[list[tuple[int, int]]]:
+    """Loops of integer points as lists of ``(x, y)`` tuples."""
+    flat = list(zip(pts[:, 0].tolist(), pts[:, 1].tolist(), strict=True))
+    out, at = [], 0
+    for n in lens.tolist():
+        out.append(flat[at:at + n])
+        at += n
+    return out
 
 
 def _starts(lens: np.ndarray) -> np.ndarray:
@@ -516,21 +548,16 @@ def _counts(flags: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 def _cyclic_neighbours(lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For loops of ``lens`` stored one after another: each item's previous and next index
-    within its own loop."""
-    starts = _starts(lens)
-    idx = np.arange(int(lens.sum()), dtype=np.int64)
-    first = np.repeat(starts, lens)
-    last = first + np.repeat(lens, lens) - 1
-    prev = np.where(idx == first, last, idx - 1)
-    nxt = np.where(idx == last, first, idx + 1)
+    """For loops of ``lens`` stored one after another (each at least one item): each item's
+    previous and next index within its own loop."""
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    idx = np.arange(int(ends[-1]) if ends.size else 0, dtype=np.int64)
+    prev = idx - 1
+    prev[starts] = ends - 1
+    nxt = idx + 1
+    nxt[ends - 1] = starts
     return prev, nxt
-
-
-def _signed_area2(poly: Sequence[tuple[int, int]]) -> int:
-    """Twice the signed area (positive: clockwise on screen, y down)."""
-    a = np.asarray(poly, dtype=np.int64)
-    return int((a[:, 0] * np.roll(a[:, 1], -1) - np.roll(a[:, 0], -1) * a[:, 1]).sum())
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
@@ -582,61 +609,149 @@ def mask_to_polygons(mask: np.ndarray, *, outline: Outline = "exact"
 
     Returns:
         A list of polygons, each a list of integer ``(x, y)`` corners; ``[]`` for an empty
-        mask.
+        mask. :func:`mask_to_polygon_arrays` gives the same polygons as arrays.
 
     Raises:
         ValidationError: ``mask`` is not 2-D, or ``outline`` is none of the above.
     """
-    if outline == "exact":
-        return mask_to_rings(mask)
-    if outline not in ("filled", "loops"):
+    return _as_tuples(*mask_to_polygon_arrays(mask, outline=outline))
+
+
+def mask_to_polygon_arrays(mask: np.ndarray, *, outline: Outline = "exact"
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The polygons of :func:`mask_to_polygons` as two arrays, for callers that go on in
+    numpy (no Python tuple per vertex is made).
+
+    Args:
+        mask: ``(H, W)`` bool or 0/1 array.
+        outline: ``"exact"``, ``"filled"`` or ``"loops"``, as for :func:`mask_to_polygons`.
+
+    Returns:
+        ``(vertices, lengths)``: every polygon's integer ``(x, y)`` corners in pixels, the
+        polygons one after another, as an ``(n, 2)`` int64 array; and each polygon's number of
+        vertices, ``(k,)`` int64 (``n`` is their sum). Polygon ``i`` is
+        ``vertices[s:s + lengths[i]]`` with ``s = lengths[:i].sum()``.
+
+    Raises:
+        ValidationError: ``mask`` is not 2-D, or ``outline`` is none of the above.
+    """
+    if outline not in ("exact", "filled", "loops"):
         raise ValidationError(f"outline must be 'exact', 'filled' or 'loops', got {outline!r}")
     found = _cropped(mask)
     if found is None:
-        return []
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
     m, x0, y0 = found
-    b = _Boundary(m)
-    out = []
-    for poly in b.corners(b.loops()):
-        signed = _signed_area2(poly)
-        if signed > 0 or (outline == "loops" and signed < 0):
-            out.append(poly)
-    return _shifted(out, x0, y0)
+    pts, lens = _ring_points(m) if outline == "exact" else _loop_points(m, outline)
+    return pts + np.array([x0, y0], dtype=np.int64), lens
 
 
-def _holes(m: np.ndarray) -> list[tuple[int, int, int]]:
-    """Each hole (a bounded 8-connected background region) as ``(r, c, r2)``: its top-left
-    pixel ``(r, c)`` in row-major order and the row ``r2`` of the first background pixel above
-    it in column ``c`` (-1: none up to the image's top edge). Column ``c`` is foreground from
-    row ``r2 + 1`` to ``r - 1``: one part's pixels, the path of the hole's cut."""
+def _loop_points(m: np.ndarray, outline: Outline) -> tuple[np.ndarray, np.ndarray]:
+    """Every boundary loop (``"loops"``) or the clockwise ones alone (``"filled"``), in the
+    order of their first node, each from that node: corners and lengths."""
+    e = _Edges(m)
+    order, lens = _loop_order(e.succ, _cycle_firsts(e.succ))
+    pts, lens = _corner_points(np.stack([e.x[order], e.y[order]], axis=1), lens)
+    _, nxt = _cyclic_neighbours(lens)
+    terms = pts[:, 0] * pts[nxt, 1] - pts[nxt, 0] * pts[:, 1]
+    signed = np.add.reduceat(terms, _starts(lens))  # twice the area; > 0: clockwise on screen
+    keep = (signed > 0) | ((signed < 0) if outline == "loops" else False)
+    return pts[np.repeat(keep, lens)], lens[keep]
+
+
+def _path_graph(succ: np.ndarray, missing: int = -1) -> Any:
+    """``succ`` as a sparse graph, an edge from each node to its successor (none from
+    ``missing``)."""
+    from scipy.sparse import csr_matrix
+
+    n = succ.size
+    has = np.ones(n, dtype=bool)
+    if missing >= 0:
+        has[missing] = False
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(has, out=indptr[1:])
+    return csr_matrix((np.ones(int(indptr[-1]), dtype=np.int8), succ[has], indptr),
+                      shape=(n, n))
+
+
+def _cycle_firsts(succ: np.ndarray) -> np.ndarray:
+    """The first (lowest) node of each loop of ``succ``, in increasing order."""
+    from scipy.sparse.csgraph import connected_components
+
+    count, labels = connected_components(_path_graph(succ), directed=True, connection="strong")
+    # Labels come in the order of each loop's first node: a node starts a loop where its label
+    # passes every label before it.
+    new = np.empty(labels.size, dtype=bool)
+    new[:1] = True
+    np.greater(labels[1:], np.maximum.accumulate(labels)[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    if first.size != count:  # numbered in another order: sort them out
+        first = np.sort(np.unique(labels, return_index=True)[1])
+    return first
+
+
+def _loop_order(succ: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walk the loops through ``starts`` (one node on each loop; every node on one of them):
+    all nodes in walking order, loop after loop, each from its start; and the loops' lengths.
+
+    The loops are cut before their starts and chained into one path, which scipy's
+    depth-first order walks in C.
+    """
+    from scipy.sparse.csgraph import depth_first_order
+
+    n = succ.size
+    pred = np.empty_like(succ)
+    pred[succ] = np.arange(n)
+    ends = pred[starts]  # the last node of each loop
+    path = succ.copy()
+    path[ends[:-1]] = starts[1:]
+    order = depth_first_order(_path_graph(path, int(ends[-1])), int(starts[0]), directed=True,
+                              return_predecessors=False).astype(np.int64)
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(order.size)
+    at = pos[starts]
+    if order.size != n or (np.diff(at) <= 0).any():  # guards the invariant
+        raise AssertionError("the loops' starts do not name every loop once")
+    return order, np.diff(np.append(at, n))
+
+
+def _hole_cuts(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each hole (a bounded 8-connected background region), in arrays ``(r, c, r2)``: its
+    top-left pixel ``(r, c)`` in row-major order and the row ``r2`` of the first background
+    pixel above it in column ``c`` (-1: none up to the image's top edge). Column ``c`` is
+    foreground from row ``r2 + 1`` to ``r - 1``: one part's pixels, the path of the hole's
+    cut."""
     from scipy import ndimage
 
-    w = m.shape[1]
+    h, w = m.shape
     padded, _ = ndimage.label(np.pad(~m, 1, constant_values=True),
                               structure=np.ones((3, 3), dtype=bool))
     outside = int(padded[0, 0])  # the padding joins all of the outside
     flat = padded[1:-1, 1:-1].ravel()
     idx = np.flatnonzero(flat)
     labels, first = np.unique(flat[idx], return_index=True)
-    out = []
-    for label, at in zip(labels.tolist(), idx[first].tolist(), strict=True):
-        if label == outside:
-            continue
-        r, c = divmod(int(at), w)
-        above = np.flatnonzero(~m[:r, c])
-        out.append((r, c, int(above[-1]) if above.size else -1))
-    return out
+    r, c = np.divmod(idx[first][labels != outside].astype(np.int64), w)
+    if r.size == 0:
+        return r, c, r.copy()
+    # The last background row at or above each pixel (-1: none); a hole never starts on row 0.
+    last_bg = np.maximum.accumulate(np.where(m, -1, np.arange(h)[:, None]), axis=0)
+    r2 = np.where(r > 0, last_bg[np.maximum(r - 1, 0), c], -1).astype(np.int64)
+    return r, c, r2
 
 
-def _part_starts(b: _Boundary, labels: np.ndarray) -> list[int]:
+def _holes(m: np.ndarray) -> list[tuple[int, int, int]]:
+    """:func:`_hole_cuts` as a list of ``(r, c, r2)``."""
+    r, c, r2 = _hole_cuts(m)
+    return list(zip(r.tolist(), c.tolist(), r2.tolist(), strict=True))
+
+
+def _part_starts(b: _Boundary | _Edges, labels: np.ndarray) -> np.ndarray:
     """For each labelled part, in raster order of its top-left pixel, the node of that pixel's
     top edge (on the part's outer loop)."""
     flat = labels.ravel()
     idx = np.flatnonzero(flat)
     _, first = np.unique(flat[idx], return_index=True)
     r, c = np.divmod(np.sort(idx[first]), labels.shape[1])
-    starts: list[int] = b.nodes(c, r, _RIGHT).tolist()
-    return starts
+    return b.nodes(c, r, _RIGHT)
 
 
 def _parts(m: np.ndarray) -> tuple[_Boundary, list[int]]:
@@ -652,7 +767,46 @@ def _parts(m: np.ndarray) -> tuple[_Boundary, list[int]]:
         hole = b.node(c, r, _DOWN)          # the hole's edge leaving corner (c, r)
         b.splice(target, hole)
     fg, _ = ndimage.label(m)
-    return b, _part_starts(b, fg)
+    return b, _part_starts(b, fg).tolist()
+
+
+def _ring_points(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rings of :func:`mask_to_rings` for a cropped mask, corners and lengths: what
+    :func:`_parts` and a walk of each part give, every step done on whole arrays.
+
+    Before the cuts, the first (lowest) node of a part's outer loop is the top edge of the
+    part's top-left pixel, and the first node of a hole's loop the edge leaving the corner
+    ``(c, r)`` of the hole's top-left pixel downwards: the loops' first nodes tell the parts
+    and the holes apart, in the raster order of those pixels. A hole's cut goes up to the
+    nearest top edge in column ``c`` above row ``r``. The cuts touch disjoint nodes, so they
+    are spliced in all at once, each reading the boundary as it was.
+    """
+    e = _Edges(m)
+    first = _cycle_firsts(e.succ)
+    kind = e.d[first]
+    if (kind > _DOWN).any():  # cannot happen: guards the invariant
+        raise AssertionError("a boundary loop starts neither at a part nor at a hole")
+    starts, loop = first[kind == _RIGHT], first[kind == _DOWN]
+    x, y, succ = e.x, e.y, e.succ
+    if loop.size:
+        # The top edges by column, then row: the cut's end is the last one above the hole.
+        tops = np.flatnonzero(e.d == _RIGHT)
+        col_key = e.x[tops] * (e.height + 1) + e.y[tops]
+        by_col = np.argsort(col_key)
+        want = e.x[loop] * (e.height + 1) + e.y[loop]
+        at = tops[by_col[np.searchsorted(col_key[by_col], want) - 1]]
+        if (e.x[at] != e.x[loop]).any() or (e.y[at] >= e.y[loop]).any():  # guards
+            raise AssertionError("a hole has no top edge above it in its column")
+        n = succ.size
+        down = n + 2 * np.arange(loop.size, dtype=np.int64)  # the cut's new nodes: down, up
+        up = down + 1
+        succ = np.concatenate([succ, np.empty(2 * loop.size, dtype=np.int64)])
+        succ[e.pred[at]], succ[down] = down, loop
+        succ[e.pred[loop]], succ[up] = up, at
+        x = np.concatenate([x, np.stack([x[at], x[loop]], axis=1).ravel()])
+        y = np.concatenate([y, np.stack([y[at], y[loop]], axis=1).ravel()])
+    order, lens = _loop_order(succ, starts)
+    return _corner_points(np.stack([x[order], y[order]], axis=1), lens)
 
 
 def mask_to_rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
@@ -670,13 +824,9 @@ def mask_to_rings(mask: np.ndarray) -> list[list[tuple[int, int]]]:
     Returns:
         The rings in raster order of each part's top-left pixel, each a list of integer
         ``(x, y)`` corners in pixels (``(0, 0)`` the top-left corner of the image).
+        :func:`mask_to_polygon_arrays` gives the same rings as arrays.
     """
-    found = _cropped(mask)
-    if found is None:
-        return []
-    m, x0, y0 = found
-    b, starts = _parts(m)
-    return _shifted(b.corners([b.walk(s) for s in starts]), x0, y0)
+    return _as_tuples(*mask_to_polygon_arrays(mask))
 
 
 def mask_to_ring(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -787,7 +937,7 @@ def _inset_loops(m: np.ndarray, parts: InsetParts) -> tuple[_Boundary, list[int]
         hole = b.insert_after(b.node(c + 1, r, _LEFT), s * c + 1, s * r - 9)
         b.splice(top, hole)
     labels, n = ndimage.label(m)
-    starts = _part_starts(b, labels)
+    starts = _part_starts(b, labels).tolist()
     group = list(range(n + 1))  # union-find over 4-connected parts touching at corners
 
     def root(i: int) -> int:
