@@ -111,6 +111,7 @@ class JobEngine:
         self.max_running = 0
         self._pending = 0
         self._running = 0
+        self._ending = 0  # jobs past the hold whose end is being recorded
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -243,11 +244,15 @@ class JobEngine:
             remaining = self.min_job_time_s - (time.monotonic() - t0)
             if remaining > 0:
                 await asyncio.sleep(remaining)
-            while self.end_limit is not None and self.ended >= self.end_limit:
+            while self.end_limit is not None and self.ended + self._ending >= self.end_limit:
                 await asyncio.sleep(0.01)  # held: the test or operator decides when it ends
+            self._ending += len(jobs)  # before any await: the next worker's check counts them
         finally:
             self._running -= len(jobs)
-        await asyncio.to_thread(self._record, jobs, outcomes)
+        try:
+            await asyncio.to_thread(self._record, jobs, outcomes)
+        finally:
+            self._ending -= len(jobs)
 
     def _record(self, jobs: Sequence[StoredJob], outcomes: Sequence[JobOutcome]) -> None:
         self.store.finish([(o.job_id, o.status, o.segments, o.error, o.item_error)
