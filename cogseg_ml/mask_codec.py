@@ -387,9 +387,7 @@ class _Edges:
         nxt = base + turn
         if not flat[nxt].all():  # cannot happen for a boundary; guards the invariant
             raise AssertionError("an edge of the mask's boundary has no successor")
-        node = np.empty(flat.size, dtype=np.int64)  # read only where an edge starts
-        node[keys] = np.arange(keys.size)
-        succ = node[nxt]
+        succ = np.searchsorted(keys, nxt)  # memory by edges, not by pixels
         pred = np.empty_like(succ)
         pred[succ] = np.arange(succ.size)
         self.keys = keys
