@@ -26,7 +26,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cogseg_ml.cli.common import EXIT_OK, MODEL_HELP, device, input_file, local_model, port
+from cogseg_ml.cli.common import (
+    EXIT_OK,
+    MODEL_HELP,
+    device,
+    input_file,
+    local_model,
+    port,
+    positive,
+)
 from cogseg_ml.errors import ValidationError
 
 LOOPBACK_NAMES = ("localhost", "ip6-localhost")
@@ -101,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.rate_limit >= 0 or args.burst < 1 or args.max_body_bytes < 1:
         raise ValidationError("--rate-limit takes requests/s >= 0 (0: off), --burst a count "
                               ">= 1, --max-body-bytes a size >= 1")
+    if args.ray:
+        from cogseg_ml.cli.serve_ray import run_on_ray
+
+        return run_on_ray(args, host)
     import uvicorn
 
     from cogseg_ml.cache.mask_cache import default_cache_dir
@@ -164,4 +176,16 @@ def register(sub: Any) -> None:
     s.add_argument("--burst", type=int, default=400, help="requests per token in a burst")
     s.add_argument("--max-body-bytes", type=int, default=1024 * 1024,
                    help="largest request body (default 1 MiB)")
+    r = s.add_argument_group("Ray Serve (the ray extra): one address, many model replicas")
+    r.add_argument("--ray", action="store_true",
+                   help="serve on Ray Serve: an ingress on the head node and model replicas "
+                        "(joins RAY_ADDRESS's cluster, or starts a local one)")
+    r.add_argument("--replicas", type=positive, default=1,
+                   help="model replicas (the autoscaling floor with --max-replicas)")
+    r.add_argument("--max-replicas", type=positive,
+                   help="autoscale the model replicas up to this many")
+    r.add_argument("--num-gpus-per-replica", type=float, default=0.0, metavar="G",
+                   help="GPUs each model replica takes (e.g. 1, or 0.5 to share one)")
+    r.add_argument("--num-cpus-per-replica", type=float, default=1.0, metavar="C",
+                   help="CPUs each model replica takes (default 1)")
     s.set_defaults(func=run)

@@ -60,7 +60,7 @@ from cogseg_ml.service.cdf_files import FORWARDED_HEADERS, CdfFiles
 from cogseg_ml.service.guards import BodyLimit, RateLimit, bearer_token, token_hash
 from cogseg_ml.service.job_engine import JobEngine
 from cogseg_ml.service.job_store import JobStore, StoredJob
-from cogseg_ml.service.model_answers import MAX_BATCH_JOBS, ModelAnswerer
+from cogseg_ml.service.model_answers import MAX_BATCH_JOBS, ModelAnswerer, ServiceAnswerer
 from cogseg_ml.service.problems import ApiProblem
 from cogseg_ml.service.segment_routes import (
     PROJECT_PREFIX,
@@ -71,9 +71,12 @@ from cogseg_ml.service.segment_routes import (
 from cogseg_ml.service.segment_wire import check_beta, check_segmentable
 from cogseg_ml.store import file_version
 
-__all__ = ["ServiceLimits", "create_app"]
+__all__ = ["AnswererFactory", "ServiceLimits", "build_app", "create_app"]
 
 _log = logging.getLogger("cogseg_ml.service")
+
+#: Builds the service's answerer from its image store, mask cache and CDF cluster origin.
+AnswererFactory = Callable[[ImageStore, MaskCache, str], ServiceAnswerer]
 
 
 @dataclass(frozen=True)
@@ -116,16 +119,21 @@ class _Metrics:
                                   ["reason"], registry=r)
         self.rate_limited = Counter("cogseg_service_rate_limited", "Requests answered 429",
                                     registry=r)
+        self.replica_jobs = Gauge("cogseg_service_replica_jobs",
+                                  "Jobs answered by each model replica (Ray Serve)",
+                                  ["replica"], registry=r)
+        self.lost_calls = Gauge("cogseg_service_replica_calls_lost",
+                                "Calls lost with a model replica and sent again (Ray Serve)",
+                                registry=r)
 
 
 class _Service:
     """The service's state and routes; its :class:`SegmentFiles` side reads the caller's
     CDF project with the caller's token."""
 
-    def __init__(self, backend: LocalSamBackend, cdf_base_url: str, jobs: JobStore,
+    def __init__(self, make_answerer: AnswererFactory, cdf_base_url: str, jobs: JobStore,
                  cache: MaskCache, limits: ServiceLimits,
-                 http: httpx.AsyncClient | None) -> None:
-        self.backend = backend
+                 http: httpx.AsyncClient | None, *, workers: int, batch_jobs: int) -> None:
         self.origin = origin_of(cdf_base_url)
         self.jobs = jobs
         self.cache = cache
@@ -136,8 +144,8 @@ class _Service:
         self.http = http or httpx.AsyncClient(follow_redirects=False)
         self.cdf = CdfFiles(cdf_base_url, self.http, max_image_bytes=limits.max_image_bytes,
                             on_error=lambda reason: self.metrics.cdf_errors.labels(reason).inc())
-        self.answerer = ModelAnswerer(self.images, backend, cache=cache, origin=self.origin)
-        self.engine = JobEngine(jobs, self.answerer, workers=1, batch_jobs=MAX_BATCH_JOBS,
+        self.answerer = make_answerer(self.images, cache, self.origin)
+        self.engine = JobEngine(jobs, self.answerer, workers=workers, batch_jobs=batch_jobs,
                                 on_finished=self.metrics.latency.observe)
         self._access: dict[tuple[str, str, int], float] = {}
         self._fetching: dict[str, asyncio.Lock] = {}
@@ -251,9 +259,13 @@ class _Service:
         for status, n in counts.items():
             m.jobs.labels(status).set(n)
         m.queue.set(counts.get("Queued", 0))
-        m.encoder_images.set(getattr(self.backend, "encoder_calls", 0))
-        m.decoder_calls.set(getattr(self.backend, "decoder_calls", 0))
-        m.decoder_prompts.set(self.answerer.counters.decoder_prompts)
+        stats = self.answerer.stats()
+        m.encoder_images.set(stats.encoder_images)
+        m.decoder_calls.set(stats.decoder_calls)
+        m.decoder_prompts.set(stats.decoder_prompts)
+        for replica, n in stats.jobs_by_replica.items():
+            m.replica_jobs.labels(replica).set(n)
+        m.lost_calls.set(stats.lost_calls)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def start(self) -> None:
@@ -281,9 +293,33 @@ def create_app(backend: LocalSamBackend, cdf_base_url: str, *, jobs_db: str | Pa
         limits: body size, rate and access-check limits.
         http_client: the client for CDF calls (default: one of the app's own).
     """
+    def make_answerer(images: ImageStore, mask_cache: MaskCache, origin: str
+                      ) -> ServiceAnswerer:
+        return ModelAnswerer(images, backend, cache=mask_cache, origin=origin)
+
+    return build_app(make_answerer, cdf_base_url, jobs_db=jobs_db, cache=cache, limits=limits,
+                     http_client=http_client)
+
+
+def build_app(make_answerer: AnswererFactory, cdf_base_url: str, *, jobs_db: str | Path,
+              cache: str | Path | MaskCache | None = None,
+              limits: ServiceLimits | None = None,
+              http_client: httpx.AsyncClient | None = None, workers: int = 1,
+              batch_jobs: int = MAX_BATCH_JOBS) -> ASGIApp:
+    """The service's app on any answerer (:func:`create_app` uses the local model; the Ray
+    Serve ingress its model replicas).
+
+    Args:
+        make_answerer: builds the answerer from the app's image store, mask cache and the
+            CDF cluster's origin.
+        cdf_base_url, jobs_db, cache, limits, http_client: as :func:`create_app`.
+        workers: the job engine's workers (batches in flight at once).
+        batch_jobs: the most jobs one worker hands the answerer at once.
+    """
     mask_cache = cache if isinstance(cache, MaskCache) else MaskCache(cache)
-    svc = _Service(backend, cdf_base_url, JobStore(jobs_db), mask_cache,
-                   limits or ServiceLimits(), http_client)
+    svc = _Service(make_answerer, cdf_base_url, JobStore(jobs_db), mask_cache,
+                   limits or ServiceLimits(), http_client, workers=workers,
+                   batch_jobs=batch_jobs)
     routes = [
         *SegmentRoutes(svc, svc.engine).routes(),
         Route(PROJECT_PREFIX + "/{rest:path}", svc.forward,

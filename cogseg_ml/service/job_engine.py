@@ -51,7 +51,12 @@ class JobOutcome:
 
 
 class Answerer(Protocol):
-    """What answers jobs: the local model (service) or synthetic ground truth (emulator)."""
+    """What answers jobs: the local model (service), synthetic ground truth (emulator) or
+    model replicas (Ray Serve).
+
+    An answerer with a coroutine method ``answer_async(jobs)`` (same contract) is awaited on
+    the app's loop instead (for answerers that only wait on others, e.g. replicas).
+    """
 
     def answer(self, jobs: Sequence[StoredJob]) -> list[JobOutcome]:
         """One outcome per job (called on a compute thread, never on the event loop)."""
@@ -233,8 +238,12 @@ class JobEngine:
         self.max_running = max(self.max_running, self._running)
         try:
             try:
-                outcomes = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.answerer.answer, jobs)
+                on_loop = getattr(self.answerer, "answer_async", None)
+                if on_loop is not None:
+                    outcomes = await on_loop(jobs)
+                else:
+                    outcomes = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self.answerer.answer, jobs)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the answerer broke: the jobs fail, the worker lives on

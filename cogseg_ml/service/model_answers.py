@@ -13,14 +13,14 @@ same CDF project would look up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.api.wire_schema import JobStatus, SegmentResult
 from cogseg_ml.backends.base import BackendJob, MaskResult, SegmentationBackend
 from cogseg_ml.cache.cache_keys import CacheKey
-from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
 from cogseg_ml.errors import CogsegError
 from cogseg_ml.mask_codec import decode
@@ -30,7 +30,8 @@ from cogseg_ml.service.job_store import StoredJob
 from cogseg_ml.service.segment_wire import mask_segment
 from cogseg_ml.store import cached_result
 
-__all__ = ["MAX_BATCH_JOBS", "ModelAnswerer", "WorkerCounters", "result_segments"]
+__all__ = ["MAX_BATCH_JOBS", "ModelAnswerer", "ModelStats", "ServiceAnswerer", "WorkerCounters",
+           "result_segments"]
 
 _log = logging.getLogger("cogseg_ml.service")
 
@@ -40,11 +41,52 @@ MAX_BATCH_JOBS = 512
 
 @dataclass
 class WorkerCounters:
-    """What the worker did (read by the metrics)."""
+    """What the answerer did (read by the metrics)."""
 
     decoder_prompts: int = 0
     backend_runs: int = 0
     finished: int = 0
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """The model's work since start, for ``/metrics`` (the last two only with replicas:
+    jobs answered by each, and calls lost with a replica and sent again)."""
+
+    encoder_images: int = 0
+    decoder_calls: int = 0
+    decoder_prompts: int = 0
+    jobs_by_replica: Mapping[str, int] = field(default_factory=dict)
+    lost_calls: int = 0
+
+    def __add__(self, other: ModelStats) -> ModelStats:
+        by = dict(self.jobs_by_replica)
+        for replica, n in other.jobs_by_replica.items():
+            by[replica] = by.get(replica, 0) + n
+        return ModelStats(self.encoder_images + other.encoder_images,
+                          self.decoder_calls + other.decoder_calls,
+                          self.decoder_prompts + other.decoder_prompts, by,
+                          self.lost_calls + other.lost_calls)
+
+
+class ImageBytes(Protocol):
+    """Where an answerer finds a job's image bytes by their SHA-256."""
+
+    def get_by_digest(self, digest: str) -> bytes | None:
+        """The bytes, or ``None`` when they are not stored."""
+        ...
+
+
+class ServiceAnswerer(Protocol):
+    """An answerer the service can report on (the local model, or Ray Serve replicas)."""
+
+    def answer(self, jobs: Sequence[StoredJob]) -> list[JobOutcome]:
+        """One outcome per job (see :class:`~cogseg_ml.service.job_engine.Answerer`)."""
+        ...
+
+    def stats(self) -> ModelStats:
+        """The model's work so far."""
+        ...
 
 
 def result_segments(result: MaskResult) -> list[SegmentResult]:
@@ -66,7 +108,7 @@ class ModelAnswerer:
         origin: the CDF cluster's origin, for cache keys.
     """
 
-    def __init__(self, images: ImageStore, backend: SegmentationBackend, *,
+    def __init__(self, images: ImageBytes, backend: SegmentationBackend, *,
                  cache: MaskCache | None, origin: str) -> None:
         self.images = images
         self.backend = backend
@@ -81,6 +123,12 @@ class ModelAnswerer:
                 raise CogsegError(f"the image bytes {digest[:12]}... are no longer stored")
             return data
         return load
+
+    def stats(self) -> ModelStats:
+        """Images through the encoder, decoder calls and prompts since start."""
+        return ModelStats(int(getattr(self.backend, "encoder_calls", 0)),
+                          int(getattr(self.backend, "decoder_calls", 0)),
+                          self.counters.decoder_prompts)
 
     def answer(self, jobs: Sequence[StoredJob]) -> list[JobOutcome]:
         """One backend run for all ``jobs``; the answers also go to the mask cache."""

@@ -20,6 +20,10 @@ from cogseg_ml.cli.serve import is_loopback
     (["--burst", "0"], "--burst"),
     (["--max-body-bytes", "0"], "--max-body-bytes"),
     (["--cdf-base-url", "ftp://cdf.example"], "--cdf-base-url"),
+    (["--ray", "--host", "10.1.2.3"], "--allow-insecure-http"),
+    (["--ray", "--replicas", "2", "--max-replicas", "1"], "--max-replicas"),
+    (["--ray", "--num-gpus-per-replica", "-1"], "--num-gpus-per-replica"),
+    (["--ray"], "does not exist"),  # the model folder is checked before Ray starts
 ])
 def test_bad_options_are_one_line_and_exit_2(extra: list[str], words: str, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str],
