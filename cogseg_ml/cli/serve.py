@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import ipaddress
 import json
 import logging
@@ -119,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
     from cogseg_ml.service.app import ServiceLimits, create_app
 
     backend = local_model(args.model, args.device, "cogseg serve")
+    # The model's objects live as long as the process: keep the collector from walking them
+    # again and again while the service builds each answer's many small objects.
+    gc.collect()
+    gc.freeze()
     jobs_db = Path(args.jobs_db) if args.jobs_db else default_cache_dir() / "service-jobs.sqlite"
     jobs_db.parent.mkdir(parents=True, exist_ok=True)
     limits = ServiceLimits(max_body_bytes=args.max_body_bytes, rate_per_s=args.rate_limit,

@@ -203,8 +203,7 @@ class JobEngine:
         body = self._bodies.get(job.job_id)
         if body is not None:
             return body
-        body = job.view(created=False).model_dump_json(by_alias=True,
-                                                       exclude_none=True).encode()
+        body = job.retrieve_body()
         if job.status.is_terminal:
             self._bodies[job.job_id] = body
             if len(self._bodies) > self._body_cache_size:

@@ -11,12 +11,15 @@ thread, WAL, bounded lock waits, storage errors as :class:`~cogseg_ml.errors.Cac
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import TypeAdapter
 
 from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob, SegmentResult
 from cogseg_ml.cache.database import CacheDatabase
@@ -25,6 +28,9 @@ from cogseg_ml.prompts import Box, Point, Prompt
 from cogseg_ml.service.segment_wire import job_view
 
 __all__ = ["FIRST_JOB_ID", "JobStore", "StoredJob"]
+
+#: Segments as stored: their wire JSON (what a GET answers), written and read in one call.
+_SEGMENTS = TypeAdapter(list[SegmentResult])
 
 SCHEMA_VERSION = 1
 #: Job ids start here (CDF's ids are large int64 numbers; a small one would look like a bug).
@@ -89,18 +95,37 @@ class StoredJob:
     created_time: int
     start_time: int | None
     status_time: int
-    segments: tuple[SegmentResult, ...] = ()
+    segments_json: str = "[]"
     error_message: str | None = None
     failed_item_message: str | None = None
 
+    @functools.cached_property
+    def segments(self) -> tuple[SegmentResult, ...]:
+        """The result's segments (parsed from :attr:`segments_json` on first use)."""
+        return tuple(_SEGMENTS.validate_json(self.segments_json))
+
     def view(self, *, created: bool) -> SegmentJob:
         """The wire view (POST when ``created``, else GET)."""
+        return self._view(created, self.segments)
+
+    def _view(self, created: bool, segments: Sequence[SegmentResult]) -> SegmentJob:
         ref = SegmentFileRef(file_id=self.file_id, file_external_id=self.file_external_id)
         return job_view(job_id=self.job_id, status=self.status, created_time=self.created_time,
                         start_time=self.start_time, status_time=self.status_time, ref=ref,
                         points=self.prompt.points, box=self.prompt.box,
-                        segments=self.segments, error_message=self.error_message,
+                        segments=segments, error_message=self.error_message,
                         failed_item_message=self.failed_item_message, created=created)
+
+    def retrieve_body(self) -> bytes:
+        """The GET body, with the stored segments' JSON put in as stored (not parsed)."""
+        body = self._view(False, ()).model_dump_json(by_alias=True, exclude_none=True)
+        if self.status is JobStatus.COMPLETED and self.segments_json != "[]":
+            empty = '"segments":[]'
+            if body.count(empty) != 1:  # not the shape expected: build it the long way
+                return self.view(created=False).model_dump_json(
+                    by_alias=True, exclude_none=True).encode()
+            body = body.replace(empty, f'"segments":{self.segments_json}')
+        return body.encode()
 
 
 _COLUMNS = ("job_id, project, file_id, file_external_id, file_version, prompt, digest, height, "
@@ -109,14 +134,14 @@ _COLUMNS = ("job_id, project, file_id, file_external_id, file_version, prompt, d
 
 
 def _row(r: Sequence[object]) -> StoredJob:
-    segs = tuple(SegmentResult.model_validate(s) for s in json.loads(str(r[13]))) if r[13] else ()
     return StoredJob(job_id=int(r[0]), project=str(r[1]), file_id=int(r[2]),  # type: ignore[call-overload]
                      file_external_id=None if r[3] is None else str(r[3]),
                      file_version=str(r[4]), prompt=_prompt_from_json(str(r[5])),
                      digest=str(r[6]), height=int(r[7]), width=int(r[8]),  # type: ignore[call-overload]
                      status=JobStatus(r[9]), created_time=int(r[10]),  # type: ignore[call-overload]
                      start_time=None if r[11] is None else int(r[11]),  # type: ignore[call-overload]
-                     status_time=int(r[12]), segments=segs,  # type: ignore[call-overload]
+                     status_time=int(r[12]),  # type: ignore[call-overload]
+                     segments_json=str(r[13]) if r[13] else "[]",
                      error_message=None if r[14] is None else str(r[14]),
                      failed_item_message=None if r[15] is None else str(r[15]))
 
@@ -198,7 +223,8 @@ class JobStore:
                                              str | None, str | None]]) -> None:
         """Record terminal states: ``(job_id, status, segments, error, item_error)`` each."""
         t = now_ms(self.clock)
-        rows = [(status.value, t, json.dumps([s.model_dump(mode="json") for s in segs]),
+        rows = [(status.value, t, _SEGMENTS.dump_json(list(segs), by_alias=True,
+                                                      exclude_none=True).decode(),
                  err, item_err, job_id) for job_id, status, segs, err, item_err in results]
         self.db.write(lambda c: c.executemany(
             "UPDATE jobs SET status = ?, status_time = ?, segments = ?, error_message = ?, "

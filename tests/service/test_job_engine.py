@@ -184,3 +184,23 @@ def test_a_job_running_when_the_process_is_killed_completes_after_a_restart(
     done = store.get(job_id)
     assert done is not None and done.status is JobStatus.COMPLETED
     assert store.count() == 1
+
+
+def test_a_completed_jobs_body_is_its_wire_view_with_the_stored_segments(tmp_path: Path
+                                                                         ) -> None:
+    import numpy as np
+
+    from cogseg_ml.service.segment_wire import mask_segment
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = store.add(**job_fields(0))  # type: ignore[arg-type]
+    mask = np.zeros((8, 8), bool)
+    mask[1:6, 2:7] = True
+    mask[3, 4] = False  # a hole: exact polygons keep it
+    segments = [mask_segment(mask, 0.9), mask_segment(~mask, 0.25)]
+    store.take_queued(1)
+    store.finish([(job.job_id, JobStatus.COMPLETED, segments, None, None)])
+    done = store.get(job.job_id)
+    assert done is not None and done.segments == tuple(segments)
+    long_way = done.view(created=False).model_dump_json(by_alias=True, exclude_none=True)
+    assert done.retrieve_body() == long_way.encode()
