@@ -146,3 +146,37 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_no_job(
     jobs = metric(http, "cogseg_service_jobs")
     assert jobs['{status="Completed"}'] == len(ids) and sum(jobs.values()) == len(ids)
     assert sum(metric(http, "cogseg_service_replica_jobs").values()) == len(ids)  # once each
+
+
+def test_the_ingress_killed_with_jobs_accepted_loses_none(
+        http: httpx.Client, cdf: Emulator, tmp_path: Path) -> None:
+    gate = tmp_path / "release"
+    deploy(http, functools.partial(FixedWaitModel, 0.0, str(gate)), cdf, tmp_path)
+    head = {"Authorization": f"Bearer {cdf.issue_token()}", **BETA}
+    root = f"/api/v1/projects/{cdf.project}{SEGMENT}"
+    xids = sorted(f.external_id for f in cdf.state.files.values() if f.external_id)
+    ids = [http.post(root, headers=head, json={
+        "items": [{"fileExternalId": xids[k % len(xids)]}],
+        "points": [{"x": 0.2 + 0.1 * k, "y": 0.5, "label": 1}]}).json()["jobId"]
+        for k in range(6)]
+    until(lambda: metric(http, "cogseg_service_jobs").get('{status="Running"}', 0) >= 1, 60,
+          "jobs to be running")
+    (ingress,) = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                  if "SegmentIngress" in a["name"]]
+    ray.kill(ray.get_actor(ingress["name"], namespace=ingress["namespace"]), no_restart=True)
+    gate.touch()  # the replicas may finish now: their answers go to a dead ingress
+
+    def status(job_id: int) -> str | None:
+        try:
+            r = http.get(f"{root}/{job_id}", headers=head)
+        except httpx.TransportError:
+            return None
+        if r.status_code != 200:  # the new ingress is not up yet
+            return None
+        body: dict[str, Any] = r.json()
+        return str(body["status"]) if body["status"] in ("Completed", "Failed") else None
+
+    assert [until(lambda j=j: status(j), 120, f"job {j}") for j in ids] == \
+        ["Completed"] * len(ids)  # type: ignore[misc]
+    jobs = metric(http, "cogseg_service_jobs")
+    assert sum(jobs.values()) == len(ids)  # nothing lost, no job made twice
