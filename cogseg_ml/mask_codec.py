@@ -357,7 +357,26 @@ def _find(keys: np.ndarray, width: int, x: np.ndarray, y: np.ndarray, d: np.ndar
     return np.where(keys[pos] == want, pos, -1)
 
 
-class _Edges:
+class _EdgeLookup:
+    """Finding boundary edges by corner and direction in sorted ``keys``."""
+
+    keys: np.ndarray
+    width: int
+
+    def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
+        return _find(self.keys, self.width, x, y, d)
+
+    def nodes(self, x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        """The nodes of edges ``(x[i], y[i], d)`` (they must exist)."""
+        found = self.find(x, y, np.full(np.shape(x), d, dtype=np.int64))
+        if (found < 0).any():  # cannot happen: callers name edges the mask's pixels imply
+            k = int(np.flatnonzero(found < 0)[0])
+            raise AssertionError(f"no boundary edge at ({x[k]}, {y[k]}) direction {d}")
+        return found
+
+
+class _Edges(_EdgeLookup):
     """The directed unit edges of a mask's boundary, as arrays: node ``i`` is the edge from
     corner ``(x[i], y[i])`` in direction ``d[i]``, ``succ[i]`` the edge that follows it and
     ``pred[i]`` the one before. Nodes are sorted by ``keys`` (corner in raster order, then
@@ -393,20 +412,9 @@ class _Edges:
         self.keys = keys
         self.x, self.y, self.d, self.succ, self.pred = x, y, d, succ, pred
 
-    def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
-        return _find(self.keys, self.width, x, y, d)
-
-    def nodes(self, x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
-        """The nodes of edges ``(x[i], y[i], d)`` (they must exist)."""
-        found = self.find(x, y, np.full(np.shape(x), d, dtype=np.int64))
-        if (found < 0).any():  # cannot happen: callers name edges the mask's pixels imply
-            k = int(np.flatnonzero(found < 0)[0])
-            raise AssertionError(f"no boundary edge at ({x[k]}, {y[k]}) direction {d}")
-        return found
 
 
-class _Boundary:
+class _Boundary(_EdgeLookup):
     """The directed unit edges of a mask's boundary as a linked list of nodes.
 
     Node ``i`` is the start corner ``(x[i], y[i])`` of the segment to node ``succ[i]``; nodes
@@ -416,28 +424,16 @@ class _Boundary:
     def __init__(self, m: np.ndarray) -> None:
         e = _Edges(m)
         self.height, self.width = e.height, e.width
-        self._keys = e.keys
+        self.keys = e.keys
         self.x: list[int] = e.x.tolist()
         self.y: list[int] = e.y.tolist()
         self.succ: list[int] = e.succ.tolist()
         self.pred: list[int] = e.pred.tolist()
         self._dirs, self._preds = e.d, e.pred
 
-    def find(self, x: np.ndarray, y: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """The node of each edge ``(x, y, d)``, or -1 where there is no such edge."""
-        return _find(self._keys, self.width, x, y, d)
-
     def node(self, x: int, y: int, d: int) -> int:
         """The node of one edge (it must exist)."""
         return int(self.nodes(np.array([x]), np.array([y]), d)[0])
-
-    def nodes(self, x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
-        """The nodes of edges ``(x[i], y[i], d)`` (they must exist)."""
-        found = self.find(x, y, np.full(np.shape(x), d, dtype=np.int64))
-        if (found < 0).any():  # cannot happen: callers name edges the mask's pixels imply
-            k = int(np.flatnonzero(found < 0)[0])
-            raise AssertionError(f"no boundary edge at ({x[k]}, {y[k]}) direction {d}")
-        return found
 
     def splice(self, at: int, loop: int) -> None:
         """Join the loop through node ``loop`` into the loop through node ``at``: a cut from
