@@ -176,9 +176,12 @@ def test_a_full_disk_while_labelling_says_so_and_keeps_out_and_cache(
     real_open = CacheDatabase._open
 
     def full_disk(self: CacheDatabase) -> Any:
-        """Every connection may fill the pages the new file has, and no more: its few image
-        rows fit, the run's 18 masks do not (SQLite's own 'database or disk is full')."""
+        """Every connection to the run's cache may fill the pages the new file has, and no
+        more: its few image rows fit, the run's 18 masks do not (SQLite's own 'database or
+        disk is full'). The emulator's jobs file stands for CDF's disk, not the user's."""
         conn = real_open(self)
+        if tmp_path not in self.path.parents:
+            return conn
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
         return conn
