@@ -81,7 +81,12 @@ clean:
 # system's packages: one epoch of yolo11n-seg from its yaml (offline, from scratch, CPU) on the
 # demo's YOLO export, its loader and polygon2mask against our masks. Not part of `make test`.
 ULTRALYTICS_VENV ?= build/ultralytics-venv
-.PHONY: test-ultralytics
+.PHONY: test-ultralytics test-ray-serve
+# `cogseg serve --ray` as a user starts it (a Ray cluster of its own, SIGTERM, exit 0) and the
+# ingress killed with jobs accepted; the quicker Ray Serve tests are part of `make test`.
+test-ray-serve: $(STAMP)
+	$(BIN)/python -m pytest -m ray_cluster tests/service
+
 test-ultralytics:
 	test -x $(ULTRALYTICS_VENV)/bin/python || $(PYTHON) -m venv $(ULTRALYTICS_VENV)
 	$(ULTRALYTICS_VENV)/bin/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)

@@ -148,6 +148,7 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_no_job(
     assert sum(metric(http, "cogseg_service_replica_jobs").values()) == len(ids)  # once each
 
 
+@pytest.mark.ray_cluster
 def test_the_ingress_killed_with_jobs_accepted_loses_none(
         http: httpx.Client, cdf: Emulator, tmp_path: Path) -> None:
     gate = tmp_path / "release"

@@ -20,6 +20,7 @@ from cogseg_ml.service.job_store import JobStore
 from tests.service.conftest import SEGMENT, until
 
 
+@pytest.mark.ray_cluster
 def test_serve_ray_answers_a_job_and_sigterm_exits_0(cdf: Emulator, model_dir: Path,
                                                      tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a cluster of its own
