@@ -1,7 +1,10 @@
-"""Run benchmarks and print one table: ``python -m benchmarks [name ...]``.
+"""Run benchmarks and print one table: ``python -m benchmarks [name [arg ...] ...]``.
 
-Each benchmark writes ``benchmarks/results/<name>.json``; the table lists every figure beside
-its same-run baseline as a ratio, with the machine's description.
+Without names it runs every benchmark of :data:`~benchmarks.common.ORDER`; a name may also be
+any other benchmark module (``service``, ``soak``, ...), and the arguments after a name, up to
+the next name, go to that benchmark (``python -m benchmarks service --ray``). Each benchmark
+writes ``benchmarks/results/<name>.json``; the table lists every figure beside its same-run
+baseline as a ratio, with the machine's description.
 
 ``python -m benchmarks table`` writes the tables of the documentation (docs/benchmarks.md, and
 one line per benchmark in README.md) from the committed result files, between their marker
@@ -13,10 +16,33 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from benchmarks.common import ORDER, RESULTS, ROOT, machine, render_tables, table
 
 ALL = list(ORDER)
+#: Every benchmark module ``python -m benchmarks NAME`` runs: those of :data:`ALL` and the
+#: others of this folder.
+RUNNABLE = ALL + sorted(p.stem for p in Path(__file__).resolve().parent.glob("*.py")
+                        if p.stem not in ALL and p.stem not in ("__init__", "__main__", "common"))
+
+
+def split_args(argv: list[str]) -> list[tuple[str, list[str]]]:
+    """``[name, arg, ..., name, ...]`` as ``[(name, [arg, ...]), ...]``: a word is a name when
+    it is one of :data:`RUNNABLE`, else an argument of the name before it.
+
+    Raises:
+        ValueError: ``argv`` does not start with a benchmark's name.
+    """
+    out: list[tuple[str, list[str]]] = []
+    for word in argv:
+        if word in RUNNABLE:
+            out.append((word, []))
+        elif out:
+            out[-1][1].append(word)
+        else:
+            raise ValueError(f"unknown benchmark {word!r}; choose from {', '.join(RUNNABLE)}")
+    return out
 
 
 def write_tables(argv: list[str]) -> int:
@@ -45,17 +71,19 @@ def write_tables(argv: list[str]) -> int:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["table"]:
         return write_tables(argv[1:])
-    names = argv or ALL
-    unknown = [n for n in names if n not in ALL]
-    if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(ALL)}",
-              file=sys.stderr)
+    try:
+        runs = split_args(argv) if argv else [(name, []) for name in ALL]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
     reports = []
-    for name in names:
-        print(f"running {name} ...", flush=True)
+    for name, args in runs:
+        print(f"running {name} {' '.join(args)}".rstrip() + " ...", flush=True)
         mod = importlib.import_module(f"benchmarks.{name}")
-        path = mod.main([]).write()
+        rep = mod.main(args)
+        if rep is None:  # it had nothing to measure here (it said why)
+            continue
+        path = rep.write()
         reports.append(json.loads(path.read_text()))
     print()
     print("machine:", json.dumps(machine()))

@@ -12,6 +12,20 @@ points) on the same images go through:
 Both sides are warmed on other images first. Figures: jobs/s through the service, with the
 in-process rate as baseline (goal on the CPU >= 0.8x), and encoder passes per job read from
 the service's ``/metrics`` (goal 1/prompts).
+
+``--ray`` measures routing and scale instead (result ``service_ray``): the model is
+:class:`~cogseg_ml.service.ray.FixedWaitModel` (``--wait-s`` per job, how a GPU-bound model
+looks from the CPU), and the same jobs (``--prompts`` point prompts on each of ``--images``
+images, POSTed by 8 client threads, then polled until all are Completed) go through, in one
+run:
+
+* the single-node service (:func:`~cogseg_ml.service.app.build_app` on that model, uvicorn on
+  a thread of this process, loopback);
+* Ray Serve (``ray.init(num_cpus=2)``; the ingress and 1 model replica);
+* Ray Serve with 2 model replicas (``--cpus-per-replica`` each, so both fit in 2 CPUs).
+
+Each is warmed on other images first. Figures: jobs/s with 2 replicas beside 1 (goal
+>= 1.8x), and jobs/s with 1 replica beside the single-node service (the ingress's cost).
 """
 
 from __future__ import annotations
@@ -19,13 +33,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -38,7 +58,9 @@ from cogseg_ml.backends.sam2 import save_random_checkpoint
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image, make_dataset
 from cogseg_ml.prompts import FileRef, Point, Prompt
-from cogseg_ml.service.model_answers import result_segments
+from cogseg_ml.service.job_engine import JobOutcome
+from cogseg_ml.service.job_store import StoredJob
+from cogseg_ml.service.model_answers import ImageBytes, ModelStats, result_segments
 
 SEGMENT = "/context/vision/segment"
 BETA = {"cdf-version": "beta"}
@@ -57,8 +79,11 @@ def _metric(http: httpx.Client, name: str) -> float:
 
 
 def _through_service(http: httpx.Client, root: str, token: str,
-                     work: list[tuple[str, tuple[float, float]]]) -> float:
-    """Seconds from the first POST until every job is Completed."""
+                     work: list[tuple[str, tuple[float, float]]],
+                     poll_first: int | None = None, posted: list[float] | None = None) -> float:
+    """Seconds from the first POST until every job is Completed (each polling round reads
+    the ``poll_first`` oldest jobs not yet seen Completed; ``None``: all of them); the
+    seconds until the last POST was answered are appended to ``posted`` when given."""
     head = {"Authorization": f"Bearer {token}", **BETA}
 
     def post(item: tuple[str, tuple[float, float]]) -> int:
@@ -71,10 +96,12 @@ def _through_service(http: httpx.Client, root: str, token: str,
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(post, work))
+        if posted is not None:
+            posted.append(time.perf_counter() - t0)
         waiting = set(ids)
         while waiting:
             states = pool.map(lambda j: (j, http.get(f"{root}{SEGMENT}/{j}", headers=head)
-                                         .json()["status"]), sorted(waiting))
+                                         .json()["status"]), sorted(waiting)[:poll_first])
             for job_id, status in states:
                 if status == "Failed":
                     raise RuntimeError(f"job {job_id} failed")
@@ -179,14 +206,226 @@ def run(images: int = 2, prompts: int = 16, device: str = "cpu", config: str = "
     return rep
 
 
+class FixedWaitAnswerer:
+    """The single-node service's answerer on :class:`~cogseg_ml.service.ray.FixedWaitModel`:
+    each batch the job engine takes goes to the model in one call, with its images' bytes
+    (as a replica gets them).
+
+    Args:
+        images: the service's image store.
+        wait_s: seconds each job costs.
+    """
+
+    def __init__(self, images: ImageBytes, wait_s: float) -> None:
+        from cogseg_ml.service.ray import FixedWaitModel
+
+        self.images = images
+        self.model = FixedWaitModel(wait_s)
+        self._stats = ModelStats()
+
+    def answer(self, jobs: Sequence[StoredJob]) -> list[JobOutcome]:
+        """One outcome per job, after the model's wait."""
+        data = {}
+        for digest in {j.digest for j in jobs}:
+            found = self.images.get_by_digest(digest)
+            if found is None:
+                raise RuntimeError(f"the image bytes {digest[:12]}... are not stored")
+            data[digest] = found
+        outcomes, stats = self.model.answer(jobs, data)
+        self._stats = self._stats + stats
+        return outcomes
+
+    def stats(self) -> ModelStats:
+        """The model's work so far."""
+        return self._stats
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(http: httpx.Client, deadline_s: float = 180) -> None:
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > end:
+            raise RuntimeError("the service did not get ready")
+        time.sleep(0.05)
+
+
+@contextmanager
+def _single_node(cdf_base_url: str, folder: Path, wait_s: float) -> Iterator[str]:
+    """The service on :class:`FixedWaitAnswerer`, uvicorn on a thread: its base URL."""
+    import uvicorn
+
+    from cogseg_ml.service.app import ServiceLimits, build_app
+
+    app = build_app(lambda images, cache, origin: FixedWaitAnswerer(images, wait_s),
+                    cdf_base_url, jobs_db=folder / "jobs.sqlite", cache=folder / "cache.sqlite",
+                    limits=ServiceLimits(rate_per_s=0))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def _replica_jobs(http: httpx.Client) -> list[int]:
+    """Jobs each model replica answered (from ``/metrics``), most first."""
+    name = "cogseg_service_replica_jobs{"
+    return sorted((int(float(line.rsplit(" ", 1)[1])) for line in http.get("/metrics").text
+                   .splitlines() if line.startswith(name)), reverse=True)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One deployment's run of the measured jobs."""
+
+    seconds: float  # from the first POST until every job is Completed
+    posted_s: float  # until the last POST was answered
+    calls: int  # model calls (the replicas' or the local model's)
+    by_replica: list[int]  # jobs each replica answered since start (warm-up included)
+
+    def describe(self) -> str:
+        by = f", jobs by replica {self.by_replica} (warm-up included)" if self.by_replica \
+            else ""
+        return (f"{self.seconds:.1f} s, all POSTed after {self.posted_s:.1f} s, "
+                f"{self.calls} model calls{by}")
+
+
+def run_ray(images: int = 8, prompts: int = 24, wait_s: float = 0.05,
+            cpus_per_replica: float = 0.5, batch_jobs: int | None = None,
+            max_ongoing_requests: int | None = None, interleave: bool = False) -> Report:
+    """The ``--ray`` run (see the module docstring); ``interleave``: the jobs are POSTed
+    round-robin over the images (else image by image, as a labeller posts them)."""
+    import functools
+
+    import ray
+    from ray import serve
+
+    from cogseg_ml.service.app import ServiceLimits
+    from cogseg_ml.service.ray import (
+        APP_NAME,
+        FixedWaitModel,
+        RayServeOptions,
+        segment_application,
+    )
+
+    tuned: dict[str, Any] = {"num_cpus_per_replica": cpus_per_replica}
+    if batch_jobs is not None:
+        tuned["batch_jobs"] = batch_jobs
+    if max_ongoing_requests is not None:
+        tuned["max_ongoing_requests"] = max_ongoing_requests
+    one, two = RayServeOptions(replicas=1, **tuned), RayServeOptions(replicas=2, **tuned)
+    rep = Report("service_ray", params={
+        "images": images, "prompts_per_image": prompts, "wait_s_per_job": wait_s,
+        "model": "FixedWaitModel", "client_threads": 8, "ray_cpus": 2,
+        "cpus_per_replica": cpus_per_replica, "batch_jobs": one.batch_jobs,
+        "max_ongoing_requests": one.max_ongoing_requests, "image_size": "240x320",
+        "order": "round-robin over the images" if interleave else "image by image"})
+    warm_images = 2
+    data = make_dataset(warm_images + images, seed=11, height=240, width=320)
+    warm, measured = data[:warm_images], data[warm_images:]
+    pts = _points(prompts, 0)
+    warm_work = [(im.name, p) for im in warm for p in pts[:8]]
+    work = ([(im.name, p) for p in pts for im in measured] if interleave else
+            [(im.name, p) for im in measured for p in pts])
+    n = len(work)
+    poll_first = 32
+
+    def measure(emu: Emulator, base_url: str, what: str) -> Measured:
+        with httpx.Client(base_url=base_url, timeout=120,
+                          limits=httpx.Limits(max_connections=16)) as http:
+            _wait_ready(http)
+            root = f"/api/v1/projects/{emu.project}"
+            token = emu.issue_token()
+            _through_service(http, root, token, warm_work, poll_first)
+            calls0 = _metric(http, "cogseg_service_decoder_calls")
+            posted: list[float] = []
+            seconds = _through_service(http, root, token, work, poll_first, posted)
+            calls = _metric(http, "cogseg_service_decoder_calls") - calls0
+            got = Measured(seconds, posted[0], int(calls), _replica_jobs(http))
+            print(f"{what}: {n / seconds:.2f} jobs/s, all POSTed in {got.posted_s:.2f} s, "
+                  f"{got.calls} model calls, jobs by replica {got.by_replica}",
+                  file=sys.stderr, flush=True)
+            return got
+
+    with tempfile.TemporaryDirectory() as tmp_name, Emulator(images=data) as emu:
+        tmp = Path(tmp_name)
+        (tmp / "single").mkdir()
+        with _single_node(emu.base_url, tmp / "single", wait_s) as url:
+            single = measure(emu, url, "single-node service")
+        port = _free_port()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                 _temp_dir=str(tmp / "ray"))
+        try:
+            quiet = {"log_level": "WARNING", "enable_access_log": False}  # as uvicorn's above
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=quiet)
+            served: dict[int, Measured] = {}
+            for opts in (one, two):
+                folder = tmp / f"ray{opts.replicas}"
+                folder.mkdir()
+                app = segment_application(
+                    functools.partial(FixedWaitModel, wait_s), emu.base_url,
+                    jobs_db=folder / "jobs.sqlite", cache=folder / "cache.sqlite",
+                    limits=ServiceLimits(rate_per_s=0), options=opts)
+                serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
+                served[opts.replicas] = measure(emu, f"http://127.0.0.1:{port}",
+                                                 f"Ray Serve, {opts.replicas} replica(s)")
+                serve.delete(APP_NAME)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    r1, r2 = served[1], served[2]
+    ideal = 1 / wait_s
+    jobs = (f"{n} jobs ({prompts} point prompts on each of {images} images, "
+            f"{'round-robin' if interleave else 'image by image'}), 8 client threads, "
+            f"{wait_s * 1000:.0f} ms of model wait per job")
+    rep.add(Figure("jobs/s, Ray Serve 2 replicas", n / r2.seconds, "jobs/s",
+                   "Ray Serve 1 replica", n / r1.seconds, goal=">= 1.8x",
+                   notes=f"{jobs}; a replica's ceiling is {ideal:.0f} jobs/s; 2 replicas: "
+                         f"{r2.describe()}; 1 replica: {r1.describe()}"),
+            Figure("jobs/s, Ray Serve 1 replica", n / r1.seconds, "jobs/s",
+                   "single-node service", n / single.seconds,
+                   notes=f"{jobs}; the ingress's cost (HTTP through Serve's proxy, calls to "
+                         f"the replica); single-node: {single.describe()}"))
+    return rep
+
+
 def main(argv: list[str] | None = None) -> Report:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--images", type=int, default=2)
-    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--images", type=int, help="images measured (default 2; 8 with --ray)")
+    p.add_argument("--prompts", type=int,
+                   help="point prompts on each image (default 16; 24 with --ray)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--config", default="tiny-test", choices=["tiny-test", "hiera-tiny"])
+    r = p.add_argument_group("--ray: the single-node service, Ray Serve with 1 and 2 replicas")
+    r.add_argument("--ray", action="store_true", help="measure Ray Serve (the ray extra)")
+    r.add_argument("--wait-s", type=float, default=0.05, help="model wait per job (s)")
+    r.add_argument("--cpus-per-replica", type=float, default=0.5)
+    r.add_argument("--batch-jobs", type=int, help="RayServeOptions.batch_jobs")
+    r.add_argument("--max-ongoing-requests", type=int,
+                   help="RayServeOptions.max_ongoing_requests")
+    r.add_argument("--interleave", action="store_true",
+                   help="POST the jobs round-robin over the images (default: image by image)")
     a = p.parse_args(argv or [])
-    return run(a.images, a.prompts, a.device, a.config)
+    if a.ray:
+        return run_ray(a.images or 8, a.prompts or 24, a.wait_s, a.cpus_per_replica,
+                       a.batch_jobs, a.max_ongoing_requests, a.interleave)
+    return run(a.images or 2, a.prompts or 16, a.device, a.config)
 
 
 if __name__ == "__main__":
