@@ -125,6 +125,9 @@ class JobEngine:
         self._lock = threading.Lock()  # a submit and its hook vs a take
         self._bodies: OrderedDict[int, bytes] = OrderedDict()
         self._body_cache_size = body_cache_size
+        # This process's jobs as last written (the store stays the truth across processes;
+        # one process serves a jobs file): polls read here, not SQLite.
+        self._known: dict[int, StoredJob] = {}
 
     @property
     def alive(self) -> bool:
@@ -140,6 +143,7 @@ class JobEngine:
     async def start(self) -> None:
         """Requeue what a stopped process left ``Running``, then start the workers (call on
         the app's loop)."""
+        self._known.clear()  # the store is the truth at start
         n = await asyncio.to_thread(self.store.requeue_running)
         if n:
             _log.warning("requeued %d job(s) a previous process left running", n)
@@ -174,7 +178,14 @@ class JobEngine:
             job = self.store.add(**fields)  # type: ignore[arg-type]
             if on_stored is not None:
                 on_stored(job)
+            self._remember([job])  # under the lock: a take cannot come between
         return job
+
+    def _remember(self, jobs: Sequence[StoredJob]) -> None:
+        if len(self._known) > 100_000:
+            self._known.clear()  # older jobs are read from the store again
+        for job in jobs:
+            self._known[job.job_id] = job
 
     async def submit(self, *, project: str, file_id: int, file_external_id: str | None,
                      file_version: str, prompt: Prompt, digest: str, height: int, width: int,
@@ -196,6 +207,9 @@ class JobEngine:
 
     async def get(self, job_id: int) -> StoredJob | None:
         """The job, or ``None`` when no such job was accepted."""
+        known = self._known.get(job_id)
+        if known is not None:
+            return known
         return await asyncio.to_thread(self.store.get, job_id)
 
     def retrieve_body(self, job: StoredJob) -> bytes:
@@ -213,7 +227,9 @@ class JobEngine:
     # --- workers -----------------------------------------------------------------------------
     def _take(self) -> list[StoredJob]:
         with self._lock:
-            return self.store.take_queued(self.batch_jobs)
+            jobs = self.store.take_queued(self.batch_jobs)
+            self._remember(jobs)
+        return jobs
 
     async def _worker(self) -> None:
         assert self._wake is not None
@@ -263,8 +279,9 @@ class JobEngine:
             self._ending -= len(jobs)
 
     def _record(self, jobs: Sequence[StoredJob], outcomes: Sequence[JobOutcome]) -> None:
-        self.store.finish([(o.job_id, o.status, o.segments, o.error, o.item_error)
-                           for o in outcomes])
+        self._remember(self.store.finish(
+            [(o.job_id, o.status, o.segments, o.error, o.item_error) for o in outcomes],
+            {j.job_id: j for j in jobs}))
         now = now_ms(self.store.clock)
         created = {j.job_id: j.created_time for j in jobs}
         for o in outcomes:

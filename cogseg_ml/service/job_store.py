@@ -11,11 +11,12 @@ thread, WAL, bounded lock waits, storage errors as :class:`~cogseg_ml.errors.Cac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,13 +216,16 @@ class JobStore:
             c.executemany("UPDATE jobs SET status = ?, start_time = ?, status_time = ? "
                           "WHERE job_id = ?",
                           [(JobStatus.RUNNING.value, t, t, r[0]) for r in rows])
-            return [_row(r) for r in rows]
+            return [dataclasses.replace(_row(r), status=JobStatus.RUNNING, start_time=t,
+                                        status_time=t) for r in rows]  # as now stored
 
         return self.db.write(take)
 
     def finish(self, results: Sequence[tuple[int, JobStatus, Sequence[SegmentResult],
-                                             str | None, str | None]]) -> None:
-        """Record terminal states: ``(job_id, status, segments, error, item_error)`` each."""
+                                             str | None, str | None]],
+               jobs: Mapping[int, StoredJob] | None = None) -> list[StoredJob]:
+        """Record terminal states: ``(job_id, status, segments, error, item_error)`` each;
+        with the jobs as they were (``jobs``), return them as now stored."""
         t = now_ms(self.clock)
         rows = [(status.value, t, _SEGMENTS.dump_json(list(segs), by_alias=True,
                                                       exclude_none=True).decode(),
@@ -229,6 +233,12 @@ class JobStore:
         self.db.write(lambda c: c.executemany(
             "UPDATE jobs SET status = ?, status_time = ?, segments = ?, error_message = ?, "
             "failed_item_message = ? WHERE job_id = ?", rows))
+        if jobs is None:
+            return []
+        return [dataclasses.replace(jobs[job_id], status=JobStatus(status), status_time=t,
+                                    segments_json=segs, error_message=err,
+                                    failed_item_message=item_err)
+                for status, t, segs, err, item_err, job_id in rows]
 
     def requeue_running(self) -> int:
         """Put jobs left ``Running`` by a stopped process back in the queue; how many."""

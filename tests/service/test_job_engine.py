@@ -198,9 +198,19 @@ def test_a_completed_jobs_body_is_its_wire_view_with_the_stored_segments(tmp_pat
     mask[1:6, 2:7] = True
     mask[3, 4] = False  # a hole: exact polygons keep it
     segments = [mask_segment(mask, 0.9), mask_segment(~mask, 0.25)]
-    store.take_queued(1)
-    store.finish([(job.job_id, JobStatus.COMPLETED, segments, None, None)])
+    (taken,) = store.take_queued(1)
+    (recorded,) = store.finish([(job.job_id, JobStatus.COMPLETED, segments, None, None)],
+                               {job.job_id: taken})
     done = store.get(job.job_id)
     assert done is not None and done.segments == tuple(segments)
+    assert recorded == done  # what the engine keeps for polls is what the file holds
     long_way = done.view(created=False).model_dump_json(by_alias=True, exclude_none=True)
     assert done.retrieve_body() == long_way.encode()
+
+
+def test_taken_jobs_are_returned_as_stored(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite")
+    store.add(**job_fields(0))  # type: ignore[arg-type]
+    (taken,) = store.take_queued(4)
+    assert taken == store.get(taken.job_id)
+    assert taken.status is JobStatus.RUNNING and taken.start_time is not None
