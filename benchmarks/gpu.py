@@ -211,7 +211,8 @@ def service_figures(device: str, smoke: bool) -> list[Figure]:
     from benchmarks.service import run as run_service
 
     if smoke:
-        return run_service(images=1, prompts=2, device="cpu", config="tiny-test").figures
+        return run_service(images=1, prompts=2, device="cpu", config="tiny-test",
+                           rounds=1).figures
     return run_service(images=8, prompts=16, device=device, config="hiera-tiny").figures
 
 

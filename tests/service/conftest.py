@@ -116,3 +116,15 @@ def serve(model_dir: Path, cdf: Emulator, tmp_path: Path) -> Iterator[Callable[.
     for svc in started:
         if svc.proc.poll() is None:
             svc.stop(signal.SIGKILL)
+
+
+def labelled_masks(lab: Any, samples: Any, out: Path) -> list[tuple[str, str, str]]:
+    """Label ``samples`` (none may fail), write COCO to ``out``: each annotation's file, box
+    and segmentation, sorted (to compare two labellers' masks exactly)."""
+    report = lab.label(samples)
+    assert report.failed == 0, report.failures
+    lab.to_coco(out)
+    coco = json.loads(out.read_text())
+    files = {i["id"]: i["cdf_file"]["externalId"] for i in coco["images"]}
+    return sorted((files[a["image_id"]], json.dumps(a["bbox"]),
+                   json.dumps(a["segmentation"], sort_keys=True)) for a in coco["annotations"])

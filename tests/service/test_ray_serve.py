@@ -4,7 +4,6 @@ replicas, the emulator as the CDF project, real HTTP through Serve's proxy."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from cogseg_ml.service.ray import (
     SamModel,
     segment_application,
 )
-from tests.service.conftest import SEGMENT, until
+from tests.service.conftest import SEGMENT, labelled_masks, until
 
 BETA = {"cdf-version": "beta"}
 TWO = RayServeOptions(replicas=2, num_cpus_per_replica=0.5, batch_jobs=8)
@@ -71,6 +70,22 @@ def metric(http: httpx.Client, name: str) -> dict[str, float]:
     return out
 
 
+def post_jobs(http: httpx.Client, cdf: Emulator, n: int
+              ) -> tuple[dict[str, str], str, list[int]]:
+    """``n`` point jobs over the emulator's files, in turn: headers, the route, job ids."""
+    head = {"Authorization": f"Bearer {cdf.issue_token()}", **BETA}
+    root = f"/api/v1/projects/{cdf.project}{SEGMENT}"
+    xids = sorted(f.external_id for f in cdf.state.files.values() if f.external_id)
+    ids = []
+    for k in range(n):
+        r = http.post(root, headers=head, json={
+            "items": [{"fileExternalId": xids[k % len(xids)]}],
+            "points": [{"x": 0.1 + 0.06 * k, "y": 0.5, "label": 1}]})
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["jobId"])
+    return head, root, ids
+
+
 def test_labeller_through_the_ingress_gives_the_in_process_masks(
         base_url: str, http: httpx.Client, cdf: Emulator, model_dir: Path,
         images: list[SyntheticImage], tmp_path: Path) -> None:
@@ -93,14 +108,7 @@ def test_labeller_through_the_ingress_gives_the_in_process_masks(
                 config=cdf.static_config(), cache=tmp_path / "local.sqlite",
                 workdir=tmp_path / "lw", progress=False))):
         with lab:
-            report = lab.label(samples)
-            assert report.failed == 0, report.failures
-            out = tmp_path / f"{name}.json"
-            lab.to_coco(out)
-        coco = json.loads(out.read_text())
-        files = {i["id"]: i["cdf_file"]["externalId"] for i in coco["images"]}
-        got[name] = sorted((files[a["image_id"]], json.dumps(a["segmentation"], sort_keys=True))
-                           for a in coco["annotations"])
+            got[name] = labelled_masks(lab, samples, tmp_path / f"{name}.json")
     assert len(got["local"]) == sum(len(s.instances) for s in samples)
     assert got["ray"] == got["local"]
     by_replica = metric(http, "cogseg_service_replica_jobs")
@@ -114,16 +122,7 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_no_job(
         http: httpx.Client, cdf: Emulator, tmp_path: Path) -> None:
     gate = tmp_path / "release"
     deploy(http, functools.partial(FixedWaitModel, 0.0, str(gate)), cdf, tmp_path)
-    head = {"Authorization": f"Bearer {cdf.issue_token()}", **BETA}
-    root = f"/api/v1/projects/{cdf.project}{SEGMENT}"
-    xids = sorted(f.external_id for f in cdf.state.files.values() if f.external_id)
-    ids = []
-    for k in range(12):
-        r = http.post(root, headers=head, json={
-            "items": [{"fileExternalId": xids[k % len(xids)]}],
-            "points": [{"x": 0.1 + 0.06 * k, "y": 0.5, "label": 1}]})
-        assert r.status_code == 200, r.text
-        ids.append(r.json()["jobId"])
+    head, root, ids = post_jobs(http, cdf, 12)
     # Every replica holds jobs (the gate is shut): kill one of them mid-job.
     until(lambda: metric(http, "cogseg_service_jobs").get('{status="Running"}', 0) >= 2, 60,
           "jobs to be running")
@@ -153,13 +152,7 @@ def test_the_ingress_killed_with_jobs_accepted_loses_none(
         http: httpx.Client, cdf: Emulator, tmp_path: Path) -> None:
     gate = tmp_path / "release"
     deploy(http, functools.partial(FixedWaitModel, 0.0, str(gate)), cdf, tmp_path)
-    head = {"Authorization": f"Bearer {cdf.issue_token()}", **BETA}
-    root = f"/api/v1/projects/{cdf.project}{SEGMENT}"
-    xids = sorted(f.external_id for f in cdf.state.files.values() if f.external_id)
-    ids = [http.post(root, headers=head, json={
-        "items": [{"fileExternalId": xids[k % len(xids)]}],
-        "points": [{"x": 0.2 + 0.1 * k, "y": 0.5, "label": 1}]}).json()["jobId"]
-        for k in range(6)]
+    head, root, ids = post_jobs(http, cdf, 6)
     until(lambda: metric(http, "cogseg_service_jobs").get('{status="Running"}', 0) >= 1, 60,
           "jobs to be running")
     (ingress,) = [a for a in ray.util.list_named_actors(all_namespaces=True)

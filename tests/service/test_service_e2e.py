@@ -15,7 +15,7 @@ import pytest
 
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
-from tests.service.conftest import SEGMENT, Service, until
+from tests.service.conftest import SEGMENT, Service, labelled_masks, until
 
 BETA = {"cdf-version": "beta"}
 
@@ -70,15 +70,7 @@ def test_labeller_through_the_service_gives_the_in_process_masks(
                                 workdir=tmp_path / "lw", progress=False)
     got = {}
     for name, lab in (("remote", remote), ("local", local)):
-        report = lab.label(samples)
-        assert report.failed == 0, report.failures
-        out = tmp_path / f"{name}.json"
-        lab.to_coco(out)
-        coco = json.loads(out.read_text())
-        files = {i["id"]: i["cdf_file"]["externalId"] for i in coco["images"]}
-        got[name] = sorted((files[a["image_id"]], json.dumps(a["bbox"]),
-                            json.dumps(a["segmentation"], sort_keys=True))
-                           for a in coco["annotations"])
+        got[name] = labelled_masks(lab, samples, tmp_path / f"{name}.json")
     assert len(got["local"]) == sum(len(s.instances) for s in samples)
     assert got["remote"] == got["local"]
     assert FileRef(external_id=images[0].name)  # the samples name files by external id
