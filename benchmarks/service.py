@@ -324,7 +324,7 @@ class Measured:
                 f"{self.calls} model calls{by}")
 
 
-def run_ray(images: int = 8, prompts: int = 8, wait_s: float = 0.2,
+def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
             cpus_per_replica: float = 0.5, batch_jobs: int | None = None,
             max_ongoing_requests: int | None = None, interleave: bool = False) -> Report:
     """The ``--ray`` run (see the module docstring); ``interleave``: the jobs are POSTed
@@ -425,9 +425,9 @@ def run_ray(images: int = 8, prompts: int = 8, wait_s: float = 0.2,
 
 def main(argv: list[str] | None = None) -> Report:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--images", type=int, help="images measured (default 2; 8 with --ray)")
+    p.add_argument("--images", type=int, help="images measured (default 2; 16 with --ray)")
     p.add_argument("--prompts", type=int,
-                   help="point prompts on each image (default 16; 8 with --ray)")
+                   help="point prompts on each image (default 16; 4 with --ray)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--config", default="tiny-test", choices=["tiny-test", "hiera-tiny"])
     p.add_argument("--rounds", type=int, default=3,
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> Report:
                    help="POST the jobs round-robin over the images (default: image by image)")
     a = p.parse_args(argv or [])
     if a.ray:
-        return run_ray(a.images or 8, a.prompts or 8, a.wait_s, a.cpus_per_replica,
+        return run_ray(a.images or 16, a.prompts or 4, a.wait_s, a.cpus_per_replica,
                        a.batch_jobs, a.max_ongoing_requests, a.interleave)
     return run(a.images or 2, a.prompts or 16, a.device, a.config, a.rounds)
 
