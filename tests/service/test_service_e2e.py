@@ -15,7 +15,7 @@ import pytest
 
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage
-from tests.service.conftest import SEGMENT, Service, labelled_masks, until
+from tests.service.conftest import SEGMENT, Service, labelled_masks, self_signed, until
 
 BETA = {"cdf-version": "beta"}
 
@@ -243,38 +243,11 @@ def test_a_local_labeller_on_the_service_host_reuses_its_results(
     assert backend.encoder_calls == 0
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    x509 = pytest.importorskip("cryptography.x509", reason="cryptography makes the test cert")
-    import datetime
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_serves_https_and_the_cdf_errors_are_counted(serve: Any, cdf: Emulator,
                                                           tmp_path: Path) -> None:
     import ssl
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     svc = serve("--tls-cert", str(cert), "--tls-key", str(key),
                 verify=ssl.create_default_context(cafile=str(cert)))
     assert svc.base_url.startswith("https://")
