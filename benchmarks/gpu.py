@@ -15,6 +15,10 @@ On one CUDA GPU, with random weights of the real architectures (nothing is downl
    images, beside the single-process labeller with the same model in the same run.
 5. **``cogseg serve``** on the GPU (hiera-tiny layout, 8 images x 16 prompts) beside the same
    model in-process, and its encoder passes per job (``benchmarks.service``).
+6. **``cogseg serve --ray``**: Ray Serve with 1 and 2 model replicas sharing the GPU (half a GPU
+   each, hiera-tiny layout) beside the single-node service on the same model
+   (``benchmarks.service --ray --sam``). Not in ``--smoke``: Ray Serve takes a minute to start
+   on a small CPU machine; ``python -m benchmarks.service --ray --sam`` runs the same code there.
 
 Writes ``benchmarks/results/gpu.json`` (``--out`` elsewhere); ``python -m benchmarks table``
 puts it in the docs and README tables. Without a CUDA GPU it says so in one line and exits 0
@@ -216,6 +220,14 @@ def service_figures(device: str, smoke: bool) -> list[Figure]:
     return run_service(images=8, prompts=16, device=device, config="hiera-tiny").figures
 
 
+def service_ray_figures(device: str) -> list[Figure]:
+    """``cogseg serve --ray`` on the GPU: 1 and 2 replicas beside the single-node service."""
+    from benchmarks.service import ray_sam_run
+
+    return ray_sam_run(16, 16, device, "hiera-tiny", cpus_per_replica=1.0,
+                       gpus_per_replica=0.5).figures
+
+
 def run(*, smoke: bool = False, budget_s: float = 480.0, images: int = 32,
         ray_items: int = 400) -> Report:
     """Every section that fits the budget (a skipped one is named in the report)."""
@@ -238,6 +250,8 @@ def run(*, smoke: bool = False, budget_s: float = 480.0, images: int = 32,
         rep.add(*ray_figures(device, ray_items, smoke))
     if budget.allows("segment service", needs_s=0 if smoke else 90):
         rep.add(*service_figures(device, smoke))
+    if not smoke and budget.allows("segment service on Ray Serve", needs_s=150):
+        rep.add(*service_ray_figures(device))  # not in --smoke: see the module docstring
     rep.params["skipped"] = budget.skipped
     return rep
 

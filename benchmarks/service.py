@@ -278,15 +278,14 @@ def _wait_ready(http: httpx.Client, deadline_s: float = 180) -> None:
 
 
 @contextmanager
-def _single_node(cdf_base_url: str, folder: Path, wait_s: float) -> Iterator[str]:
-    """The service on :class:`FixedWaitAnswerer`, uvicorn on a thread: its base URL."""
+def _single_node(cdf_base_url: str, folder: Path, make_answerer: Any) -> Iterator[str]:
+    """The service on ``make_answerer``'s answerer, uvicorn on a thread: its base URL."""
     import uvicorn
 
     from cogseg_ml.service.app import ServiceLimits, build_app
 
-    app = build_app(lambda images, cache, origin: FixedWaitAnswerer(images, wait_s),
-                    cdf_base_url, jobs_db=folder / "jobs.sqlite", cache=folder / "cache.sqlite",
-                    limits=ServiceLimits(rate_per_s=0))
+    app = build_app(make_answerer, cdf_base_url, jobs_db=folder / "jobs.sqlite",
+                    cache=folder / "cache.sqlite", limits=ServiceLimits(rate_per_s=0))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -326,9 +325,14 @@ class Measured:
 
 def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
             cpus_per_replica: float = 0.5, batch_jobs: int | None = None,
-            max_ongoing_requests: int | None = None, interleave: bool = False) -> Report:
+            max_ongoing_requests: int | None = None, interleave: bool = False,
+            sam: Path | None = None, device: str = "cpu",
+            gpus_per_replica: float = 0.0) -> Report:
     """The ``--ray`` run (see the module docstring); ``interleave``: the jobs are POSTed
-    round-robin over the images (else image by image, as a labeller posts them)."""
+    round-robin over the images (else image by image, as a labeller posts them).
+
+    With ``sam`` (a checkpoint folder) every setup runs that model on ``device`` instead of
+    the fixed wait (``make bench-gpu``: replicas with ``gpus_per_replica`` GPUs each)."""
     import functools
 
     import ray
@@ -347,10 +351,27 @@ def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
         tuned["batch_jobs"] = batch_jobs
     if max_ongoing_requests is not None:
         tuned["max_ongoing_requests"] = max_ongoing_requests
+    tuned["num_gpus_per_replica"] = gpus_per_replica
     one, two = RayServeOptions(replicas=1, **tuned), RayServeOptions(replicas=2, **tuned)
+    if sam is None:
+        make_model: Any = functools.partial(FixedWaitModel, wait_s)
+
+        def make_answerer(images_: Any, cache: Any, origin: str) -> Any:
+            return FixedWaitAnswerer(images_, wait_s)
+    else:
+        from cogseg_ml.service.model_answers import ModelAnswerer
+        from cogseg_ml.service.ray import SamModel
+
+        make_model = functools.partial(SamModel, str(sam), device)
+        local = LocalSamBackend.from_pretrained(sam, device=device)
+
+        def make_answerer(images_: Any, cache: Any, origin: str) -> Any:
+            return ModelAnswerer(images_, local, cache=None, origin=origin)
     rep = Report("service_ray", params={
-        "images": images, "prompts_per_image": prompts, "wait_s_per_job": wait_s,
-        "model": "FixedWaitModel", "client_threads": 8, "ray_cpus": 2,
+        "images": images, "prompts_per_image": prompts,
+        "wait_s_per_job": wait_s if sam is None else None,
+        "model": "FixedWaitModel" if sam is None else f"SAM 2.1 random on {device}",
+        "client_threads": 8, "ray_cpus": 2,
         "cpus_per_replica": cpus_per_replica, "batch_jobs": one.batch_jobs,
         "max_ongoing_requests": one.max_ongoing_requests, "image_size": "240x320",
         "order": "round-robin over the images" if interleave else "image by image"})
@@ -384,7 +405,7 @@ def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
     with tempfile.TemporaryDirectory() as tmp_name, Emulator(images=data) as emu:
         tmp = Path(tmp_name)
         (tmp / "single").mkdir()
-        with _single_node(emu.base_url, tmp / "single", wait_s) as url:
+        with _single_node(emu.base_url, tmp / "single", make_answerer) as url:
             single = measure(emu, url, "single-node service")
         port = _free_port()
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
@@ -397,7 +418,7 @@ def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
                 folder = tmp / f"ray{opts.replicas}"
                 folder.mkdir()
                 app = segment_application(
-                    functools.partial(FixedWaitModel, wait_s), emu.base_url,
+                    make_model, emu.base_url,
                     jobs_db=folder / "jobs.sqlite", cache=folder / "cache.sqlite",
                     limits=ServiceLimits(rate_per_s=0), options=opts)
                 serve.run(app, name=APP_NAME, route_prefix="/", logging_config=quiet)
@@ -408,19 +429,35 @@ def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
             serve.shutdown()
             ray.shutdown()
     r1, r2 = served[1], served[2]
-    ideal = 1 / wait_s
+    cost = (f"{wait_s * 1000:.0f} ms of model wait per job (a replica's ceiling "
+            f"{1 / wait_s:.0f} jobs/s)" if sam is None else
+            f"random SAM 2.1 on {device}, {gpus_per_replica:g} GPU per replica")
     jobs = (f"{n} jobs ({prompts} point prompts on each of {images} images, "
-            f"{'round-robin' if interleave else 'image by image'}), 8 client threads, "
-            f"{wait_s * 1000:.0f} ms of model wait per job")
+            f"{'round-robin' if interleave else 'image by image'}), 8 client threads, {cost}")
     rep.add(Figure("jobs/s, Ray Serve 2 replicas", n / r2.seconds, "jobs/s",
-                   "Ray Serve 1 replica", n / r1.seconds, goal=">= 1.8x",
-                   notes=f"{jobs}; a replica's ceiling is {ideal:.0f} jobs/s; 2 replicas: "
-                         f"{r2.describe()}; 1 replica: {r1.describe()}"),
+                   "Ray Serve 1 replica", n / r1.seconds,
+                   goal=">= 1.8x" if sam is None else "",
+                   notes=f"{jobs}; 2 replicas: {r2.describe()}; 1 replica: {r1.describe()}"),
             Figure("jobs/s, Ray Serve 1 replica", n / r1.seconds, "jobs/s",
                    "single-node service", n / single.seconds,
                    notes=f"{jobs}; the ingress's cost (HTTP through Serve's proxy, calls to "
                          f"the replica); single-node: {single.describe()}"))
     return rep
+
+
+def ray_sam_run(images: int, prompts: int, device: str, config: str,
+                cpus_per_replica: float, gpus_per_replica: float) -> Report:
+    """:func:`run_ray` on a random SAM 2.1 checkpoint (``config``: ``tiny-test`` or the real
+    ``hiera-tiny`` layout) made for the run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = None
+        if config == "hiera-tiny":
+            from transformers import Sam2Config
+
+            cfg = Sam2Config()
+        model = save_random_checkpoint(Path(tmp) / "model", "sam2", seed=0, config=cfg)
+        return run_ray(images, prompts, cpus_per_replica=cpus_per_replica, sam=model,
+                       device=device, gpus_per_replica=gpus_per_replica)
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -443,7 +480,13 @@ def main(argv: list[str] | None = None) -> Report:
                    help="RayServeOptions.max_ongoing_requests")
     r.add_argument("--interleave", action="store_true",
                    help="POST the jobs round-robin over the images (default: image by image)")
+    r.add_argument("--sam", action="store_true",
+                   help="a random SAM 2.1 (--config, --device) instead of the fixed wait")
+    r.add_argument("--gpus-per-replica", type=float, default=0.0)
     a = p.parse_args(argv or [])
+    if a.ray and a.sam:
+        return ray_sam_run(a.images or 16, a.prompts or 4, a.device, a.config,
+                           a.cpus_per_replica, a.gpus_per_replica)
     if a.ray:
         return run_ray(a.images or 16, a.prompts or 4, a.wait_s, a.cpus_per_replica,
                        a.batch_jobs, a.max_ongoing_requests, a.interleave)
