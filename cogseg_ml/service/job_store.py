@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob, SegmentResult
-from cogseg_ml.cache.database import CacheDatabase
+from cogseg_ml.cache.database import CacheDatabase, is_busy, open_read_only
 from cogseg_ml.errors import CacheError
 from cogseg_ml.prompts import Box, Point, Prompt
 from cogseg_ml.service.segment_wire import job_view
@@ -147,18 +147,47 @@ def _row(r: Sequence[object]) -> StoredJob:
                      failed_item_message=None if r[15] is None else str(r[15]))
 
 
+def _refuse_foreign(path: Path) -> None:
+    """Refuse an existing file that is not a jobs database, read-only, before anything writes
+    to it (even SQLite's switch to WAL changes a file's header)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        conn = open_read_only(path)
+        try:
+            tables = sorted(r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"))
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if is_busy(exc):  # another process is writing it: a jobs database in use
+            return
+        raise CacheError(f"--jobs-db {path} is not a cogseg jobs database ({exc}); nothing was "
+                         "written to it: give another --jobs-db", path=str(path)) from None
+    if tables and "service_meta" not in tables:
+        raise CacheError(f"--jobs-db {path} is an SQLite file of another kind (tables: "
+                         f"{', '.join(tables[:5])}); nothing was written to it: give another "
+                         "--jobs-db", path=str(path))
+
+
 class JobStore:
     """Segment jobs in one SQLite file.
 
     Args:
         path: the jobs database (created when missing).
         clock: seconds since the epoch, for the jobs' times.
+
+    Raises:
+        CacheError: ``path`` is another kind of file (not SQLite, or SQLite without our
+            tables): refused before anything is written to it.
     """
 
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
+        _refuse_foreign(self.path)
         self.db = CacheDatabase(self.path, prepare=self._prepare, name="jobs database")
+        self.db.retry(self.db.connection)  # a file SQLite cannot use fails here, not later
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)

@@ -40,3 +40,30 @@ def test_bad_options_are_one_line_and_exit_2(extra: list[str], words: str, tmp_p
 def test_loopback_addresses() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.com"]))
+
+
+def test_a_jobs_db_that_is_not_ours_is_refused_and_left_as_it_was(
+        model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    from cogseg_ml.cache.mask_cache import MaskCache
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's notes\n")
+    app_db = tmp_path / "app.db"
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.close()
+    cache = tmp_path / "cache.sqlite"
+    with MaskCache(cache) as mc:  # a mask cache is ours, but not a jobs database
+        mc.stats()
+    for path in (notes, app_db, cache):
+        before = path.read_bytes()
+        argv = ["serve", "--model", str(model_dir), "--cdf-base-url", "https://cdf.example",
+                "--port", "0", "--device", "cpu", "--jobs-db", str(path),
+                "--cache", str(tmp_path / "masks.sqlite")]
+        assert main(argv) == 2, path
+        out, err = capsys.readouterr()
+        assert out == ""  # refused before anything listens
+        assert "--jobs-db" in err and "nothing was written" in err, err
+        assert path.read_bytes() == before, path
