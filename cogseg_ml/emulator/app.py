@@ -102,6 +102,7 @@ from cogseg_ml.emulator.faults import (
 from cogseg_ml.emulator.state import (
     COGNITE_FILE_VIEW,
     EmulatorState,
+    FileRecord,
     FilterProblem,
     RequestLogEntry,
 )
@@ -338,11 +339,9 @@ class Handlers:
         """The file as it is now (a later replacement does not change the job's bytes)."""
         ((_, rec),) = self._resolve_all([ident], self._token(request))
         check_segmentable(rec.id, rec.name, rec.mime_type)
-        digest = self.answers.remember(rec)
-        try:
-            h, w = rec.pixels().shape[:2]
-        except (OSError, ValueError):  # undecodable: the job's item fails when it runs
-            h = w = 0
+        # Hashing and decoding (once per record) stay off the event loop.
+        digest, (h, w) = await asyncio.to_thread(
+            lambda: (self.answers.remember(rec), _size(rec)))
         return AcceptedFile(rec.id, rec.external_id, str(rec.last_updated_time), digest, h, w)
 
     def stored(self, request: Request) -> Callable[[StoredJob], None]:
@@ -611,6 +610,16 @@ def build_app(state: EmulatorState, jobs: JobEngine, answers: SyntheticAnswerer,
     ]
     inner = api_app(routes, startup=jobs.start, shutdown=jobs.stop)
     return FaultAndLogMiddleware(inner, state, faults, rate_limit_rps)
+
+
+def _size(rec: FileRecord) -> tuple[int, int]:
+    """``(height, width)`` of a file's image; ``(0, 0)`` when it does not decode (the job's
+    item fails when it runs)."""
+    try:
+        h, w = rec.pixels().shape[:2]
+    except (OSError, ValueError):
+        return 0, 0
+    return int(h), int(w)
 
 
 class _EmulatorFiles:

@@ -39,6 +39,7 @@ from cogseg_ml.api.wire_schema import (
     LabelRef,
     TimeRange,
 )
+from cogseg_ml.service.job_store import now_ms
 
 __all__ = ["COGNITE_FILE_VIEW", "EmulatorState", "FileRecord", "FilterProblem",
            "RequestLogEntry"]
@@ -49,9 +50,6 @@ COGNITE_FILE_VIEW = ("cdf_cdm", "CogniteFile", "v1")
 MIME_BY_EXTENSION = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def now_ms(clock: Callable[[], float] = time.time) -> int:
-    """Milliseconds since the Unix epoch."""
-    return int(clock() * 1000)
 
 
 def _mime_from_name(name: str) -> str:

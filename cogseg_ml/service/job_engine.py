@@ -114,7 +114,6 @@ class JobEngine:
         self.completed = 0
         self.failed = 0
         self.max_running = 0
-        self._pending = 0
         self._running = 0
         self._ending = 0  # jobs past the hold whose end is being recorded
         self._threads = threads
@@ -147,7 +146,6 @@ class JobEngine:
         n = await asyncio.to_thread(self.store.requeue_running)
         if n:
             _log.warning("requeued %d job(s) a previous process left running", n)
-        self._pending = (await asyncio.to_thread(self.store.counts))[JobStatus.QUEUED.value]
         self._stopping = False
         self._wake = asyncio.Event()
         self._wake.set()
@@ -200,7 +198,6 @@ class JobEngine:
             file_version=file_version, prompt=prompt, digest=digest, height=height,
             width=width)
         job = await asyncio.to_thread(self._add, fields, on_stored)
-        self._pending += 1
         if self._wake is not None:
             self._wake.set()
         return job
@@ -235,15 +232,11 @@ class JobEngine:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while not self._stopping:
+            self._wake.clear()  # before the take: a job stored after it sets it again
             jobs = await loop.run_in_executor(self._pool, self._take)
             if not jobs:
-                self._wake.clear()
-                if self._pending > 0:  # a submit raced the take: look again
-                    self._pending = 0
-                    continue
                 await self._wake.wait()
                 continue
-            self._pending = max(0, self._pending - len(jobs))
             self._wake.set()  # more may wait: let the next worker look
             await self._run(jobs)
 

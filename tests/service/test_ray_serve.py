@@ -70,6 +70,13 @@ def metric(http: httpx.Client, name: str) -> dict[str, float]:
     return out
 
 
+def actors(deployment: str) -> list[Any]:
+    """The replica actors of one deployment."""
+    return [ray.get_actor(a["name"], namespace=a["namespace"])
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if deployment in a["name"]]
+
+
 def post_jobs(http: httpx.Client, cdf: Emulator, n: int
               ) -> tuple[dict[str, str], str, list[int]]:
     """``n`` point jobs over the emulator's files, in turn: headers, the route, job ids."""
@@ -126,11 +133,9 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_no_job(
     # Every replica holds jobs (the gate is shut): kill one of them mid-job.
     until(lambda: metric(http, "cogseg_service_jobs").get('{status="Running"}', 0) >= 2, 60,
           "jobs to be running")
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if "SegmentModel" in a["name"]]
+    replicas = actors("SegmentModel")
     assert len(replicas) == 2, replicas
-    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]),
-             no_restart=True)
+    ray.kill(replicas[0], no_restart=True)
     until(lambda: metric(http, "cogseg_service_replica_calls_lost").get("", 0) >= 1, 60,
           "the lost call to be seen")
     gate.touch()
@@ -155,9 +160,8 @@ def test_the_ingress_killed_with_jobs_accepted_loses_none(
     head, root, ids = post_jobs(http, cdf, 6)
     until(lambda: metric(http, "cogseg_service_jobs").get('{status="Running"}', 0) >= 1, 60,
           "jobs to be running")
-    (ingress,) = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                  if "SegmentIngress" in a["name"]]
-    ray.kill(ray.get_actor(ingress["name"], namespace=ingress["namespace"]), no_restart=True)
+    (ingress,) = actors("SegmentIngress")
+    ray.kill(ingress, no_restart=True)
     gate.touch()  # the replicas may finish now: their answers go to a dead ingress
 
     def status(job_id: int) -> str | None:
