@@ -38,13 +38,18 @@ def run_on_ray(args: argparse.Namespace, host: str) -> int:
     if not args.num_gpus_per_replica >= 0 or not args.num_cpus_per_replica >= 0:
         raise ValidationError("--num-gpus-per-replica and --num-cpus-per-replica take >= 0")
     local_model(args.model, "cpu", "cogseg serve").close()  # a bad folder: exit 2 here
+    from cogseg_ml.cache.mask_cache import default_cache_dir
+    from cogseg_ml.service.job_store import JobStore
+
+    jobs_db = Path(args.jobs_db) if args.jobs_db else default_cache_dir() / "service-jobs.sqlite"
+    jobs_db.parent.mkdir(parents=True, exist_ok=True)
+    JobStore(jobs_db).close()  # another kind of file: exit 2 here, before Ray starts
     try:
         import ray
         from ray import serve
     except ImportError:
         raise ValidationError("--ray needs the ray extra: pip install 'cogseg-ml[ray]'"
                               ) from None
-    from cogseg_ml.cache.mask_cache import default_cache_dir
     from cogseg_ml.service.app import ServiceLimits
     from cogseg_ml.service.ray import (
         APP_NAME,
@@ -54,8 +59,6 @@ def run_on_ray(args: argparse.Namespace, host: str) -> int:
     )
 
     model_dir = str(Path(args.model).resolve())
-    jobs_db = Path(args.jobs_db) if args.jobs_db else default_cache_dir() / "service-jobs.sqlite"
-    jobs_db.parent.mkdir(parents=True, exist_ok=True)
     port = args.port or _free_port(host)
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
              logging_level=logging.WARNING)

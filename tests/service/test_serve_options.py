@@ -57,11 +57,11 @@ def test_a_jobs_db_that_is_not_ours_is_refused_and_left_as_it_was(
     cache = tmp_path / "cache.sqlite"
     with MaskCache(cache) as mc:  # a mask cache is ours, but not a jobs database
         mc.stats()
-    for path in (notes, app_db, cache):
+    for path, extra in ((notes, []), (app_db, []), (cache, []), (app_db, ["--ray"])):
         before = path.read_bytes()
         argv = ["serve", "--model", str(model_dir), "--cdf-base-url", "https://cdf.example",
                 "--port", "0", "--device", "cpu", "--jobs-db", str(path),
-                "--cache", str(tmp_path / "masks.sqlite")]
+                "--cache", str(tmp_path / "masks.sqlite"), *extra]
         assert main(argv) == 2, path
         out, err = capsys.readouterr()
         assert out == ""  # refused before anything listens
