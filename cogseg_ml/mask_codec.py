@@ -201,11 +201,22 @@ def decode_to_tensor(rles: Sequence[Rle], height: int | None = None,
     return torch.from_numpy(decode(rles))
 
 
+#: pycocotools' ``area`` counts the RLEs it is given in a uint8 (``np.array((n,),
+#: dtype=np.uint8)``, an OverflowError under NumPy 2 from 256 on): at most this many a call.
+COCO_AREA_CHUNK = 255
+
+
 def area(rles: Sequence[Rle]) -> np.ndarray:
-    """Foreground pixel count of each RLE, ``(N,)`` int64."""
+    """Foreground pixel count of each RLE, ``(N,)`` int64, for any number of RLEs.
+
+    pycocotools' ``area``, asked per :data:`COCO_AREA_CHUNK` RLEs (it cannot take 256 at once).
+    """
     if not rles:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(coco_mask.area([_to_coco(r) for r in rles]), dtype=np.int64)
+    objs = [_to_coco(r) for r in rles]
+    return np.concatenate([np.asarray(coco_mask.area(objs[at:at + COCO_AREA_CHUNK]),
+                                      dtype=np.int64)
+                           for at in range(0, len(objs), COCO_AREA_CHUNK)])
 
 
 def bbox_of(rles: Sequence[Rle]) -> np.ndarray:

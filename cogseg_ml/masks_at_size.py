@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from torchvision import tv_tensors
 
 from cogseg_ml.errors import SampleError, ValidationError
-from cogseg_ml.mask_codec import Rle, decode, polygons_to_rle, run_lengths
+from cogseg_ml.mask_codec import COCO_AREA_CHUNK, Rle, decode, polygons_to_rle, run_lengths
 from cogseg_ml.mask_codec import area as mask_area
 
 __all__ = [
@@ -840,17 +840,10 @@ class ParsedRle(NamedTuple):
     box: tuple[float, float, float, float]
 
 
-#: pycocotools' ``area`` counts its RLEs in a uint8: at most 255 in one call.
-_COCO_CHUNK = 255
-
-
 def rle_areas(rles: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """:func:`cogseg_ml.mask_codec.area` for any number of RLEs: pycocotools' ``area``, asked
-    per 255 RLEs (it fails on 256 at once), ``(N,)`` int64."""
-    if not rles:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([mask_area(list(rles[at:at + _COCO_CHUNK]))  # type: ignore[arg-type]
-                           for at in range(0, len(rles), _COCO_CHUNK)])
+    """:func:`cogseg_ml.mask_codec.area`: foreground pixels of any number of RLEs, ``(N,)``
+    int64."""
+    return mask_area(rles)  # type: ignore[arg-type]
 
 
 def parse_many(rles: Sequence[Rle]) -> dict[tuple[str | bytes, int, int], ParsedRle]:
@@ -891,9 +884,9 @@ def parse_many(rles: Sequence[Rle]) -> dict[tuple[str | bytes, int, int], Parsed
     good = [order[i] for i in np.flatnonzero(valid).tolist()]
     areas: list[int] = []
     boxes: list[list[float]] = []
-    for at in range(0, len(good), _COCO_CHUNK):
+    for at in range(0, len(good), COCO_AREA_CHUNK):
         objs = [{"size": [h, w], "counts": c.encode("ascii") if isinstance(c, str) else c}
-                for c, h, w in good[at:at + _COCO_CHUNK]]
+                for c, h, w in good[at:at + COCO_AREA_CHUNK]]
         areas += np.asarray(coco_mask.area(objs)).tolist()
         boxes += np.asarray(coco_mask.toBbox(objs), dtype=np.float64).tolist()
     measured = dict(zip(good, zip(areas, boxes, strict=True), strict=True))

@@ -127,6 +127,33 @@ def test_area_bbox_iou_merge() -> None:
         mc.decode([ra, mc.encode(np.zeros((3, 3), bool))[0]])
 
 
+@pytest.mark.parametrize("n", [255, 256, 300, 600])
+def test_area_bbox_iou_merge_take_any_number_of_rles(n: int) -> None:
+    """pycocotools' ``area`` counts its RLEs in a byte (it raised OverflowError from 256 on):
+    every function of the codec that hands it a list answers for 256 RLEs and more."""
+    masks = np.zeros((n, 30, 20), bool)
+    for k in range(n):
+        masks[k, k % 30, : 1 + k % 20] = True
+    rles = mc.encode(masks)
+    widths = np.array([1 + k % 20 for k in range(n)], dtype=np.int64)
+    rows = np.array([k % 30 for k in range(n)], dtype=np.float64)
+
+    areas = mc.area(rles)
+    assert areas.dtype == np.int64 and areas.tolist() == widths.tolist()
+    boxes = mc.bbox_of(rles)
+    assert boxes.shape == (n, 4)
+    assert boxes.tolist() == np.stack([np.zeros(n), rows, widths.astype(np.float64),
+                                       np.ones(n)], axis=1).tolist()
+    for a, b in ((rles, rles[:3]), (rles[:3], rles)):
+        iou = mc.iou_matrix(a, b)
+        assert iou.shape == (len(a), len(b))
+        assert np.diag(iou[:3, :3]).tolist() == [1.0, 1.0, 1.0]
+    union = masks.any(axis=0)
+    merged = mc.merge(rles, 30, 20)
+    assert mc.decode([merged])[0].tolist() == union.tolist()
+    assert mc.area([merged]).tolist() == [int(union.sum())]
+
+
 def test_numpy_decoder_equals_pycocotools_on_random_and_edge_masks() -> None:
     rng = np.random.default_rng(4)
     for t in range(400):
