@@ -39,6 +39,7 @@ from cogseg_ml.mask_codec import (
     polygons_to_rle,
     run_lengths,
 )
+from cogseg_ml.owned_files import check_replaceable
 from cogseg_ml.prompts import FileRef
 from cogseg_ml.version import __version__
 
@@ -75,6 +76,15 @@ class CocoWriter:
         description: the ``info.description`` text.
 
     Use as a context manager: on an exception nothing is written and the temporary files go.
+
+    Only a file cogseg wrote is replaced (:mod:`cogseg_ml.owned_files`): ``path`` is checked
+    when the writer starts and again just before the finished file is moved there; a user's
+    file, another tool's COCO file, an empty file, a folder or a link is left as it was.
+
+    Raises:
+        ForeignOutputError: (a ``ValidationError``) ``path`` holds something cogseg did not
+            write; raised by the constructor, or by :meth:`close` when it was put there while
+            the file was being written (then nothing is written).
     """
 
     def __init__(self, path: str | Path, categories: list[dict[str, Any]], *,
@@ -92,6 +102,7 @@ class CocoWriter:
         self._ann_ids: set[int] = set()
         self._top_ann_id = 0
         self.annotations = 0
+        check_replaceable(self.path, "path")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".incomplete",
                                     dir=self.path.parent)
@@ -185,7 +196,12 @@ class CocoWriter:
         return ann_id
 
     def close(self) -> None:
-        """Finish the file and move it into place."""
+        """Finish the file and move it into place.
+
+        Raises:
+            ForeignOutputError: something cogseg did not write was put at ``path`` meanwhile:
+                it is kept, and the finished file is dropped.
+        """
         if self._out.closed:
             return
         try:
@@ -195,6 +211,7 @@ class CocoWriter:
                 self._out.write(block)
             self._out.write("]}")
             self._out.close()
+            check_replaceable(self.path, "path")  # saved there while this file was written?
             os.replace(self._tmp, self.path)
         finally:
             self.abort()
@@ -232,6 +249,10 @@ def export_cache(cache: MaskCache, path: str | Path, category: str = "object", *
 
     One image per cached file version, one annotation per entry with a non-empty best segment.
     Returns the number of annotations.
+
+    Raises:
+        ForeignOutputError: ``path`` holds something cogseg did not write (see
+            :class:`CocoWriter`); it is left as it was.
     """
     with CocoWriter(path, [{"id": 1, "name": category}], segmentation=segmentation,
                     description="cogseg_ml cache export") as out:

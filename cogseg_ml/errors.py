@@ -6,6 +6,7 @@ Every error the library raises on purpose derives from :class:`CogsegError`::
     ├── ValidationError (also ValueError)      bad input, caught before any request is sent
     │   ├── PromptValidationError               a point, box or prompt set is malformed
     │   ├── FileValidationError                 a file cannot be segmented (extension, mimeType)
+    │   ├── ForeignOutputError                  an output path holds a file cogseg did not write
     │   └── SamCheckpointError                  a local SAM checkpoint cannot be used
     ├── ResponseValidationError                 the server answered with a body we cannot trust
     │   └── ResponseTooLarge                    the answer outgrew the byte limit
@@ -59,6 +60,7 @@ __all__ = [
     "CogsegError",
     "DetectorCheckpointError",
     "FileValidationError",
+    "ForeignOutputError",
     "JobFailedError",
     "JobTimeoutError",
     "NotFoundError",
@@ -166,6 +168,22 @@ class DetectorCheckpointError(ValidationError):
 
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message, path=path)
+
+
+class ForeignOutputError(ValidationError):
+    """An output path holds something cogseg did not write (a user's file, another tool's COCO
+    file, an empty file, a folder, a link): it is never replaced, and is left as it was.
+
+    Attributes:
+        path: the output path given.
+        reason: why it is not a file cogseg wrote (e.g. "it is not a regular file").
+    """
+
+    path: str
+    reason: str
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message, path=path, reason=reason)
 
 
 class ResponseValidationError(CogsegError):

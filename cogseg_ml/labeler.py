@@ -510,6 +510,14 @@ class SegmentationLabeler:
         ``segmenter`` (``"name:model_version"``), ``detector`` (weights and settings),
         ``detector_score``, ``class_score`` and ``detector_bbox`` (the detector's own
         ``[x, y, w, h]``, kept for audits; ``bbox`` is always recomputed from the mask).
+
+        Only a file cogseg wrote is replaced (an earlier ``to_coco``, a cache export).
+
+        Raises:
+            ForeignOutputError: (a ``ValidationError``) ``path`` holds something cogseg did not
+                write: a user's file, another tool's COCO file, an empty file, a folder, a
+                link. It is left as it was; the results are kept, so call again with another
+                path.
         """
         lines = self.image_lines()  # raises when nothing was labelled yet
         table = self.category_table

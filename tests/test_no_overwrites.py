@@ -679,8 +679,8 @@ def test_a_file_put_at_out_during_the_run_is_not_replaced(
 
 def test_files_cogseg_writes_are_recognised_and_others_are_not(tmp_path: Path) -> None:
     """The rule itself, on every kind of file the commands write and the users' files."""
-    from cogseg_ml.cli.owned_files import not_ours_because
     from cogseg_ml.coco_io import CocoWriter
+    from cogseg_ml.owned_files import not_ours_because
 
     labels = tmp_path / "labels.json"
     CocoWriter(labels, [{"id": 1, "name": "valve"}]).close()
@@ -689,3 +689,146 @@ def test_files_cogseg_writes_are_recognised_and_others_are_not(tmp_path: Path) -
     for kind, make in USER_FILES.items():
         assert not_ours_because(make(tmp_path)) is not None, kind
     assert not_ours_because(tmp_path) == "it is not a regular file"
+
+
+# --- 6. the library's single-file writers keep the same rule ------------------------------------
+
+def _a_folder(t: Path) -> Path:
+    folder = t / "labels.json"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("kept\n")
+    return folder
+
+
+#: What the library's writers may find at their path: the users' files, a folder, a link.
+LIBRARY_TARGETS: dict[str, Callable[[Path], Path]] = {
+    **USER_FILES,
+    "a folder": _a_folder,
+    "a symbolic link": lambda t: _special_files(t)["a symbolic link"],
+}
+
+
+@pytest.fixture(scope="module")
+def labelled(shared_emulator: Emulator, images: list[SyntheticImage],
+             tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A labeler that labelled one image: ``to_coco`` can be called on it any number of times."""
+    from cogseg_ml.labeler import SegmentationLabeler
+    from tests.test_labeler import samples_for
+
+    t = tmp_path_factory.mktemp("labelled")
+    lab = SegmentationLabeler(shared_emulator.config, cache=t / "cache", workdir=t / "work",
+                              progress=False)
+    lab.label(samples_for(images[:1]))
+    return lab
+
+
+def _writers(labelled: object, t: Path) -> dict[str, Callable[[Path], object]]:
+    from cogseg_ml.coco_io import CocoWriter, export_cache
+    from cogseg_ml.labeler import SegmentationLabeler
+
+    assert isinstance(labelled, SegmentationLabeler)
+
+    def coco_writer(path: Path) -> None:
+        with CocoWriter(path, [{"id": 1, "name": "valve"}]) as out:
+            out.add_image("a", file_name="a.png", height=4, width=4)
+
+    return {"SegmentationLabeler.to_coco": labelled.to_coco,
+            "CocoWriter": coco_writer,
+            "export_cache": lambda path: export_cache(MaskCache(
+                _cache_with_entries(t / "cache")), path)}
+
+
+WRITERS = ["SegmentationLabeler.to_coco", "CocoWriter", "export_cache"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("kind", list(LIBRARY_TARGETS))
+def test_library_writers_never_replace_what_cogseg_did_not_write(
+        writer: str, kind: str, labelled: object, tmp_path: Path) -> None:
+    """``to_coco``, ``CocoWriter`` and ``export_cache`` refuse a path holding a user's file, a
+    folder or a link with a typed error naming the path, before writing anything: what was
+    there is left byte for byte and no temporary file stays behind."""
+    from cogseg_ml.errors import ForeignOutputError, ValidationError
+
+    write = _writers(labelled, tmp_path / "side")[writer]
+    (tmp_path / "side").mkdir()
+    theirs = LIBRARY_TARGETS[kind](tmp_path)
+    before = snapshot(tmp_path, side_files=True)
+    with pytest.raises(ForeignOutputError) as caught:
+        write(theirs)
+    err = caught.value
+    assert isinstance(err, ValidationError)  # bad input: exit 2 on the command line
+    assert err.path == str(theirs) and err.reason
+    assert f"{theirs} already exists and is not a file cogseg wrote ({err.reason})" in str(err)
+    assert "choose another path, or move or remove that file" in str(err)
+    after = snapshot(tmp_path, side_files=True)
+    assert {k: v for k, v in after.items() if not k.startswith("side")} == \
+        {k: v for k, v in before.items() if not k.startswith("side")}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".incomplete")]
+    if kind == "a symbolic link":
+        assert theirs.is_symlink()
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_library_writers_replace_cogseg_files_and_write_new_ones(
+        writer: str, labelled: object, tmp_path: Path) -> None:
+    """A new path is written; an earlier output of cogseg (labels, a cache export) is
+    replaced."""
+    from cogseg_ml.coco_io import CocoWriter, export_cache
+
+    (tmp_path / "side").mkdir()
+    write = _writers(labelled, tmp_path / "side")[writer]
+    labels, exported = tmp_path / "labels.json", tmp_path / "export.json"
+    write(labels)
+    first = json.loads(labels.read_text())
+    assert first["info"]["description"].startswith("cogseg_ml ")
+    write(labels)  # its own earlier output
+    assert json.loads(labels.read_text()) == first
+    export_cache(MaskCache(_cache_with_entries(tmp_path / "cache")), exported)
+    write(exported)  # another cogseg output
+    assert json.loads(exported.read_text()) == first
+    CocoWriter(labels, [{"id": 1, "name": "x"}]).close()
+    write(labels)
+    assert json.loads(labels.read_text()) == first
+
+
+def test_a_file_saved_at_the_path_while_cocowriter_writes_is_not_replaced(
+        tmp_path: Path) -> None:
+    """The path is checked again just before the finished file is moved there."""
+    from cogseg_ml.coco_io import CocoWriter
+    from cogseg_ml.errors import ForeignOutputError
+
+    path = tmp_path / "labels.json"
+    out = CocoWriter(path, [{"id": 1, "name": "valve"}])
+    out.add_image("a", file_name="a.png", height=4, width=4)
+    path.write_text("saved by an editor meanwhile\n")
+    with pytest.raises(ForeignOutputError, match="not a file cogseg wrote"):
+        out.close()
+    assert path.read_text() == "saved by an editor meanwhile\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.json"]  # no temporary file left
+
+
+def test_label_exits_2_when_a_file_is_saved_at_out_while_it_is_written(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cogseg label` checks --out before the run and again before writing; a file saved there
+    while the labels file is being written is kept too (the writer's own check), exit 2."""
+    from cogseg_ml.coco_io import CocoWriter
+
+    out = tmp_path / "labels.json"
+    real_close = CocoWriter.close
+
+    def a_user_saves_out_then_close(self: CocoWriter) -> None:
+        out.write_text("saved by an editor while the file was written\n")
+        real_close(self)
+
+    monkeypatch.setattr(CocoWriter, "close", a_user_saves_out_then_close)
+    prompts = write_prompts(tmp_path / "p.jsonl", images[:1])
+    code, err = run(["label", "--no-progress", "--prompts", str(prompts), "--cache",
+                     str(tmp_path / "cache"), "--out", str(out)], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--out {out} already exists and is not a file cogseg wrote" in err, err
+    assert "cached" in err, err  # running again with another path is quick
+    assert out.read_text() == "saved by an editor while the file was written\n"
+    assert not list(tmp_path.glob(".labels.json.*"))

@@ -43,8 +43,8 @@ from cogseg_ml.cli.common import (
     signals_stop_the_run,
     write_atomically,
 )
-from cogseg_ml.cli.owned_files import REPORT_MARKER, check_replaceable, written_by
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import ForeignOutputError, ValidationError
+from cogseg_ml.owned_files import REPORT_MARKER, check_replaceable, written_by
 
 if TYPE_CHECKING:
     from cogseg_ml.labeler import LabelingReport
@@ -300,10 +300,12 @@ def run(args: argparse.Namespace) -> int:
             for flag, path in (("--out", out), ("--report", report_path)):
                 if path is not None:  # saved there by someone while the run went on?
                     check_replaceable(path, flag, note=_CACHED)
-            if text is not None:  # atomic: all or nothing; the detector named per label
-                labeler.to_coco(out, segmentation=args.segmentation, samples=samples)
-            else:
-                labeler.to_coco(out, segmentation=args.segmentation)  # atomic: all or nothing
+            try:  # atomic: all or nothing; from class names, the detector named per label
+                labeler.to_coco(out, segmentation=args.segmentation,
+                                samples=samples if text is not None else None)
+            except ForeignOutputError:  # saved at --out while the file was being written
+                check_replaceable(out, "--out", note=_CACHED)  # say so in --out's words
+                raise
             if args.write_back:
                 wb = labeler.write_back(creating_app=args.creating_app)
                 print(f"write-back: {wb.created} created, {wb.already_present} already "

@@ -1,8 +1,11 @@
 """Which single output files cogseg may replace: only files cogseg wrote.
 
-A command that writes one file (``cogseg label --out`` and ``--report``, ``cogseg cache export
---out``) replaces an existing file at that path only when the file carries cogseg's marker at
-its very start, as every file these commands write does:
+Every writer of one file replaces an existing file at its path only when the file carries
+cogseg's marker at its very start, as every file cogseg writes does: the commands
+(``cogseg label --out`` and ``--report``, ``cogseg cache export --out``) check their paths
+before any work, and :class:`~cogseg_ml.coco_io.CocoWriter` (so ``SegmentationLabeler.to_coco``
+and ``export_cache`` too) checks its path when it starts and again just before it moves the
+finished file there. The marker:
 
 - a COCO file (``cogseg label``, ``cogseg cache export``, ``SegmentationLabeler.to_coco``)
   opens with ``{"info": {"description": "cogseg_ml ...", ...}``;
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import cogseg_ml.strict_json as strict_json
-from cogseg_ml.errors import ValidationError
+from cogseg_ml.errors import ForeignOutputError, ValidationError
 from cogseg_ml.version import __version__
 
 __all__ = ["PREFIX_BYTES", "REPORT_MARKER", "check_replaceable", "not_ours_because",
@@ -111,11 +114,13 @@ def check_replaceable(path: str | Path, flag: str, *,
     """Refuse an output path holding a file cogseg did not write (see the module's rule).
 
     Raises:
-        ValidationError: one line naming ``flag`` and the file, why it is not ours and what to
-            do; ``note`` (in parentheses at its end) says what became of the run's work.
+        ForeignOutputError: (a ``ValidationError``) one line naming ``flag`` and the file, why
+            it is not ours and what to do; ``note`` (in parentheses at its end) says what
+            became of the run's work.
     """
     why = not_ours_because(path)
     if why is not None:
-        raise ValidationError(f"{flag} {path} already exists and is not a file cogseg wrote "
-                              f"({why}), so it is never replaced; choose another path, or move "
-                              f"or remove that file ({note})")
+        raise ForeignOutputError(
+            f"{flag} {path} already exists and is not a file cogseg wrote ({why}), so it is "
+            f"never replaced; choose another path, or move or remove that file ({note})",
+            path=str(path), reason=why)
