@@ -12,6 +12,9 @@ it) is opened through a :class:`CacheDatabase`; nothing else connects to them. I
   pending LRU touches, so reads never wait for the write lock.
 - **Storage failures** (a full disk, a read-only location, a damaged file) as one
   :class:`~cogseg_ml.errors.CacheError` each, saying what to do.
+- **Files that are not ours**: an existing file of another kind (a text file, a user's SQLite,
+  a jobs database given as a mask cache) is refused before anything is written to it, read
+  only and left as it was (:func:`refuse_foreign`); each owner names its kind's table.
 - **The WAL's size**: capped by ``journal_size_limit`` and checkpointed (without waiting) after
   large writes, so the ``-wal`` file does not keep its peak size.
 
@@ -25,6 +28,7 @@ import errno
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -36,7 +40,7 @@ from tenacity import Retrying, retry_if_exception, wait_random_exponential
 from cogseg_ml.errors import CacheError
 
 __all__ = ["CHECKPOINT_AFTER_BYTES", "JOURNAL_SIZE_LIMIT", "CacheDatabase", "check_sqlite_file",
-           "is_busy", "open_read_only"]
+           "is_busy", "open_read_only", "refuse_foreign"]
 
 JOURNAL_SIZE_LIMIT = 64 * 1024**2
 """Bytes SQLite truncates the ``-wal`` file to when it restarts it."""
@@ -48,6 +52,7 @@ T = TypeVar("T")
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 _READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
 _WHERE_TO = "choose a writable cache path (cogseg label --cache, or COGSEG_CACHE_DIR)"
+_ELSEWHERE = "choose another cache path (--cache, or COGSEG_CACHE_DIR)"
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -72,11 +77,72 @@ def _is_read_only(exc: BaseException) -> bool:
         "readonly" in msg or "read-only" in msg or "unable to open" in msg)
 
 
-def open_read_only(path: Path) -> sqlite3.Connection:
+def open_read_only(path: Path, timeout_s: float = 30.0) -> sqlite3.Connection:
     """A read-only connection to ``path``, to look at a file before anything writes to it (a
-    merge's source): it never creates the file, never changes it, never takes the write lock.
-    The caller closes it."""
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    merge's source, a file given as a cache): it never creates the file, never changes it,
+    never takes the write lock, and creates nothing beside it. The caller closes it.
+
+    A WAL file with no ``-wal`` beside it (closed by every process: all of it is in the file)
+    is read as immutable, else SQLite would create its ``-wal`` and ``-shm`` beside it and,
+    read-only, could not remove them. ``timeout_s``: the longest a read waits for a lock.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if _wal_header(path) and not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=timeout_s)
+
+
+def _wal_header(path: Path) -> bool:
+    """Whether ``path`` starts with an SQLite header in WAL mode (its file format bytes)."""
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\0" and header[18:20] == b"\x02\x02"
+
+
+def refuse_foreign(path: Path, *, name: str, kind_table: str, elsewhere: str = _ELSEWHERE,
+                   timeout_s: float = 30.0) -> None:
+    """Refuse an existing file at ``path`` that is not a cogseg ``name``, before anything is
+    written to it (even SQLite's switch to WAL changes a file's header).
+
+    The file is one of ours when it is missing or empty, SQLite with no table yet, or SQLite
+    holding ``kind_table``: the table every version of that kind has, which its schema creates
+    first, so a file another process is creating passes too. Anything else (a text file, a
+    user's SQLite, another kind of ours: a jobs database given as a mask cache) is refused. It
+    is only read (:func:`open_read_only`): not a byte or timestamp of it changes, and nothing
+    is created beside it.
+
+    Raises:
+        CacheError: naming the path and what was found there, saying that nothing was written
+            to it, then ``elsewhere`` (what to do instead).
+        sqlite3.OperationalError: the file is locked past ``timeout_s``, or cannot be read
+            (:meth:`CacheDatabase.retry` says which).
+    """
+    try:
+        if not stat.S_ISREG((st := path.stat()).st_mode) or st.st_size == 0:
+            return  # a folder, say: opening it fails as it did
+    except FileNotFoundError:
+        return
+    try:
+        conn = open_read_only(path, timeout_s)
+        try:
+            tables = sorted(r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"))
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc).lower():
+            raise  # locked, unreadable or damaged: the caller's storage errors say which
+        raise CacheError(f"{path} is not a cogseg {name} ({exc}); nothing was written to it: "
+                         f"{elsewhere}", path=str(path)) from None
+    if tables and kind_table not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise CacheError(f"{path} is an SQLite file of another kind, not a cogseg {name} "
+                         f"(tables: {shown}); nothing was written to it: {elsewhere}",
+                         path=str(path))
 
 
 def check_sqlite_file(path: Path, role: str) -> None:
@@ -106,6 +172,10 @@ class CacheDatabase:
         prepare: run on each new connection (create or check the owner's tables); raise
             :class:`~cogseg_ml.errors.CacheError` to refuse the file.
         name: what the file is, for messages ("mask cache", "detection cache").
+        kind_table: the table every file of this kind holds, created first by ``prepare``: an
+            existing file without it (not SQLite, or SQLite with other tables) is refused
+            before anything is written to it (:func:`refuse_foreign`).
+        elsewhere: what a refused file's message tells the user to do instead.
         busy_timeout_s: the longest one operation may wait for other processes' locks.
         create: create the file when missing; with ``False`` a missing file is a
             :class:`~cogseg_ml.errors.CacheError` and nothing is created.
@@ -118,10 +188,13 @@ class CacheDatabase:
     """
 
     def __init__(self, path: Path, *, prepare: Callable[[sqlite3.Connection], None],
-                 name: str, busy_timeout_s: float = 30.0, create: bool = True,
+                 name: str, kind_table: str, elsewhere: str = _ELSEWHERE,
+                 busy_timeout_s: float = 30.0, create: bool = True,
                  touch_sql: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.name = name
+        self.kind_table = kind_table
+        self.elsewhere = elsewhere
         self.busy_timeout_s = busy_timeout_s
         self.create = create
         self.touch_batch = 1024
@@ -173,6 +246,9 @@ class CacheDatabase:
                     f"cannot create the {self.name} {self.path}: {exc.strerror or exc} "
                     f"({exc.filename or self.path.parent}); {_WHERE_TO}",
                     path=str(self.path)) from None
+        else:  # an existing file: refused unless ours, before anything writes to it
+            refuse_foreign(self.path, name=self.name, kind_table=self.kind_table,
+                           elsewhere=self.elsewhere, timeout_s=self._time_left_s())
         conn = sqlite3.connect(self.path, timeout=self._time_left_s(), isolation_level=None,
                                check_same_thread=False)
         try:
@@ -180,9 +256,10 @@ class CacheDatabase:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             except sqlite3.OperationalError:
                 raise  # busy, read-only or full: retry() says which
-            except sqlite3.DatabaseError as exc:
-                raise CacheError(f"{self.path} is not a cogseg {self.name} ({exc}); remove it "
-                                 "or choose another path", path=str(self.path)) from None
+            except sqlite3.DatabaseError as exc:  # replaced since it was checked
+                raise CacheError(f"{self.path} is not a cogseg {self.name} ({exc}); nothing "
+                                 f"was written to it: {self.elsewhere}",
+                                 path=str(self.path)) from None
             if mode.lower() != "wal":
                 _log.warning("SQLite refused WAL mode for %s (got %s)", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")

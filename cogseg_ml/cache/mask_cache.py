@@ -207,6 +207,12 @@ class MaskCache:
         touch_batch: a read tries (without waiting) to write pending touches past this many.
         touch_flush_s: likewise once this long passed since this process last wrote them.
 
+    Raises:
+        CacheError: the file cannot be created or opened, or an existing file there is not a
+            mask cache (a text file, a user's SQLite, a jobs database...): refused before
+            anything is written to it, and left as it was.
+        CacheVersionError: a mask cache of another schema version.
+
     The object pickles as its settings: each process opens its own connection on first use.
     """
 
@@ -219,8 +225,8 @@ class MaskCache:
         self.max_entries = max_entries
         self.touch_interval_s = 30.0
         self.db = CacheDatabase(self.path, prepare=self._ensure_schema, name="mask cache",
-                                busy_timeout_s=busy_timeout_s, create=create,
-                                touch_sql=_TOUCH_SQL)
+                                kind_table="meta", busy_timeout_s=busy_timeout_s,
+                                create=create, touch_sql=_TOUCH_SQL)
         """The SQLite file's owner (connections, retries, write transactions, LRU touches),
         shared with the image store and the read-through store."""
         self._puts_since_check = 0

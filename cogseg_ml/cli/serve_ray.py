@@ -38,12 +38,15 @@ def run_on_ray(args: argparse.Namespace, host: str) -> int:
     if not args.num_gpus_per_replica >= 0 or not args.num_cpus_per_replica >= 0:
         raise ValidationError("--num-gpus-per-replica and --num-cpus-per-replica take >= 0")
     local_model(args.model, "cpu", "cogseg serve").close()  # a bad folder: exit 2 here
-    from cogseg_ml.cache.mask_cache import default_cache_dir
+    from cogseg_ml.cache.mask_cache import MaskCache, default_cache_dir
     from cogseg_ml.service.job_store import JobStore
 
     jobs_db = Path(args.jobs_db) if args.jobs_db else default_cache_dir() / "service-jobs.sqlite"
     jobs_db.parent.mkdir(parents=True, exist_ok=True)
-    JobStore(jobs_db).close()  # another kind of file: exit 2 here, before Ray starts
+    # Another kind of file as either: exit 2 here, before Ray starts (the ingress, which opens
+    # them, would refuse them out of the user's sight).
+    JobStore(jobs_db).close()
+    MaskCache(args.cache).close()
     try:
         import ray
         from ray import serve

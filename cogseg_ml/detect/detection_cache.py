@@ -63,12 +63,15 @@ class DetectionCache:
         busy_timeout_s: the longest one operation waits for other processes' locks.
 
     Raises:
-        CacheError: the file cannot be opened or written (the message says where and why).
+        CacheError: the file cannot be opened or written, or an existing file there is not a
+            detection cache (refused before anything is written to it); the message says where
+            and why.
     """
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.db = CacheDatabase(self.path, prepare=_prepare, name="detection cache",
+                                kind_table="detections",
                                 busy_timeout_s=busy_timeout_s)
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from cogseg_ml.api.wire_schema import JobStatus, SegmentFileRef, SegmentJob, SegmentResult
-from cogseg_ml.cache.database import CacheDatabase, is_busy, open_read_only
+from cogseg_ml.cache.database import CacheDatabase
 from cogseg_ml.errors import CacheError
 from cogseg_ml.prompts import Box, Point, Prompt
 from cogseg_ml.service.segment_wire import job_view
@@ -37,7 +37,10 @@ SCHEMA_VERSION = 1
 #: Job ids start here (CDF's ids are large int64 numbers; a small one would look like a bug).
 FIRST_JOB_ID = 1_000_000_001
 
+#: ``service_meta`` first: the table that makes a file a jobs database (see
+#: :func:`~cogseg_ml.cache.database.refuse_foreign`), there as soon as any other is.
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS service_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id INTEGER PRIMARY KEY AUTOINCREMENT,
     project TEXT NOT NULL,
@@ -57,7 +60,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     failed_item_message TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, job_id);
-CREATE TABLE IF NOT EXISTS service_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -147,29 +149,6 @@ def _row(r: Sequence[object]) -> StoredJob:
                      failed_item_message=None if r[15] is None else str(r[15]))
 
 
-def _refuse_foreign(path: Path) -> None:
-    """Refuse an existing file that is not a jobs database, read-only, before anything writes
-    to it (even SQLite's switch to WAL changes a file's header)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    try:
-        conn = open_read_only(path)
-        try:
-            tables = sorted(r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"))
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if is_busy(exc):  # another process is writing it: a jobs database in use
-            return
-        raise CacheError(f"--jobs-db {path} is not a cogseg jobs database ({exc}); nothing was "
-                         "written to it: give another --jobs-db", path=str(path)) from None
-    if tables and "service_meta" not in tables:
-        raise CacheError(f"--jobs-db {path} is an SQLite file of another kind (tables: "
-                         f"{', '.join(tables[:5])}); nothing was written to it: give another "
-                         "--jobs-db", path=str(path))
-
-
 class JobStore:
     """Segment jobs in one SQLite file.
 
@@ -185,8 +164,8 @@ class JobStore:
     def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.clock = clock
-        _refuse_foreign(self.path)
-        self.db = CacheDatabase(self.path, prepare=self._prepare, name="jobs database")
+        self.db = CacheDatabase(self.path, prepare=self._prepare, name="jobs database",
+                                kind_table="service_meta", elsewhere="give another --jobs-db")
         self.db.retry(self.db.connection)  # a file SQLite cannot use fails here, not later
 
     def _prepare(self, conn: sqlite3.Connection) -> None:

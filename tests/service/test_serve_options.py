@@ -67,3 +67,27 @@ def test_a_jobs_db_that_is_not_ours_is_refused_and_left_as_it_was(
         assert out == ""  # refused before anything listens
         assert "--jobs-db" in err and "nothing was written" in err, err
         assert path.read_bytes() == before, path
+
+
+def test_a_cache_that_is_not_ours_is_refused_and_left_as_it_was(
+        model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    from cogseg_ml.service.job_store import JobStore
+
+    app_db = tmp_path / "app.db"
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.close()
+    jobs = tmp_path / "jobs.sqlite"
+    JobStore(jobs).close()  # a jobs database is ours, but not a mask cache
+    for path, extra in ((app_db, []), (jobs, []), (app_db, ["--ray"])):
+        before = path.read_bytes(), path.stat().st_mtime_ns
+        argv = ["serve", "--model", str(model_dir), "--cdf-base-url", "https://cdf.example",
+                "--port", "0", "--device", "cpu", "--jobs-db", str(tmp_path / "j.sqlite"),
+                "--cache", str(path), *extra]
+        assert main(argv) == 2, path
+        out, err = capsys.readouterr()
+        assert out == ""  # refused before anything listens
+        assert "--cache" in err and "nothing was written" in err and str(path) in err, err
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == before, path
