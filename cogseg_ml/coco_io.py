@@ -39,7 +39,7 @@ from cogseg_ml.mask_codec import (
     polygons_to_rle,
     run_lengths,
 )
-from cogseg_ml.owned_files import check_replaceable
+from cogseg_ml.outputs.owned_files import check_replaceable
 from cogseg_ml.prompts import FileRef
 from cogseg_ml.version import __version__
 
@@ -77,7 +77,7 @@ class CocoWriter:
 
     Use as a context manager: on an exception nothing is written and the temporary files go.
 
-    Only a file cogseg wrote is replaced (:mod:`cogseg_ml.owned_files`): ``path`` is checked
+    Only a file cogseg wrote is replaced (:mod:`cogseg_ml.outputs.owned_files`): ``path`` is checked
     when the writer starts and again just before the finished file is moved there; a user's
     file, another tool's COCO file, an empty file, a folder or a link is left as it was.
 

@@ -680,7 +680,7 @@ def test_a_file_put_at_out_during_the_run_is_not_replaced(
 def test_files_cogseg_writes_are_recognised_and_others_are_not(tmp_path: Path) -> None:
     """The rule itself, on every kind of file the commands write and the users' files."""
     from cogseg_ml.coco_io import CocoWriter
-    from cogseg_ml.owned_files import not_ours_because
+    from cogseg_ml.outputs.owned_files import not_ours_because
 
     labels = tmp_path / "labels.json"
     CocoWriter(labels, [{"id": 1, "name": "valve"}]).close()

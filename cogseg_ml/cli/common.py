@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import cogseg_ml.strict_json as strict_json
 from cogseg_ml.errors import ValidationError
-from cogseg_ml.owned_files import check_replaceable
+from cogseg_ml.outputs.owned_files import check_replaceable
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM  # 130, 143
@@ -194,7 +194,7 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
     existing file inside an input folder (a model's), lies inside the cache's folders, or is one
     of the cache's files; an output folder that holds an input or the cache; two outputs that
     are one file; an output file that exists and was not written by cogseg (see
-    :mod:`cogseg_ml.owned_files`; output folders have their manifest rule instead). A new
+    :mod:`cogseg_ml.outputs.owned_files`; output folders have their manifest rule instead). A new
     file beside an input folder's files is allowed.
 
     Raises:

@@ -44,7 +44,7 @@ from cogseg_ml.cli.common import (
     write_atomically,
 )
 from cogseg_ml.errors import ForeignOutputError, ValidationError
-from cogseg_ml.owned_files import REPORT_MARKER, check_replaceable, written_by
+from cogseg_ml.outputs.owned_files import REPORT_MARKER, check_replaceable, written_by
 
 if TYPE_CHECKING:
     from cogseg_ml.labeler import LabelingReport
