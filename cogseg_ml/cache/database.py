@@ -123,7 +123,7 @@ def refuse_foreign(path: Path, *, name: str, kind_table: str, elsewhere: str = _
     try:
         if not stat.S_ISREG((st := path.stat()).st_mode) or st.st_size == 0:
             return  # a folder, say: opening it fails as it did
-    except FileNotFoundError:
+    except OSError:  # missing, or a parent is a file or unreadable: opening it says which
         return
     try:
         conn = open_read_only(path, timeout_s)

@@ -55,11 +55,11 @@ from typing import Any
 
 from cogseg_ml.backends.base import MaskResult, ScoredMask
 from cogseg_ml.cache.cache_keys import CacheKey
-from cogseg_ml.cache.database import CacheDatabase, is_busy, open_read_only
+from cogseg_ml.cache.database import CacheDatabase, is_busy, open_read_only, refuse_foreign
 from cogseg_ml.errors import CacheError, CacheVersionError, ValidationError
 
 __all__ = ["CachedResult", "CachedSegment", "CacheStats", "MaskCache",
-           "cache_file", "check_cache_file", "default_cache_dir"]
+           "cache_file", "check_cache_file", "default_cache_dir", "refuse_foreign_cache"]
 
 SCHEMA_VERSION = 1
 _log = logging.getLogger("cogseg_ml.cache")
@@ -103,11 +103,26 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("cogseg_ml", appauthor=False))
 
 
+#: What the cache's file is called in messages, and the table every version of it holds.
+CACHE_NAME, KIND_TABLE = "mask cache", "meta"
+
+
 def cache_file(path: str | Path | None = None) -> Path:
     """The SQLite file a cache path names: the path itself when it ends in ``.sqlite``,
     ``.sqlite3`` or ``.db``, else ``masks.sqlite`` inside it (default: the user cache dir)."""
     p = Path(path) if path is not None else default_cache_dir()
     return p if p.suffix in (".sqlite", ".db", ".sqlite3") else p / "masks.sqlite"
+
+
+def refuse_foreign_cache(path: str | Path | None) -> None:
+    """Refuse, before anything is written, a mask cache path (as :class:`MaskCache` takes it)
+    whose file exists and is not a cogseg mask cache; a missing or empty file passes.
+
+    Raises:
+        CacheError: as :func:`~cogseg_ml.cache.database.refuse_foreign` says; the file is
+            only read.
+    """
+    refuse_foreign(cache_file(path), name=CACHE_NAME, kind_table=KIND_TABLE)
 
 
 def check_cache_file(path: str | Path | None, *, role: str = "cache") -> Path:
@@ -224,8 +239,8 @@ class MaskCache:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.touch_interval_s = 30.0
-        self.db = CacheDatabase(self.path, prepare=self._ensure_schema, name="mask cache",
-                                kind_table="meta", busy_timeout_s=busy_timeout_s,
+        self.db = CacheDatabase(self.path, prepare=self._ensure_schema, name=CACHE_NAME,
+                                kind_table=KIND_TABLE, busy_timeout_s=busy_timeout_s,
                                 create=create, touch_sql=_TOUCH_SQL)
         """The SQLite file's owner (connections, retries, write transactions, LRU touches),
         shared with the image store and the read-through store."""

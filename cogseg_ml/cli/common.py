@@ -193,15 +193,22 @@ def guard_outputs(outputs: Sequence[tuple[str, str | Path]],
     links resolved and hard links recognised. Refused: an output that is an input, is an
     existing file inside an input folder (a model's), lies inside the cache's folders, or is one
     of the cache's files; an output folder that holds an input or the cache; two outputs that
-    are one file; an output file that exists and was not written by cogseg (see
+    are one file; a cache file that is not a cogseg mask cache (a user's SQLite, say: see
+    :func:`~cogseg_ml.cache.mask_cache.refuse_foreign_cache`; a ``CacheError``, only read);
+    an output file that exists and was not written by cogseg (see
     :mod:`cogseg_ml.outputs.owned_files`; output folders have their manifest rule instead). A new
     file beside an input folder's files is allowed.
 
     Raises:
         ValidationError: one line naming both paths; nothing was written.
+        CacheError: the cache's file is not a cogseg mask cache (left as it was).
     """
     given = [(f, Path(p)) for f, p in inputs if p is not None and str(p) != ""]
     files, cache_folders = cache_paths(cache) if cache is not False else ([], [])
+    if cache is not False:
+        from cogseg_ml.cache.mask_cache import refuse_foreign_cache
+
+        refuse_foreign_cache(cache)
     for i, (flag, out) in enumerate(outputs):
         out = Path(out)
         is_folder = flag in folders

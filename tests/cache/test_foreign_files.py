@@ -227,6 +227,21 @@ def test_label_refuses_a_cache_that_is_not_ours(kind: str, tmp_path: Path,
     assert not env.requests  # refused before any request
 
 
+def test_label_from_annotations_refuses_a_foreign_cache_before_listing_them(
+        tmp_path: Path, images: list[SyntheticImage], env: Emulator,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    given = tmp_path / "app.sqlite"
+    _user_sqlite(given)
+    before = _state(tmp_path)
+    code = main(["label", "--no-progress", "--cache", str(given), "--from-annotations",
+                 "1", "--out", str(tmp_path / "labels.json")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(given) in err and "nothing was written" in err, err
+    assert _state(tmp_path) == before
+    assert not env.requests  # not even the annotation listing
+
+
 def test_cache_commands_refuse_a_file_that_is_not_ours(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
