@@ -1,17 +1,24 @@
 """``cogseg serve`` throughput: jobs through the service beside the same model in-process.
 
 The emulator (in this process) stands in for the CDF project; the service runs as
-``cogseg serve`` in its own process on a random-weight SAM 2.1 (the tiny test layout on the
-CPU; ``--config hiera-tiny`` for the real layout). The same prompts (``--prompts`` per image,
-points) on the same images go through:
+``cogseg serve`` in its own process on a random-weight SAM 2.1: by default the real hiera-tiny
+layout at 1024 px (the smallest SAM 2.1 users run; about a second per job on two CPU cores),
+``--config tiny-test`` for the test layout (a few milliseconds per job: the service's own cost
+per job shows there). The random weights are reshaped to give object-like masks at the same
+cost (:mod:`benchmarks.object_masks`; ``--masks noise`` keeps the fragments random weights
+draw, thousands of polygons per mask that no trained model gives). The same prompts
+(``--prompts`` per image, points) on the same images go through:
 
-* the service: every job POSTed by 8 client threads, then polled until all are Completed
-  (images downloaded from the emulator once each, HTTP, SQLite, polygons both ways included);
+* the service: our client, ``SegmentationClient.segment_many`` with every job in flight and
+  its own adaptive polling, until each job's best mask is in hand as an RLE (images
+  downloaded from the emulator once each, HTTP, SQLite, polygons both ways included);
 * in-process: ``LocalSamBackend.run`` on the same jobs (bytes in memory).
 
-Both sides are warmed on other images first. Figures: jobs/s through the service, with the
-in-process rate as baseline (goal on the CPU >= 0.8x), and encoder passes per job read from
-the service's ``/metrics`` (goal 1/prompts).
+Both sides are warmed on other images first, then take turns over fresh images (``--rounds``;
+medians). Figures: jobs/s through the service, with the in-process rate as baseline (goal on
+the CPU >= 0.8x), the same beside in-process plus tracing the polygons, the service's added
+time per job beside the model's, and encoder passes per job read from the service's
+``/metrics`` (goal 1/prompts).
 
 ``--ray`` measures routing and scale instead (result ``service_ray``): the model is
 :class:`~cogseg_ml.service.ray.FixedWaitModel` (``--wait-s`` per job, how a GPU-bound model
@@ -51,10 +58,13 @@ import httpx
 import numpy as np
 
 from benchmarks.common import Figure, Report
+from benchmarks.object_masks import object_like
+from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.base import BackendJob
 from cogseg_ml.backends.local_sam import LocalSamBackend
 from cogseg_ml.backends.sam2 import save_random_checkpoint
+from cogseg_ml.config import CdfConfig, StaticToken
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image, make_dataset
 from cogseg_ml.prompts import FileRef, Point, Prompt
@@ -63,6 +73,9 @@ from cogseg_ml.service.job_store import StoredJob
 from cogseg_ml.service.model_answers import ImageBytes, ModelStats, result_segments
 
 SEGMENT = "/context/vision/segment"
+#: ``--masks``: what the random model's masks look like (see :mod:`benchmarks.object_masks`).
+MASKS = {"object": "object-like (random weights reshaped, benchmarks.object_masks)",
+         "noise": "noise (random weights as drawn: fragments)"}
 #: Seconds between polling rounds: our client's shortest poll interval (PollConfig); polling
 #: faster only measures how fast the service answers polls, taking the model's CPU.
 POLL_INTERVAL_S = 0.05
@@ -116,14 +129,52 @@ def _through_service(http: httpx.Client, root: str, token: str,
     return time.perf_counter() - t0
 
 
+def _through_client(cfg: CdfConfig, by_name: dict[str, SyntheticImage],
+                    work: list[tuple[str, tuple[float, float]]]) -> tuple[float, float]:
+    """Our client (``SegmentationClient.segment_many``, its default concurrency and adaptive
+    polling) gets every job's best mask as an RLE through the service: the seconds from the
+    first POST until the service completed the last job (its ``statusTime``; the service runs on
+    this machine's clock), and until the client had every mask in hand."""
+    reqs = [SegmentRequest(FileRef(external_id=xid), Prompt(points=(Point(x, y, 1),)))
+            for xid, (x, y) in work]
+    last_status_ms = 0
+    start = time.time()
+    t0 = time.perf_counter()
+    with SegmentationClient(cfg) as client:
+        for outcome in client.segment_many(reqs):
+            if not outcome.ok or outcome.result is None:
+                raise RuntimeError(f"job {outcome.job_id} failed: {outcome.error}")
+            best = outcome.result.item.best
+            assert best is not None, "a completed job without a segment"
+            h, w = by_name[outcome.request.file.external_id or ""].pixels.shape[:2]
+            best.to_rle(h, w)
+            last_status_ms = max(last_status_ms, outcome.result.status_time)
+    in_hand = time.perf_counter() - t0
+    return min(in_hand, last_status_ms / 1000 - start), in_hand
+
+
+def random_sam2(folder: Path, config: str, masks: str) -> Path:
+    """A random SAM 2.1 checkpoint in ``folder``: ``config`` ``tiny-test`` or the real
+    ``hiera-tiny`` layout; ``masks`` ``object`` (reshaped, see :mod:`benchmarks.object_masks`)
+    or ``noise`` (as drawn)."""
+    cfg = None
+    if config == "hiera-tiny":
+        from transformers import Sam2Config
+
+        cfg = Sam2Config()
+    model = save_random_checkpoint(folder, "sam2", seed=0, config=cfg)
+    return object_like(model) if masks == "object" else model
+
+
 def _loader(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
 def _in_process(backend: LocalSamBackend, by_name: dict[str, SyntheticImage],
-                work: list[tuple[str, tuple[float, float]]]) -> tuple[float, float, float]:
+                work: list[tuple[str, tuple[float, float]]]
+                ) -> tuple[float, float, float, float]:
     """Seconds for ``run`` alone, seconds to trace its masks as exact polygons (what the
-    service adds before HTTP), and the mean polygons per mask."""
+    service adds before HTTP), and the mean polygons and vertices per mask."""
     data = {name: encode_image(im.pixels) for name, im in by_name.items()}
     jobs = []
     for xid, (x, y) in work:
@@ -141,30 +192,34 @@ def _in_process(backend: LocalSamBackend, by_name: dict[str, SyntheticImage],
     segments = [result_segments(r) for r in results]
     tracing = time.perf_counter() - t1
     polygons = sum(len(s.polygons) for segs in segments for s in segs) / len(segments)
-    return elapsed, tracing, polygons
+    vertices = sum(len(p.vertices) for segs in segments for s in segs
+                   for p in s.polygons) / len(segments)
+    return elapsed, tracing, polygons, vertices
 
 
-def run(images: int = 2, prompts: int = 16, device: str = "cpu", config: str = "tiny-test",
-        rounds: int = 3) -> Report:
+def run(images: int = 1, prompts: int = 16, device: str = "cpu", config: str = "hiera-tiny",
+        rounds: int = 3, masks: str = "object") -> Report:
+    """The default run (see the module docstring); ``masks``: ``"object"`` (the random weights
+    reshaped by :func:`~benchmarks.object_masks.object_like`) or ``"noise"`` (as drawn)."""
+    if masks not in MASKS:
+        raise ValueError(f"masks must be one of {', '.join(MASKS)}, got {masks!r}")
     rep = Report("service", params={"images": images, "prompts_per_image": prompts,
                                     "device": device, "model": f"SAM 2.1 {config}, random",
-                                    "image_size": "480x640", "rounds": rounds})
+                                    "masks": MASKS[masks], "image_size": "480x640",
+                                    "rounds": rounds})
     # Fresh images each round (no embedding is reused across rounds); the two sides take turns,
     # round by round, so both see the same load on a shared machine; medians are reported.
     data = make_dataset((rounds + 1) * images, seed=11, height=480, width=640)
     sets = [data[k * images:(k + 1) * images] for k in range(rounds + 1)]
     served: list[float] = []
+    in_hand: list[float] = []
     local: list[float] = []
     tracing: list[float] = []
     polygons: list[float] = []
+    vertices: list[float] = []
     with tempfile.TemporaryDirectory() as tmp_name, Emulator(images=data) as emu:
         tmp = Path(tmp_name)
-        cfg = None
-        if config == "hiera-tiny":
-            from transformers import Sam2Config
-
-            cfg = Sam2Config()
-        model = save_random_checkpoint(tmp / "model", "sam2", seed=0, config=cfg)
+        model = random_sam2(tmp / "model", config, masks)
         proc = subprocess.Popen(
             [sys.executable, "-m", "cogseg_ml.cli", "serve", "--model", str(model),
              "--cdf-base-url", emu.base_url, "--port", "0", "--device", device,
@@ -174,25 +229,25 @@ def run(images: int = 2, prompts: int = 16, device: str = "cpu", config: str = "
         try:
             assert proc.stdout is not None
             info = json.loads(proc.stdout.readline())
-            http = httpx.Client(base_url=info["base_url"], timeout=120,
-                                limits=httpx.Limits(max_connections=16))
-            end = time.monotonic() + 120
-            while http.get("/readyz").status_code != 200 and time.monotonic() < end:
-                time.sleep(0.05)
-            root = f"/api/v1/projects/{emu.project}"
-            token = emu.issue_token()
+            http = httpx.Client(base_url=info["base_url"], timeout=120)
+            _wait_ready(http, 120)
+            client = CdfConfig(project=emu.project, base_url=info["base_url"],
+                               credentials=StaticToken(emu.issue_token()))
             pts = _points(prompts, 0)
             works = [[(im.name, p) for im in chosen for p in pts] for chosen in sets]
             by_name = {im.name: im for im in data}
-            _through_service(http, root, token, works[0])
+            _through_client(client, by_name, works[0])
             _in_process(backend, by_name, works[0])
             enc0 = _metric(http, "cogseg_service_encoder_images")
             for work in works[1:]:
-                served.append(_through_service(http, root, token, work))
-                local_s, tracing_s, polys = _in_process(backend, by_name, work)
+                served_s, in_hand_s = _through_client(client, by_name, work)
+                served.append(served_s)
+                in_hand.append(in_hand_s)
+                local_s, tracing_s, polys, verts = _in_process(backend, by_name, work)
                 local.append(local_s)
                 tracing.append(tracing_s)
                 polygons.append(polys)
+                vertices.append(verts)
             encoder_passes = _metric(http, "cogseg_service_encoder_images") - enc0
             http.close()
         finally:
@@ -201,23 +256,36 @@ def run(images: int = 2, prompts: int = 16, device: str = "cpu", config: str = "
             proc.wait(60)
             if proc.stdout is not None:
                 proc.stdout.close()
-    served_s, local_s, tracing_s = (float(np.median(v)) for v in (served, local, tracing))
-    polygons_mean = float(np.mean(polygons))
+    served_s, in_hand_s, local_s, tracing_s = (float(np.median(v))
+                                               for v in (served, in_hand, local, tracing))
+    polygons_mean, vertices_mean = float(np.mean(polygons)), float(np.mean(vertices))
     work = works[1]
     n = len(work)
+    jobs = (f"{n} jobs, {prompts} point prompts on each of {images} images; median of "
+            f"{rounds} rounds taken in turn with in-process")
     rep.add(Figure("jobs/s through cogseg serve", n / served_s, "jobs/s",
                    "LocalSamBackend.run in-process, same jobs", n / local_s,
                    goal=">= 0.8x on the CPU",
-                   notes=f"{n} jobs, {prompts} point prompts on each of {images} images, "
-                         f"8 client threads, HTTP polling; median of {rounds} rounds taken in "
-                         "turn with in-process"),
+                   notes=f"{jobs}; from the first POST until the service completed the last "
+                         "job, our client (segment_many, fetching and rasterising the results) "
+                         "on the same cores"),
+            Figure("jobs/s through cogseg serve, every mask in the client's hands",
+                   n / in_hand_s, "jobs/s", "LocalSamBackend.run in-process, same jobs",
+                   n / local_s,
+                   notes=f"{jobs}; the client's adaptive polling (PollConfig: each poll "
+                         "farther apart) adds "
+                         f"{in_hand_s - served_s:.1f} s after the service's last job"),
             Figure("jobs/s through cogseg serve (vs in-process + exact polygons)", n / served_s,
                    "jobs/s", "LocalSamBackend.run + mask_to_polygons in-process",
                    n / (local_s + tracing_s),
-                   notes=f"the service's own cost beside the same model work; random weights "
-                         f"give fragmented masks: {polygons_mean:.0f} polygons per mask on "
-                         "average, "
-                         f"tracing takes {tracing_s / n * 1000:.0f} ms per job"),
+                   notes=f"the service's own cost beside the same model work; {masks} masks: "
+                         f"{polygons_mean:.1f} polygons, {vertices_mean:.0f} vertices per mask "
+                         f"on average; tracing takes {tracing_s / n * 1000:.1f} ms per job"),
+            Figure("the service's added time per job", (served_s - local_s) / n * 1000, "ms",
+                   "the model's time per job in-process", local_s / n * 1000,
+                   higher_is_better=False,
+                   notes="HTTP, CDF calls, SQLite, polygons traced, and the client's CPU "
+                         "(polls, rasterising), on the same cores as the model"),
             Figure("encoder passes per job", encoder_passes / (n * rounds), "passes/job",
                    higher_is_better=False, goal=f"1/{prompts} = {1 / prompts:.4f}",
                    notes="from the service's /metrics"))
@@ -448,27 +516,26 @@ def run_ray(images: int = 16, prompts: int = 4, wait_s: float = 0.2,
 def ray_sam_run(images: int, prompts: int, device: str, config: str,
                 cpus_per_replica: float, gpus_per_replica: float) -> Report:
     """:func:`run_ray` on a random SAM 2.1 checkpoint (``config``: ``tiny-test`` or the real
-    ``hiera-tiny`` layout) made for the run."""
+    ``hiera-tiny`` layout, object-like masks) made for the run."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = None
-        if config == "hiera-tiny":
-            from transformers import Sam2Config
-
-            cfg = Sam2Config()
-        model = save_random_checkpoint(Path(tmp) / "model", "sam2", seed=0, config=cfg)
+        model = random_sam2(Path(tmp) / "model", config, "object")
         return run_ray(images, prompts, cpus_per_replica=cpus_per_replica, sam=model,
                        device=device, gpus_per_replica=gpus_per_replica)
 
 
 def main(argv: list[str] | None = None) -> Report:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--images", type=int, help="images measured (default 2; 16 with --ray)")
+    p.add_argument("--images", type=int, help="images measured (default 1; 16 with --ray)")
     p.add_argument("--prompts", type=int,
                    help="point prompts on each image (default 16; 4 with --ray)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--config", default="tiny-test", choices=["tiny-test", "hiera-tiny"])
+    p.add_argument("--config", choices=["hiera-tiny", "tiny-test"],
+                   help="the random SAM 2.1's layout (default hiera-tiny; --ray: tiny-test)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds, service and in-process in turn (medians)")
+    p.add_argument("--masks", default="object", choices=list(MASKS),
+                   help="object: the random weights reshaped to give object-like masks at the "
+                        "same cost (default); noise: as drawn (thousands of fragments per mask)")
     r = p.add_argument_group("--ray: the single-node service, Ray Serve with 1 and 2 replicas")
     r.add_argument("--ray", action="store_true", help="measure Ray Serve (the ray extra)")
     r.add_argument("--wait-s", type=float, default=0.2,
@@ -485,12 +552,13 @@ def main(argv: list[str] | None = None) -> Report:
     r.add_argument("--gpus-per-replica", type=float, default=0.0)
     a = p.parse_args(argv or [])
     if a.ray and a.sam:
-        return ray_sam_run(a.images or 16, a.prompts or 4, a.device, a.config,
+        return ray_sam_run(a.images or 16, a.prompts or 4, a.device, a.config or "tiny-test",
                            a.cpus_per_replica, a.gpus_per_replica)
     if a.ray:
         return run_ray(a.images or 16, a.prompts or 4, a.wait_s, a.cpus_per_replica,
                        a.batch_jobs, a.max_ongoing_requests, a.interleave)
-    return run(a.images or 2, a.prompts or 16, a.device, a.config, a.rounds)
+    return run(a.images or 1, a.prompts or 16, a.device, a.config or "hiera-tiny", a.rounds,
+               a.masks)
 
 
 if __name__ == "__main__":
