@@ -29,30 +29,29 @@ def _notes(path: Path) -> None:
     path.write_text("a user's notes\n")
 
 
-def _user_sqlite(path: Path) -> None:
+def _sqlite(path: Path, *statements: str) -> None:
+    """A user's SQLite file made by ``statements``, closed."""
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO users VALUES (1, 'ada')")
+    for sql in statements:
+        conn.execute(sql)
     conn.commit()
     conn.close()
+
+
+def _user_sqlite(path: Path) -> None:
+    _sqlite(path, "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+            "INSERT INTO users VALUES (1, 'ada')")
 
 
 def _user_sqlite_in_wal_mode(path: Path) -> None:
     """A user's WAL database, closed: nothing beside it (a probe must not leave -wal, -shm)."""
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.commit()
-    conn.close()
+    _sqlite(path, "PRAGMA journal_mode = WAL", "CREATE TABLE notes (body TEXT)")
 
 
 def _user_sqlite_sharing_a_table_name(path: Path) -> None:
     """A user's database with an ``entries`` table (one of the mask cache's names) and more."""
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE entries (id INTEGER, body TEXT)")
-    conn.execute("CREATE TABLE authors (id INTEGER)")
-    conn.commit()
-    conn.close()
+    _sqlite(path, "CREATE TABLE entries (id INTEGER, body TEXT)",
+            "CREATE TABLE authors (id INTEGER)")
 
 
 def _mask_cache(path: Path) -> None:
