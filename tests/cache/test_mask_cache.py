@@ -10,7 +10,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +121,24 @@ def test_not_a_cache_file(tmp_path: Path) -> None:
         MaskCache(bad)
 
 
+def _last_read_at(cache: MaskCache, table: str, keys: list[str]) -> None:
+    """Record ``keys`` of ``table`` as last read at 1, 2, ... seconds after the epoch (long
+    ago, in this order), through a second connection: the LRU order is set, not slept for."""
+    col = "key" if table == "entries" else "file_key"
+    db = sqlite3.connect(cache.path, isolation_level=None, timeout=10)
+    try:
+        db.executemany(f"UPDATE {table} SET last_access = ? WHERE {col} = ?",
+                       [(float(t), k) for t, k in enumerate(keys, start=1)])
+    finally:
+        db.close()
+
+
 def test_lru_eviction_by_entries_and_bytes(tmp_path: Path) -> None:
     cache = MaskCache(tmp_path, max_entries=10)
     cache.touch_interval_s = 0.0
     for i in range(10):
         cache.put(key(i), result(i))
-    time.sleep(0.01)
+    _last_read_at(cache, "entries", [key(i).fingerprint() for i in range(10)])  # 0 oldest
     cache.get(key(0))  # now the most recently used
     for i in range(10, 15):
         cache.put(key(i), result(i))
@@ -172,8 +183,8 @@ def test_image_store_eviction_and_corruption(tmp_path: Path) -> None:
     cache = MaskCache(tmp_path)
     store = ImageStore(cache, max_bytes=250)
     for i in range(4):
-        store.put(f"file-{i}", bytes([i]) * 100)
-        time.sleep(0.01)
+        store.put(f"file-{i}", bytes([i]) * 100)  # evicts as it goes: the just-put is newest
+        _last_read_at(cache, "images", [f"file-{k}" for k in range(i + 1)])  # 0 oldest
     assert store.get("file-0") is None and store.get("file-3") == bytes([3]) * 100
     sha = store.put("file-9", b"abc")
     store._blob(sha).write_bytes(b"xyz")  # corrupted on disk
@@ -222,29 +233,41 @@ import sys
 from tests.cache.test_mask_cache import key, result
 from cogseg_ml.cache.mask_cache import MaskCache
 cache = MaskCache(sys.argv[1])
-print("ready", flush=True)
+first = int(sys.argv[2])  # each run stores keys of its own
+results = [result(j, h=64, w=64, n=3) for j in range(25)]
 i = 0
 while True:
-    cache.put_many([(key(i * 25 + j), result(j, h=64, w=64, n=3)) for j in range(25)])
+    cache.put_many([(key(first + i * 25 + j), results[j]) for j in range(25)])
+    print("stored", flush=True)
     i += 1
 """
 
 
 def test_sigkill_mid_write_leaves_a_sound_cache(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
+    before = 0
     for round_ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path)],
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(tmp_path),
+                                 str(round_ * 1_000_000)],
                                 stdout=subprocess.PIPE, text=True,
                                 cwd=Path(__file__).resolve().parents[2])
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(float(rng.uniform(0.2, 0.6)))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+        assert proc.stdout is not None
+        # Killed once it said it committed a few batches, so while it writes the next one
+        # (its loop does nothing else): the point is drawn, never waited for.
+        committed = int(rng.integers(1, 9))
+        try:
+            for _ in range(committed):
+                assert proc.stdout.readline().strip() == "stored", f"round {round_}"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
         cache = MaskCache(tmp_path)
         assert cache.integrity_check(), f"round {round_}"
         count = cache.stats().entries
-        assert count > 0 and count % 25 == 0  # whole batches only: commits are atomic
+        assert count % 25 == 0  # whole batches only: commits are atomic
+        assert count >= before + 25 * committed  # every batch it said it stored survived
+        before = count
         for _, _, _, res in cache.iter_entries():
             assert res.masks().shape == (3, 64, 64)
         cache.close()
