@@ -63,13 +63,24 @@ def test_token_endpoint_accepts_http_basic(shared_emulator: Emulator) -> None:
     assert r.status_code == 200 and r.json()["access_token"].startswith("emu-")
 
 
+class HandClock:
+    """Epoch seconds that move only when a test moves them (the emulator's ``state.clock``)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_expired_token_gets_401(make_emulator) -> None:
     emu = make_emulator()
+    emu.state.clock = clock = HandClock()  # token expiry reads it: moved, not slept through
     token = emu.issue_token(ttl_s=0.5)
     url = f"{emu.base_url}/api/v1/projects/{emu.project}/files/byids"
     body = {"items": [{"externalId": "synthetic_00000.png"}]}
     assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}).is_success
-    time.sleep(0.6)
+    clock.now += 0.6
     r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401
     assert r.json()["error"]["code"] == 401 and "expired" in r.json()["error"]["message"]
@@ -237,8 +248,20 @@ def test_admin_upload_registers_a_file(make_emulator, images: list[SyntheticImag
 # --- segmentation jobs -----------------------------------------------------------------------
 
 
+def _started(api: RawApi, job_id: int, timeout: float = 10.0) -> dict:
+    """Poll a job over raw HTTP until it is no longer Queued (a deadline, not a pause)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict = api.get(f"/context/vision/segment/{job_id}").json()
+        if body["status"] != "Queued":
+            return body
+        assert time.monotonic() < deadline, f"job {job_id} never started"
+        time.sleep(0.01)
+
+
 def test_job_lifecycle_and_exact_masks(make_emulator, images: list[SyntheticImage]) -> None:
     emu = make_emulator(processing_time_s=0.3, concurrency=1)
+    emu.jobs.end_limit = 0  # the first job stays Running (its one worker busy) until released
     api = RawApi(emu)
     img = images[0]
     obj = img.objects[0]
@@ -255,16 +278,18 @@ def test_job_lifecycle_and_exact_masks(make_emulator, images: list[SyntheticImag
     # A second job queues behind the first (concurrency 1).
     second = api.post("/context/vision/segment", {
         "items": [{"fileExternalId": img.name}], "points": [{"x": p.x, "y": p.y, "label": 1}]})
-    time.sleep(0.1)
-    running = api.get(f"/context/vision/segment/{created['jobId']}").json()
+    running = _started(api, created["jobId"])
     assert running["status"] == "Running" and running["startTime"] >= created["createdTime"]
     assert api.get(f"/context/vision/segment/{second.json()['jobId']}").json()["status"] == "Queued"
+    emu.jobs.end_limit = None
     done = wait_terminal(api, created["jobId"])
     assert done["status"] == "Completed"
     assert done["statusTime"] - done["startTime"] >= 250
     assert done["prompt"]["boundingBox"]["yMax"] == b.y_max
     assert np.array_equal(_mask_of(done, img.height, img.width), obj.mask)
     assert 0 < done["items"][0]["segments"][0]["score"] <= 1
+    # Its one worker took the second job only once the first had ended.
+    assert wait_terminal(api, second.json()["jobId"])["startTime"] >= done["statusTime"]
 
 
 @pytest.mark.parametrize("kind", ["point", "box", "point+background"])
