@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import pickle
 import threading
@@ -32,6 +33,8 @@ from cogseg_ml import (
     TokenProvider,
     ValidationError,
 )
+from cogseg_ml.api import async_client
+from cogseg_ml.api.auth import BearerAuth
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
@@ -96,15 +99,30 @@ def test_client_credentials_token_is_cached(make_emulator) -> None:
     assert emu.state.tokens_issued == 1
 
 
-def test_token_refreshed_before_expiry_without_a_401(make_emulator) -> None:
+class HandClock:
+    """Seconds that move only when a test moves them."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_refreshed_before_expiry_without_a_401(make_emulator,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     emu = make_emulator(token_ttl_s=1.0)
+    # One clock for the token's expiry on both sides (the client's BearerAuth takes one, the
+    # emulator's state reads one): moved, not slept through.
+    emu.state.clock = clock = HandClock()
+    monkeypatch.setattr(async_client, "BearerAuth", functools.partial(BearerAuth, clock=clock))
     base = emu.config
     assert isinstance(base.credentials, ClientCredentials)
     creds = ClientCredentials(base.credentials.token_url, base.credentials.client_id,
                               base.credentials.client_secret, leeway_s=0.6)
     with SegmentationClient(base.with_options(credentials=creds)) as client:
         client.file_metadata(["synthetic_00000.png"])
-        time.sleep(0.5)
+        clock.now += 0.51  # 0.49 s of its life left: inside the leeway (capped at half its life)
         client.file_metadata(["synthetic_00000.png"])
     assert emu.state.tokens_issued == 2
     assert all(e.status != 401 for e in emu.requests)
@@ -238,7 +256,7 @@ def test_segment_many_reports_failures_per_item(make_emulator,
 
 def test_segment_many_can_be_cancelled_part_way(make_emulator,
                                                 images: list[SyntheticImage]) -> None:
-    emu = make_emulator(concurrency=2, processing_time_s=0.05)
+    emu = make_emulator(concurrency=2, processing_time_s=0.05, project="cancelled-part-way")
     reqs = box_requests(images, repeat=3)
     threads_before = threading.active_count()
     with SegmentationClient(emu.config) as client:
@@ -247,8 +265,13 @@ def test_segment_many_can_be_cancelled_part_way(make_emulator,
             got.append(outcome)
             if len(got) == 3:
                 break
+        loops = [t for t in threading.enumerate() if t.name == f"cogseg-session-{emu.project}"]
     created = len(emu.jobs.jobs)
-    time.sleep(0.3)
+    # Every task of the client runs on its session's loop, whose thread closing the client
+    # ended: nothing of the client can send any more. Stopped, the emulator has answered every
+    # request it took in: the count is final (no pause that a late request might outlast).
+    assert len(loops) == 1 and not loops[0].is_alive()
+    emu.stop()
     assert len(emu.jobs.jobs) == created  # nothing submitted after the break
     assert created <= 3 + 4
     deadline = time.monotonic() + 5
