@@ -304,10 +304,14 @@ class CdfConfig:
         ``COGNITE_CLIENT_SECRET``, ``COGNITE_TOKEN_URL`` and optional ``COGNITE_TOKEN_SCOPES``
         (comma or space separated; default ``{base_url}/.default``) and ``COGNITE_AUDIENCE``.
         ``COGSEG_ALLOW_INSECURE_HTTP=1`` allows plain-HTTP URLs to other hosts (see
-        ``allow_insecure_http``).
+        ``allow_insecure_http``). ``COGSEG_POLL_MAX_S`` sets the longest poll interval
+        (``PollConfig.max_interval_s``, seconds, at least ``min_interval_s``): the default
+        suits CDF; one's own ``cogseg serve`` answers a poll in about a millisecond, and 0.5
+        has each result in hand within half a second of being done.
 
         Raises:
-            ValidationError: naming the variables that are missing.
+            ValidationError: naming the variables that are missing, or a
+                ``COGSEG_POLL_MAX_S`` that is not a number of seconds.
         """
         import os
 
@@ -342,7 +346,24 @@ class CdfConfig:
             raise ValidationError("CdfConfig.from_env: set " + "; ".join(missing))
         insecure = env.get("COGSEG_ALLOW_INSECURE_HTTP", "").strip().lower()
         return cls(project=project, base_url=base_url, credentials=credentials,
-                   allow_insecure_http=insecure in ("1", "true", "yes", "on"))
+                   allow_insecure_http=insecure in ("1", "true", "yes", "on"),
+                   poll=_poll_from_env(env.get("COGSEG_POLL_MAX_S", "")))
+
+
+def _poll_from_env(raw: str) -> PollConfig:
+    """The :class:`PollConfig` ``COGSEG_POLL_MAX_S`` asks for (blank: the default)."""
+    default = PollConfig()
+    if not raw.strip():
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < default.min_interval_s:
+        raise ValidationError(f"COGSEG_POLL_MAX_S must be a number of seconds >= "
+                              f"{default.min_interval_s} (the shortest poll interval), got "
+                              f"{raw!r}")
+    return replace(default, max_interval_s=seconds)
 
 
 def _is_number(v: object) -> bool:

@@ -65,3 +65,32 @@ def test_poll_schedule_adapts_to_observed_durations() -> None:
     fast = PollSchedule()
     fast.observe(0.001)
     assert fast.first_delay() == fast.config.min_interval_s
+
+
+ENV = {"COGNITE_PROJECT": "p", "COGNITE_BASE_URL": "https://segment.example.com",
+       "COGNITE_TOKEN": "t"}
+
+
+def test_the_longest_poll_interval_comes_from_the_environment() -> None:
+    """``COGSEG_POLL_MAX_S`` caps the client's poll intervals (one's own segment service answers
+    a poll in a millisecond); without it the default stays."""
+    from cogseg_ml.config import CdfConfig
+
+    assert CdfConfig.from_env(ENV).poll == PollConfig()
+    assert CdfConfig.from_env({**ENV, "COGSEG_POLL_MAX_S": " "}).poll == PollConfig()  # unset
+    cfg = CdfConfig.from_env({**ENV, "COGSEG_POLL_MAX_S": "0.5"})
+    assert cfg.poll.max_interval_s == 0.5
+    schedule = PollSchedule(cfg.poll)
+    assert max(schedule.next_delay(n) for n in range(1, 30)) == 0.5
+    schedule.observe(60.0)  # a job that took a minute: still polled every half second
+    assert schedule.first_delay() == 0.5 and schedule.next_delay(10) == 0.5
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1", "nan", "inf", "0.01"])
+def test_a_bad_longest_poll_interval_is_refused_by_name(raw: str) -> None:
+    from cogseg_ml.config import CdfConfig
+    from cogseg_ml.errors import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        CdfConfig.from_env({**ENV, "COGSEG_POLL_MAX_S": raw})
+    assert "COGSEG_POLL_MAX_S" in str(info.value) and repr(raw) in str(info.value)
