@@ -277,7 +277,7 @@ def test_segment_many_can_be_cancelled_part_way(make_emulator,
     deadline = time.monotonic() + 5
     while threading.active_count() > threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(t.name == "cogseg-segment-many" for t in threading.enumerate())
+    assert threading.active_count() <= threads_before, threading.enumerate()  # none left over
 
 
 def test_segment_many_timeout_gives_timeout_outcomes(make_emulator,
