@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import pickle
 import threading
 import time
+import types
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -361,23 +363,47 @@ def test_zero_byte_download_is_a_file_error(make_emulator) -> None:
 # --- faults and retries ----------------------------------------------------------------------
 
 
-def test_retry_after_seconds_is_honoured(make_emulator) -> None:
+def recorded_retry_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the client's retries ask for, in order; none is slept through (the retry
+    goes ahead at once)."""
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(async_client, "AsyncRetrying",
+                        functools.partial(async_client.AsyncRetrying, sleep=pause))
+    return pauses
+
+
+def byids_statuses(emu: Emulator) -> list[int]:
+    return [e.status for e in emu.requests if e.path.endswith("/files/byids")]
+
+
+def test_retry_after_seconds_is_honoured(make_emulator,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     emu = make_emulator(faults=[Fault("status", status=429, retry_after="1", times=1,
                                       path_contains="/files/byids")])
+    pauses = recorded_retry_pauses(monkeypatch)
     with SegmentationClient(fast(emu.config)) as client:
-        t = time.perf_counter()
         client.file_metadata(["synthetic_00000.png"])
-        assert time.perf_counter() - t >= 0.95
+    assert byids_statuses(emu) == [429, 200]
+    assert pauses == [1.0]  # the server's wait, not the (0.02 s based) backoff
 
 
-def test_retry_after_http_date_is_honoured(make_emulator) -> None:
-    when = datetime.now(timezone.utc) + timedelta(seconds=2)
+def test_retry_after_http_date_is_honoured(make_emulator,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ten minutes ahead (and a cap above it): the wait asked for is the date's, whatever the
+    # date's one-second resolution and the seconds this test takes to get there.
+    when = datetime.now(timezone.utc) + timedelta(seconds=600)
     emu = make_emulator(faults=[Fault("status", status=503, times=1, path_contains="/files/",
                                       retry_after=format_datetime(when, usegmt=True))])
-    with SegmentationClient(fast(emu.config)) as client:
-        t = time.perf_counter()
+    pauses = recorded_retry_pauses(monkeypatch)
+    retry = dataclasses.replace(FAST_RETRY, max_backoff_s=900.0, total_timeout_s=1800.0)
+    with SegmentationClient(fast(emu.config, retry=retry)) as client:
         client.file_metadata(["synthetic_00000.png"])
-        assert time.perf_counter() - t >= 0.9  # the date has a one-second resolution
+    assert byids_statuses(emu) == [503, 200]
+    assert len(pauses) == 1 and 540 <= pauses[0] <= 600, pauses
 
 
 def test_persistent_429_becomes_rate_limited_error(make_emulator) -> None:
@@ -470,15 +496,29 @@ def test_job_failure_and_item_failure(make_emulator) -> None:
             _ = result.item
 
 
-def test_wait_timeout(make_emulator) -> None:
+def test_wait_timeout(make_emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     emu = make_emulator(processing_time_s=3.0)
+    # The session's clock moves only by the pauses wait() asks for between its polls.
+    clock = HandClock()
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(async_client, "SessionHealth",
+                        functools.partial(async_client.SessionHealth, clock=clock))
+    monkeypatch.setattr(async_client, "asyncio",
+                        types.SimpleNamespace(**{**vars(asyncio), "sleep": pause}))
     with SegmentationClient(emu.config) as client:
         job = client.create_job("synthetic_00000.png", points=[(0.5, 0.5)])
-        t = time.perf_counter()
         with pytest.raises(JobTimeoutError) as info:
             client.wait(job, timeout=0.4)
-        assert time.perf_counter() - t < 2.0
     assert info.value.job_id == job.job_id and info.value.last_status in ("Queued", "Running")
+    # It gave up at its timeout: its pauses add up to the 0.4 s, the last one cut to fit.
+    assert pauses and sum(pauses) == pytest.approx(0.4), pauses
+    polls = [e for e in emu.requests if e.path.endswith(f"/segment/{job.job_id}")]
+    assert len(polls) == len(pauses)  # a poll after each pause
 
 
 # --- config and secrets ----------------------------------------------------------------------
