@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
+import types
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -12,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from cogseg_ml.emulator import app as emulator_app
 from cogseg_ml.emulator.faults import Fault
 from cogseg_ml.emulator.server import Emulator
 from cogseg_ml.emulator.synthetic_images import SyntheticImage, encode_image
@@ -490,15 +493,25 @@ def test_drop_after_processing_creates_the_job(make_emulator) -> None:
     assert len(emu.jobs.jobs) == 1
 
 
-def test_delay_fault_slows_the_response(make_emulator) -> None:
+def test_delay_fault_slows_the_response(make_emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     emu = make_emulator(faults=[Fault("delay", delay_s=0.3, times=1)])
+    # The pauses the emulator takes, recorded (not slept) with how many requests had been
+    # answered by then: a delay holds its request before the answer.
+    pauses: list[tuple[float, int]] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append((seconds, sum(e.path.endswith("/files/byids") for e in emu.requests)))
+
+    monkeypatch.setattr(emulator_app, "asyncio",
+                        types.SimpleNamespace(**{**vars(asyncio), "sleep": pause}))
     api = RawApi(emu)
-    t = time.perf_counter()
-    api.post("/files/byids", {"items": [{"externalId": "synthetic_00000.png"}]})
-    assert time.perf_counter() - t >= 0.3
-    t = time.perf_counter()
-    api.post("/files/byids", {"items": [{"externalId": "synthetic_00000.png"}]})
-    assert time.perf_counter() - t < 0.3
+    assert api.post("/files/byids", {"items": [{"externalId": "synthetic_00000.png"}]}
+                    ).status_code == 200
+    assert pauses == [(0.3, 0)]
+    assert api.post("/files/byids", {"items": [{"externalId": "synthetic_00000.png"}]}
+                    ).status_code == 200
+    assert pauses == [(0.3, 0)]  # once: the second answer is not held
+    assert [e.fault for e in emu.requests if e.path.endswith("/files/byids")] == ["delay", None]
 
 
 def test_job_and_item_fail_faults(make_emulator) -> None:
