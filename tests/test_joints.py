@@ -4,13 +4,13 @@ that cannot reach the API, labeling flow across chunks. Real HTTP against the em
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as coco_mask
 
+from cogseg_ml.api.client import SegmentationClient
 from cogseg_ml.api.results import SegmentRequest
 from cogseg_ml.backends.api_backend import ApiBackend
 from cogseg_ml.backends.base import BackendJob
@@ -21,6 +21,7 @@ from cogseg_ml.emulator.synthetic_images import SyntheticImage, make_dataset
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.api.counting_transport import CountingTransport
 from tests.box_backend import BoxBackend
 
 
@@ -102,19 +103,22 @@ def test_fallback_with_default_settings_switches_to_local_fast_when_connections_
         dead_port = s.getsockname()[1]
     dead = CdfConfig(project="p", base_url=f"http://127.0.0.1:{dead_port}",
                      credentials=StaticToken("t"))
+    where = f"127.0.0.1:{dead_port}"
+    transport = CountingTransport()  # counts the connection attempts
     local = BoxBackend()
-    fb = FallbackBackend(ApiBackend(dead), local)
+    fb = FallbackBackend(ApiBackend(SegmentationClient(dead, transport=transport)), local)
     jobs = [BackendJob(SegmentRequest(FileRef(external_id=im.name),
                                       sample(im).instances[0].prompt, tag=n),
                        im.height, im.width, f"digest-{n}", lambda: b"")
             for n, im in enumerate(images)]
-    t0 = time.monotonic()
     outs = list(fb.run(jobs))
-    elapsed = time.monotonic() - t0
     assert len(outs) == len(jobs) and all(o.result is not None for o in outs)
     assert all(o.result.backend == "box-model" for o in outs if o.result)
     assert local.jobs == len(jobs)
-    assert elapsed < 5.0, f"switching to the local model took {elapsed:.1f} s"
+    # The probe before the first chunk (one attempt) was refused and opened the breaker at
+    # once: no job waited out a connect budget, let alone a retry budget.
+    assert transport.sent == {where: 1} and transport.failed_connects(where) == 1, \
+        (transport.sent, transport.ended)
 
 
 def test_forked_dataloader_workers_never_use_the_parents_connection(make_emulator, images,
