@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from cogseg_ml.api import session as session_module
 from cogseg_ml.cache.database import CacheDatabase
 from cogseg_ml.cache.image_store import ImageStore
 from cogseg_ml.cache.mask_cache import MaskCache
@@ -29,6 +30,7 @@ from cogseg_ml.emulator.synthetic_images import SyntheticImage
 from cogseg_ml.labeler import SegmentationLabeler
 from cogseg_ml.prompts import FileRef, Prompt
 from cogseg_ml.samples import Instance, Sample
+from tests.api.counting_transport import CountingTransport
 from tests.cache.test_mask_cache import key, result
 from tests.exports.outputs import more_jobs_than, signalled_when
 
@@ -211,20 +213,28 @@ def _closed_port() -> int:
 def test_unreachable_cdf_is_exit_3_and_out_is_left_alone(
         images: list[SyntheticImage], tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    where = f"127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("COGNITE_PROJECT", "p")
-    monkeypatch.setenv("COGNITE_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("COGNITE_BASE_URL", f"http://{where}")
     monkeypatch.setenv("COGNITE_TOKEN", "any-token")
     real = CdfConfig.from_env
-    # A small connect budget, so the test does not wait out the default retry schedule.
+    # A small retry budget, so the test does not wait out the default retry schedule.
+    retry = RetryConfig(max_attempts=2, total_timeout_s=2, backoff_base_s=0.01)
     monkeypatch.setattr(CdfConfig, "from_env", classmethod(
-        lambda cls, environ=None: real(environ).with_options(
-            retry=RetryConfig(max_attempts=2, total_timeout_s=2, backoff_base_s=0.01))))
+        lambda cls, environ=None: real(environ).with_options(retry=retry)))
+    # The run's session gets a transport that counts its connection attempts.
+    transport = CountingTransport()
+    real_transport = session_module.as_async_transport
+    monkeypatch.setattr(session_module, "as_async_transport",
+                        lambda t: transport if t is None else real_transport(t))
     out = tmp_path / "labels.json"
     before = earlier_labels(out)
-    t0 = time.monotonic()
     code, _, err = run_main(label_argv(tmp_path, images[:2]), capsys)
     assert code == 3, err
-    assert time.monotonic() - t0 < 20
+    # The first call's retry budget (refused each time) was all the run tried: then it ended.
+    assert 1 <= transport.sent[where] <= retry.max_attempts, transport.sent
+    assert set(transport.sent) == {where}
+    assert transport.failed_connects(where) == transport.sent[where], transport.ended
     assert any(line.startswith("cogseg: CDF unreachable: ") for line in err.splitlines()), err
     assert "COGNITE_BASE_URL" in err
     assert "Traceback" not in err
@@ -234,16 +244,25 @@ def test_unreachable_cdf_is_exit_3_and_out_is_left_alone(
 @pytest.mark.timeout(90)
 def test_unreachable_cdf_through_a_real_process_fails_fast_with_exit_3(
         images: list[SyntheticImage], tmp_path: Path) -> None:
-    """Default settings: the run must notice at once that nothing listens (README: exit 3)."""
+    """Default settings: the run must notice at once that nothing listens (README: exit 3).
+
+    At once: within the connect budget, with the short connect backoff between attempts (not
+    the retry budget's attempts and waits), read from the run's DEBUG log (``-v``): httpcore
+    logs each connection attempt, the client each wait before a retry."""
     out = tmp_path / "labels.json"
     before = earlier_labels(out)
-    t0 = time.monotonic()
-    proc = run_process(label_argv(tmp_path, images[:2]), timeout=80,
+    proc = run_process(["-v", *label_argv(tmp_path, images[:2])], timeout=80,
                        env={"COGNITE_PROJECT": "p", "COGNITE_TOKEN": "any-token",
                             "COGNITE_BASE_URL": f"http://127.0.0.1:{_closed_port()}"})
-    took = time.monotonic() - t0
     assert proc.returncode == 3, proc.stderr
-    assert took < 20, f"took {took:.1f} s"
+    default = RetryConfig()
+    connects = proc.stderr.count("connect_tcp.started")
+    assert 1 <= connects <= default.connect_attempts, proc.stderr
+    waits = [(int(n), float(s)) for n, s in
+             re.findall(r"retrying .* \(attempt (\d+), waiting ([\d.]+) s\)", proc.stderr)]
+    assert len(waits) == connects - 1, proc.stderr  # one wait between two attempts
+    for n, s in waits:  # full jitter on the connect backoff (its floor 0.05 s); 2 decimals
+        assert s <= max(0.05, default.connect_backoff_s * 2 ** (n - 1)) + 0.005, proc.stderr
     assert "cogseg: CDF unreachable: " in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_bytes() == before
 
