@@ -31,6 +31,8 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
@@ -87,9 +89,61 @@ def open_read_only(path: Path, timeout_s: float = 30.0) -> sqlite3.Connection:
     read-only, could not remove them. ``timeout_s``: the longest a read waits for a lock.
     """
     uri = f"{path.resolve().as_uri()}?mode=ro"
-    if _wal_header(path) and not Path(f"{path}-wal").exists():
+    # (held here: this process has it open, so its -wal exists, and reading the header
+    # outside SQLite would drop this process's locks on it, see held_here)
+    if not held_here(path) and _wal_header(path) and not Path(f"{path}-wal").exists():
         uri += "&immutable=1"
     return sqlite3.connect(uri, uri=True, timeout=timeout_s)
+
+
+#: This process's open connections per file, ``(pid, device, inode)``: see :class:`_Held`.
+_HELD: Counter[tuple[int, int, int]] = Counter()
+_HELD_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return os.getpid(), st.st_dev, st.st_ino
+
+
+def _release(key: tuple[int, int, int]) -> None:
+    with _HELD_LOCK:
+        _HELD[key] -= 1
+        if _HELD[key] <= 0:
+            del _HELD[key]
+
+
+def held_here(path: Path) -> bool:
+    """Whether this process has a :class:`CacheDatabase` connection open on ``path``'s file.
+
+    Such a file is never probed (:func:`refuse_foreign`): SQLite's locks are POSIX locks, held
+    per process, and closing any descriptor of the file (a header read, a probe's connection)
+    drops them all. A process without its locks looks gone to the others: the next to close
+    checkpoints and deletes the ``-wal`` file under it, and what it writes then is lost.
+    """
+    try:
+        key = _file_key(path)
+    except OSError:
+        return False
+    with _HELD_LOCK:
+        return _HELD[key] > 0
+
+
+class _Held(sqlite3.Connection):
+    """A connection counted in :data:`_HELD` from :meth:`hold` until closed or collected."""
+
+    _released: Callable[[], object] | None = None
+
+    def hold(self, path: Path) -> None:
+        key = _file_key(path)
+        with _HELD_LOCK:
+            _HELD[key] += 1
+        self._released = weakref.finalize(self, _release, key)
+
+    def close(self) -> None:
+        super().close()
+        if self._released is not None:
+            self._released()  # once: a finalizer runs at most once
 
 
 def _wal_header(path: Path) -> bool:
@@ -112,7 +166,8 @@ def refuse_foreign(path: Path, *, name: str, kind_table: str, elsewhere: str = _
     first, so a file another process is creating passes too. Anything else (a text file, a
     user's SQLite, another kind of ours: a jobs database given as a mask cache) is refused. It
     is only read (:func:`open_read_only`): not a byte or timestamp of it changes, and nothing
-    is created beside it.
+    is created beside it. A file this process holds open (:func:`held_here`) is ours and is
+    not read at all.
 
     Raises:
         CacheError: naming the path and what was found there, saying that nothing was written
@@ -120,6 +175,8 @@ def refuse_foreign(path: Path, *, name: str, kind_table: str, elsewhere: str = _
         sqlite3.OperationalError: the file is locked past ``timeout_s``, or cannot be read
             (:meth:`CacheDatabase.retry` says which).
     """
+    if held_here(path):
+        return  # this process has it open as ours; probing it would disturb that
     try:
         if not stat.S_ISREG((st := path.stat()).st_mode) or st.st_size == 0:
             return  # a folder, say: opening it fails as it did
@@ -250,7 +307,7 @@ class CacheDatabase:
             refuse_foreign(self.path, name=self.name, kind_table=self.kind_table,
                            elsewhere=self.elsewhere, timeout_s=self._time_left_s())
         conn = sqlite3.connect(self.path, timeout=self._time_left_s(), isolation_level=None,
-                               check_same_thread=False)
+                               check_same_thread=False, factory=_Held)
         try:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -265,6 +322,7 @@ class CacheDatabase:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             self._prepare(conn)
+            conn.hold(self.path)
         except BaseException:
             conn.close()
             raise
